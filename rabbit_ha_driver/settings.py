@@ -1,0 +1,310 @@
+"""Frozen settings, built once at the edge from oslo.config and a transport URL.
+
+How it works: :func:`from_conf` reads every option of ``[rabbit_ha]`` (oslo.config
+checks types and bounds), lets the transport URL's query string override any of
+them, then applies the checks that involve more than one value. Each failure
+raises :class:`~rabbit_ha_driver.exceptions.ConfigurationError` naming the option
+and the value, so a bad configuration stops a service at start-up rather than
+at the first fault. :func:`from_url` does the same without a ``ConfigOpts``.
+
+Nothing below this module reads oslo.config: the connection and RPC layers get a
+:class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from oslo_config import cfg
+
+from rabbit_ha_driver import options
+from rabbit_ha_driver.exceptions import ConfigurationError
+
+#: URL schemes understood by :func:`parse_transport_url`.
+AMQP_SCHEMES = {"rabbit", "rabbit-ha", "amqp", "amqps", "pyamqp"}
+MEMORY_SCHEME = "memory"
+DEFAULT_PORT = 5672
+DEFAULT_TLS_PORT = 5671
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """One broker node: where it is and how to log in. The password never shows."""
+
+    hostname: str
+    port: int = DEFAULT_PORT
+    username: str = "guest"
+    password: str = dataclasses.field(default="guest", repr=False)
+
+    @property
+    def address(self) -> str:
+        """``host:port``, with IPv6 addresses in brackets; safe to log."""
+        if ":" in self.hostname:
+            return f"[{self.hostname}]:{self.port}"
+        return f"{self.hostname}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.address
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportURL:
+    """A parsed transport URL: scheme, hosts, virtual host, query options."""
+
+    scheme: str
+    hosts: tuple[Host, ...]
+    virtual_host: str
+    query: Mapping[str, str]
+
+    @property
+    def is_memory(self) -> bool:
+        return self.scheme == MEMORY_SCHEME
+
+    def redacted(self) -> str:
+        """The URL without passwords, for logs."""
+        if self.is_memory:
+            return "memory://"
+        hosts = ",".join(f"{h.username}:***@{h.address}" for h in self.hosts)
+        return f"{self.scheme}://{hosts}/{self.virtual_host}"
+
+
+def parse_transport_url(url: str, option: str = "transport_url") -> TransportURL:
+    """Parse oslo.messaging's URL syntax, comma-separated hosts included.
+
+    ``rabbit://u:p@h1:5672,u:p@h2:5672/vhost?opt=value``. A host without
+    credentials takes those of the host before it, as oslo.messaging does.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(option, url, "expected scheme://[user:pass@]host[:port][,...][/vhost]")
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == MEMORY_SCHEME:
+        query = dict(parse_qsl(rest.partition("?")[2], keep_blank_values=True))
+        return TransportURL(scheme, (), "/", query)
+    if scheme not in AMQP_SCHEMES:
+        raise ConfigurationError(
+            option, _redact(url), f"unknown scheme {scheme!r}; expected one of "
+            f"{', '.join(sorted(AMQP_SCHEMES | {MEMORY_SCHEME}))}"
+        )
+    rest, _, query_text = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    if not netloc:
+        raise ConfigurationError(option, _redact(url), "no host given")
+    default_port = DEFAULT_TLS_PORT if scheme == "amqps" else DEFAULT_PORT
+    hosts: list[Host] = []
+    username, password = "guest", "guest"
+    for part in netloc.split(","):
+        hosts.append(_parse_host(part, username, password, default_port, option, url))
+        username, password = hosts[-1].username, hosts[-1].password
+    vhost = unquote(path)
+    query = dict(parse_qsl(query_text, keep_blank_values=True))
+    return TransportURL(scheme, tuple(hosts), vhost or "/", query)
+
+
+def _parse_host(part: str, username: str, password: str, default_port: int,
+                option: str, url: str) -> Host:
+    creds, at, hostport = part.rpartition("@")
+    if at:
+        user, colon, pw = creds.partition(":")
+        username = unquote(user)
+        password = unquote(pw) if colon else ""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise ConfigurationError(option, _redact(url), f"unclosed '[' in host {hostport!r}")
+        hostname, portpart = hostport[1:end], hostport[end + 1:]
+        if portpart and not portpart.startswith(":"):
+            raise ConfigurationError(option, _redact(url), f"malformed host {hostport!r}")
+        port_text = portpart[1:]
+    else:
+        hostname, _, port_text = hostport.partition(":")
+    if not hostname or any(c in hostname for c in " /?#@"):
+        raise ConfigurationError(option, _redact(url), f"malformed host {hostport!r}")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigurationError(
+                option, _redact(url), f"port {port_text!r} of host {hostname!r} is not 1-65535"
+            )
+        port = int(port_text)
+    return Host(hostname, port, username, password)
+
+
+def _redact(url: str) -> str:
+    """Hide passwords of a URL that may not parse."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, sep, tail = rest.partition("/")
+    parts = []
+    for part in netloc.split(","):
+        creds, at, host = part.rpartition("@")
+        if at and ":" in creds:
+            creds = creds.split(":", 1)[0] + ":***"
+        parts.append(f"{creds}{at}{host}")
+    return f"{scheme}://{','.join(parts)}{sep}{tail}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every option's value after validation. Immutable; cheap to share."""
+
+    transport_url: TransportURL
+    kombu_failover_strategy: str = "round-robin"
+    connection_name: str | None = None
+    connect_timeout: float = 5.0
+    rabbit_retry_interval: float = 0.2
+    rabbit_retry_backoff: float = 1.0
+    rabbit_interval_max: float = 3.0
+    rabbit_max_retries: int = 0
+    request_timeout: float = 10.0
+    heartbeat_timeout_threshold: int = 30
+    heartbeat_rate: float = 3.0
+    heartbeat_runner: str = "auto"
+    tcp_keepalive: bool = True
+    tcp_keepidle: int | None = None
+    tcp_keepintvl: int | None = None
+    tcp_keepcnt: int | None = None
+    tcp_user_timeout: float | None = None
+    kombu_reconnect_delay: float = 1.0
+    enable_cancel_on_failover: bool = False
+    rabbit_qos_prefetch_count: int = 64
+    amqp_durable_queues: bool = False
+    rabbit_quorum_queue: bool = False
+    rabbit_transient_queues_ttl: int = 1800
+    ssl: bool = False
+    ssl_ca_file: str = ""
+    ssl_cert_file: str = ""
+    ssl_key_file: str = ""
+    ssl_enforce_hostname_verification: bool = True
+    rpc_response_timeout: int = 60
+    publish_timeout: float = 30.0
+    rpc_max_message_size: int = 16 * 1024 * 1024
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        return self.transport_url.hosts
+
+    @property
+    def virtual_host(self) -> str:
+        return self.transport_url.virtual_host
+
+    @property
+    def is_memory(self) -> bool:
+        return self.transport_url.is_memory
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some values changed, validated like the original."""
+        return _validated(dataclasses.replace(self, **changes))
+
+    def __repr__(self) -> str:
+        return f"<Settings {self.transport_url.redacted()} T={self.heartbeat_timeout_threshold}>"
+
+
+_FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"transport_url"}
+
+
+def from_conf(conf: cfg.ConfigOpts, url: str | None = None) -> Settings:
+    """Settings from ``conf`` (registering our options if needed) and a URL.
+
+    ``url`` overrides ``[rabbit_ha] transport_url``; its query string overrides
+    any other option of the group.
+    """
+    try:
+        options.register_opts(conf)
+    except cfg.DuplicateOptError as exc:
+        raise ConfigurationError(options.GROUP, None, f"options already registered differently: {exc}") from exc
+    group = conf[options.GROUP]
+    values: dict[str, Any] = {}
+    for opt in options.ALL_OPTS:
+        try:
+            values[opt.dest] = group[opt.dest]
+        except (ValueError, cfg.ConfigFileValueError) as exc:
+            raise ConfigurationError(f"[{options.GROUP}] {opt.dest}", _raw_value(conf, opt.dest), str(exc)) from exc
+    if url is not None:
+        values["transport_url"] = url
+    return _build(values)
+
+
+def from_url(url: str = "memory://", **overrides: Any) -> Settings:
+    """Settings from a transport URL and keyword overrides, without oslo.config.
+
+    Keyword values are checked against the options' types and bounds like
+    values from a configuration file.
+    """
+    values: dict[str, Any] = {opt.dest: opt.default for opt in options.ALL_OPTS}
+    for name, value in overrides.items():
+        values[name] = _coerce(name, value, source="argument")
+    values["transport_url"] = url
+    return _build(values)
+
+
+def _build(values: dict[str, Any]) -> Settings:
+    raw_url = values.pop("transport_url")
+    parsed = parse_transport_url(raw_url)
+    for name, text in parsed.query.items():
+        values[name] = _coerce(name, text, source="transport_url query")
+    if parsed.scheme == "amqps":
+        values["ssl"] = True
+    fields = {k: v for k, v in values.items() if k in _FIELDS}
+    return _validated(Settings(transport_url=parsed, **fields))
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert and bound-check one value with its option's own type."""
+    opt = options.opt_by_name(name)
+    if opt is None or name == "transport_url":
+        raise ConfigurationError(name, value, f"unknown option in {source}; known: "
+                                 + ", ".join(sorted(_FIELDS)))
+    if value is None:
+        return None
+    try:
+        return opt.type(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"[{options.GROUP}] {name}", value, f"{exc} (from {source})") from exc
+
+
+def _validated(s: Settings) -> Settings:
+    """Checks that span several options, or that oslo.config cannot express."""
+    t = s.heartbeat_timeout_threshold
+    if t is not None and 0 < t < 2:
+        raise ConfigurationError(
+            "[rabbit_ha] heartbeat_timeout_threshold", t,
+            "must be 0 (off) or at least 2 seconds: the broker's heartbeat "
+            "interval is whole seconds and must be shorter than T",
+        )
+    if s.rabbit_interval_max < s.rabbit_retry_interval:
+        raise ConfigurationError(
+            "[rabbit_ha] rabbit_interval_max", s.rabbit_interval_max,
+            f"is below rabbit_retry_interval ({s.rabbit_retry_interval})",
+        )
+    if not s.is_memory and not s.hosts:
+        raise ConfigurationError("[rabbit_ha] transport_url", s.transport_url.redacted(), "no host given")
+    if s.ssl:
+        for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+            path = getattr(s, name)
+            if path and not os.path.isfile(path):
+                raise ConfigurationError(f"[rabbit_ha] {name}", path, "no such file")
+        if bool(s.ssl_cert_file) != bool(s.ssl_key_file):
+            raise ConfigurationError(
+                "[rabbit_ha] ssl_key_file" if s.ssl_cert_file else "[rabbit_ha] ssl_cert_file",
+                "", "a client certificate needs both ssl_cert_file and ssl_key_file",
+            )
+    return s
+
+
+def _raw_value(conf: cfg.ConfigOpts, name: str) -> Any:
+    """The text a configuration file gave for ``name``, for error messages."""
+    try:
+        found = conf._namespace._get_file_value([(options.GROUP, name)])  # noqa: SLF001
+    except Exception:  # the value is only decoration for the message
+        return "<unreadable>"
+    if isinstance(found, tuple):
+        found = found[0]
+    if isinstance(found, list) and found:
+        return found[-1]
+    return found
