@@ -300,7 +300,7 @@ def _validated(s: Settings) -> Settings:
 def _raw_value(conf: cfg.ConfigOpts, name: str) -> Any:
     """The text a configuration file gave for ``name``, for error messages."""
     try:
-        found = conf._namespace._get_file_value([(options.GROUP, name)])  # noqa: SLF001
+        found = conf._namespace._get_file_value([(options.GROUP, name)])
     except Exception:  # the value is only decoration for the message
         return "<unreadable>"
     if isinstance(found, tuple):

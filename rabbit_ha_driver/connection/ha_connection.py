@@ -1,0 +1,819 @@
+"""The HA connection: one kombu transport connection that recovers by itself.
+
+How it works. Every broker operation runs inside :meth:`Connection.ensure`,
+which holds the connection's lock, makes sure a connection and a channel are
+open, runs the operation under a deadline, and on failure asks
+:func:`~rabbit_ha_driver.connection.errors.classify` what to do: raise at once
+(a refusal retrying cannot mend), reopen the channel on the same connection,
+or drop the connection and reconnect. Reconnecting walks the hosts in
+failover order, moving to the next host at once and backing off only after a
+full pass, and then replays the recorded topology (QoS, exchanges, queues,
+bindings, consumers). Nothing waits past the caller's :class:`Deadline`.
+
+A consumer cancel notification (``basic.cancel`` from the broker) is noted by
+the reader and handled by :meth:`drain_events` once the configured delay has
+passed: the queue, its bindings and its consumers are declared again on the
+same channel; only if that fails does the connection reconnect.
+
+Publishes use publisher confirms and the mandatory flag on AMQP. A publish
+that the broker returned as unroutable raises
+:class:`~rabbit_ha_driver.exceptions.Unroutable` and a nack
+:class:`~rabbit_ha_driver.exceptions.PublishNacked`: the caller decides whether
+to send again. A publish whose frame was never written is sent again after
+recovery; one that was written but not confirmed before the connection died
+is sent again only when the caller allows it (``retry_uncertain``).
+
+One connection is meant to be driven by one thread at a time (a consumer's
+drain loop, or publishers taking turns); the lock makes sharing safe, not
+concurrent.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import os
+import socket
+import ssl
+import sys
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import kombu
+from amqp import spec as amqp_spec
+
+from rabbit_ha_driver import events as ev
+from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.clock import REAL_CLOCK, Clock
+from rabbit_ha_driver.connection import errors
+from rabbit_ha_driver.connection.hosts import HostRing
+from rabbit_ha_driver.connection.retry import Backoff, Deadline
+from rabbit_ha_driver.connection.topology import (
+    BindingDecl,
+    ConsumerDecl,
+    ExchangeDecl,
+    QueueDecl,
+    Topology,
+)
+from rabbit_ha_driver.connection.transport import (
+    AMQPTransport,
+    DeadlineConnection,
+    MemoryTransport,
+    supports_confirms,
+)
+from rabbit_ha_driver.settings import Host, Settings
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class State(enum.Enum):
+    """Lifecycle of a connection."""
+
+    NEW = "new"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BLOCKED = "blocked"
+    RECOVERING = "recovering"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+#: Allowed transitions; anything else is a bug and raises.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.NEW: frozenset({State.CONNECTING, State.CLOSED}),
+    State.CONNECTING: frozenset({State.CONNECTED, State.FAILED, State.CLOSED, State.CONNECTING}),
+    State.CONNECTED: frozenset({State.BLOCKED, State.RECOVERING, State.CLOSED}),
+    State.BLOCKED: frozenset({State.CONNECTED, State.RECOVERING, State.CLOSED}),
+    State.RECOVERING: frozenset({State.CONNECTED, State.FAILED, State.CLOSED, State.RECOVERING}),
+    State.FAILED: frozenset({State.CONNECTING, State.RECOVERING, State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+_OPEN_STATES = frozenset({State.CONNECTED, State.BLOCKED})
+_ALL_CONNECTIONS: weakref.WeakSet[Connection] = weakref.WeakSet()
+_names = itertools.count(1)
+
+
+def default_connection_name() -> str:
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    return f"{prog}:{os.getpid()}:{socket.gethostname()}"
+
+
+def negotiated_heartbeat(threshold: int) -> int:
+    """Heartbeat interval asked of the broker for detection bound ``threshold``.
+
+    The broker may stay silent for almost a whole interval, so the interval is
+    half of T: a healthy connection always shows traffic well within T.
+    """
+    if threshold <= 0:
+        return 0
+    return max(1, threshold // 2)
+
+
+class Connection:
+    """A broker connection that survives broker, network and consumer failures."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        events: ev.EventBus | None = None,
+        clock: Clock | None = None,
+        transport: type | None = None,
+        transport_options: dict[str, Any] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = name or settings.connection_name or default_connection_name()
+        self.events = events if events is not None else ev.EventBus()
+        if events is None:
+            self.events.subscribe(ev.LogSubscriber())
+        self._clock = clock or REAL_CLOCK
+        self._lock = threading.RLock()
+        self._topology = Topology()
+        self._ring = HostRing(settings.hosts, settings.kombu_failover_strategy) if settings.hosts else None
+        self._backoff = backoff or Backoff(
+            interval=settings.rabbit_retry_interval,
+            step=settings.rabbit_retry_backoff,
+            cap=settings.rabbit_interval_max,
+        )
+        self._transport_cls = transport or (MemoryTransport if settings.is_memory else AMQPTransport)
+        self._transport_options = dict(transport_options or {})
+        self._state = State.NEW
+        self._kombu: kombu.Connection | None = None
+        self._transport: Any = None
+        self._raw: Any = None
+        self._channel: Any = None
+        self._host: Host | None = None
+        self._last_host: Host | None = None
+        self._pid = os.getpid()
+        self._confirms = False
+        self._returned: list[tuple[int, str]] = []
+        self._pending_cancels: dict[str, float] = {}
+        self._recovered_cancels: set[str] = set()
+        self._tags = itertools.count(1)
+        self._tag_prefix = f"rha-{uuid.uuid4().hex[:12]}"
+        self.liveness_hooks: list[Callable[[Connection, bool], None]] = []
+        _ALL_CONNECTIONS.add(self)
+
+    # -- public state ------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def host(self) -> Host | None:
+        """The host connected to, or None."""
+        return self._host
+
+    @property
+    def raw(self) -> Any:
+        """The transport's own connection object (py-amqp's on AMQP), or None."""
+        return self._raw
+
+    @property
+    def topology(self) -> Topology:
+        return self._topology
+
+    @property
+    def local_port(self) -> int | None:
+        sock = self._socket()
+        try:
+            return sock.getsockname()[1] if sock is not None else None
+        except OSError:
+            return None
+
+    def __repr__(self) -> str:
+        where = self._host.address if self._host else "-"
+        return f"<Connection {self.name} {self._state.value} {where}>"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def connect(self, deadline: Deadline | None = None) -> None:
+        """Connect (to the first host that answers) before ``deadline``."""
+        with self._lock:
+            self._ensure_open(deadline or self._default_deadline(), "connection.open")
+
+    def close(self) -> None:
+        """Close the connection; never blocks for more than a couple of seconds."""
+        acquired = self._lock.acquire(timeout=2.0)
+        try:
+            if self._state is State.CLOSED:
+                return
+            raw, transport = self._raw, self._transport
+            if raw is not None and os.getpid() == self._pid and self._state in _OPEN_STATES:
+                try:
+                    with self._request_deadline("connection.close", min(2.0, self.settings.request_timeout)):
+                        transport.close_connection(raw)
+                except Exception as error:  # closing a dying connection may fail
+                    LOG.debug("[%s] close: %s", self.name, error)
+            self._teardown()
+            self._set_state(State.CLOSED)
+        finally:
+            if acquired:
+                self._lock.release()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the retry loop ----------------------------------------------------
+
+    def ensure(self, fn: Callable[[Any], T], *, operation: str, deadline: Deadline | None = None) -> T:
+        """Run ``fn(channel)``, recovering from broker faults until ``deadline``.
+
+        ``operation`` is the AMQP method it performs (``queue.declare``...), used
+        to judge broker refusals by the error table.
+        """
+        deadline = deadline or self._default_deadline()
+        with self._lock:
+            recovering = False
+            failures = 0
+            while True:
+                self._ensure_open(deadline, operation)
+                try:
+                    with self._request_deadline(operation, deadline.cap(self.settings.request_timeout)):
+                        return fn(self._channel)
+                except (exc.Unroutable, exc.PublishNacked):
+                    raise
+                except Exception as error:
+                    failures += 1
+                    self._on_failure(error, operation, recovering, deadline, failures)
+                    recovering = True
+
+    def _on_failure(self, error: BaseException, operation: str, recovering: bool,
+                    deadline: Deadline, failures: int) -> None:
+        action = errors.classify(error, operation, recovering)
+        host = self._host.address if self._host else None
+        if action is errors.Action.RAISE:
+            raise errors.translate(error, operation, host) from error
+        if isinstance(error, errors.RequestTimeout):
+            self.events.emit(ev.RequestDeadlineMissed(self.name, host or "-", operation, error.timeout))
+        reason = str(errors.translate(error, operation, host, failures))
+        if action is errors.Action.REOPEN_CHANNEL and self._state in _OPEN_STATES:
+            if failures > 1:
+                self._clock.sleep(deadline.cap(self._backoff.delay(failures - 1)))
+            if self._reopen_channel(deadline, reason):
+                return
+        self._lost(reason)
+        if deadline.expired():
+            raise exc.MessagingTimeout(
+                f"{operation} did not succeed before its deadline: {reason}",
+                waited=0.0, last_error=error) from error
+
+    # -- topology ------------------------------------------------------------
+
+    def set_qos(self, prefetch_count: int | None = None, deadline: Deadline | None = None) -> None:
+        """Bound unacknowledged deliveries; recorded and applied before consumers."""
+        count = self.settings.rabbit_qos_prefetch_count if prefetch_count is None else prefetch_count
+        self._topology.prefetch_count = count
+        self.ensure(lambda ch: self._declarer(ch).qos(count), operation="basic.qos", deadline=deadline)
+
+    def declare_exchange(self, name: str, type: str = "topic", *, durable: bool = False,
+                         auto_delete: bool = False, arguments: dict[str, Any] | None = None,
+                         deadline: Deadline | None = None) -> None:
+        decl = ExchangeDecl(name, type, durable, auto_delete, tuple(sorted((arguments or {}).items())))
+        self.ensure(lambda ch: self._declarer(ch).exchange(decl), operation="exchange.declare",
+                    deadline=deadline)
+        self._topology.add_exchange(decl)
+
+    def declare_queue(self, name: str = "", *, durable: bool = False, auto_delete: bool = False,
+                      exclusive: bool = False, arguments: dict[str, Any] | None = None,
+                      deadline: Deadline | None = None) -> str:
+        """Declare a queue; returns its name (the broker's choice when ``name`` is empty)."""
+        decl = QueueDecl(name, name, durable, auto_delete, exclusive, dict(arguments or {}),
+                         server_named=not name)
+        actual = self.ensure(lambda ch: self._declarer(ch).queue(decl), operation="queue.declare",
+                             deadline=deadline)
+        decl.name = actual
+        if not name:
+            decl.key = actual
+        self._topology.add_queue(decl)
+        return actual
+
+    def bind(self, queue: str, exchange: str, routing_key: str = "", *,
+             deadline: Deadline | None = None) -> None:
+        key = self._topology.key_for(queue)
+        decl = BindingDecl(key, exchange, routing_key)
+        self.ensure(lambda ch: self._declarer(ch).bind(self._topology.queue_name(key), decl),
+                    operation="queue.bind", deadline=deadline)
+        self._topology.add_binding(decl)
+
+    def consume(self, queue: str, callback: Callable[[Any], None], *, no_ack: bool = False,
+                arguments: dict[str, Any] | None = None, tag: str | None = None,
+                deadline: Deadline | None = None) -> str:
+        """Consume ``queue``; ``callback(message)`` runs in :meth:`drain_events`.
+
+        The consumer is recorded: it is re-created after a reconnect and after a
+        consumer cancel notification. Returns its tag, stable across both.
+        """
+        args = dict(arguments or {})
+        if self.settings.enable_cancel_on_failover:
+            args.setdefault("x-cancel-on-ha-failover", True)
+        decl = ConsumerDecl(tag or f"{self._tag_prefix}-{next(self._tags)}",
+                            self._topology.key_for(queue), callback, no_ack, args)
+        self._topology.add_consumer(decl)
+        try:
+            self.ensure(lambda ch: self._declarer(ch).consume(self._topology.queue_name(decl.queue_key), decl),
+                        operation="basic.consume", deadline=deadline)
+        except BaseException:
+            self._topology.remove_consumer(decl.tag)
+            raise
+        return decl.tag
+
+    def cancel(self, tag: str, deadline: Deadline | None = None) -> None:
+        """Stop a consumer. It is forgotten even if the broker cannot be told."""
+        with self._lock:
+            if self._topology.remove_consumer(tag) is None:
+                return
+            if self._state not in _OPEN_STATES or self._channel is None:
+                return
+            try:
+                with self._request_deadline("basic.cancel", self.settings.request_timeout):
+                    self._channel.basic_cancel(tag)
+            except Exception as error:
+                action = errors.classify(error, "basic.cancel")
+                if action is errors.Action.RAISE:
+                    raise errors.translate(error, "basic.cancel", self._addr()) from error
+                self._lost(f"basic.cancel failed: {error}")
+
+    def delete_queue(self, name: str, deadline: Deadline | None = None) -> None:
+        """Delete a queue and forget it (and its bindings and consumers)."""
+        key = self._topology.key_for(name)
+        self._topology.remove_queue(key)
+        self.ensure(lambda ch: ch.queue_delete(name), operation="queue.delete", deadline=deadline)
+
+    def queue_name(self, key: str) -> str:
+        """Current name of a queue first declared (or first named) ``key``."""
+        return self._topology.queue_name(key)
+
+    # -- publish -------------------------------------------------------------
+
+    def publish(self, body: bytes, exchange: str, routing_key: str, *,
+                headers: dict[str, Any] | None = None, properties: dict[str, Any] | None = None,
+                mandatory: bool = True, deadline: Deadline | None = None,
+                retry_uncertain: bool = False) -> None:
+        """Publish and wait for the broker's confirm.
+
+        Raises :class:`Unroutable` if returned, :class:`PublishNacked` if
+        nacked. A message whose frames were never written is sent again after
+        recovery. If the connection dies after the write but before the
+        confirm, the outcome is unknown: it is sent again only if
+        ``retry_uncertain`` (at-least-once); otherwise
+        :class:`~rabbit_ha_driver.exceptions.ConnectionLost` is raised.
+        """
+        deadline = deadline or self._default_deadline()
+        props = dict(properties or {})
+        written = False
+
+        def attempt(channel: Any) -> None:
+            nonlocal written
+            if written and not retry_uncertain:
+                raise exc.ConnectionLost(
+                    f"publish to {exchange!r}/{routing_key!r}: connection lost after the "
+                    "message was written and before the broker confirmed it; not sent again",
+                    host=self._addr(), operation="basic.publish")
+            self._wait_unblocked(deadline)
+            message = channel.prepare_message(
+                body, props.pop("priority", None), props.pop("content_type", None),
+                props.pop("content_encoding", None), headers, props)
+            self._returned.clear()
+            channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
+                                  mandatory=mandatory)
+            written = True
+            if self._confirms:
+                self._wait_confirm(channel)
+            if self._returned:
+                code, text = self._returned[-1]
+                self._returned.clear()
+                raise exc.Unroutable(f"broker returned message for {exchange!r}/{routing_key!r}: "
+                                     f"{code} {text}", host=self._addr(), reply_code=code,
+                                     operation="basic.publish")
+
+        self.ensure(attempt, operation="basic.publish", deadline=deadline)
+
+    def _wait_confirm(self, channel: Any) -> None:
+        outcome: list[str] = []
+
+        def on_confirm(method: Any, *args: Any) -> None:
+            outcome.append("nack" if method == amqp_spec.Basic.Nack else "ack")
+
+        channel.wait([amqp_spec.Basic.Ack, amqp_spec.Basic.Nack], callback=on_confirm)
+        if outcome and outcome[0] == "nack":
+            raise exc.PublishNacked("broker nacked the message", host=self._addr(),
+                                    operation="basic.publish")
+
+    def _wait_unblocked(self, deadline: Deadline) -> None:
+        while self._state is State.BLOCKED:
+            if deadline.expired():
+                raise exc.MessagingTimeout(
+                    f"broker {self._addr()} kept publishing blocked past the deadline",
+                    waited=0.0)
+            try:
+                self._transport.drain_events(self._raw, timeout=deadline.cap(0.5))
+            except TimeoutError:
+                pass
+
+    # -- acknowledgements ------------------------------------------------------
+
+    def ack(self, message: Any) -> bool:
+        """Acknowledge ``message``; False if its channel is gone (the broker redelivers)."""
+        return self._settle(message, "basic.ack", lambda m: m.ack())
+
+    def reject(self, message: Any, requeue: bool = False) -> bool:
+        """Reject (and maybe requeue) ``message``; False if its channel is gone."""
+        return self._settle(message, "basic.reject", lambda m: m.reject(requeue=requeue))
+
+    def _settle(self, message: Any, operation: str, fn: Callable[[Any], None]) -> bool:
+        with self._lock:
+            if getattr(message, "channel", None) is not self._channel or self._channel is None:
+                LOG.debug("[%s] %s skipped: delivery belongs to a closed channel", self.name, operation)
+                return False
+            if getattr(message, "acknowledged", False):
+                return True
+            try:
+                fn(message)
+                return True
+            except Exception as error:
+                self._lost(f"{operation} failed: {error}")
+                return False
+
+    # -- consuming -------------------------------------------------------------
+
+    def drain_events(self, timeout: float) -> None:
+        """Deliver messages to consumer callbacks for up to ``timeout`` seconds.
+
+        Recovers the connection (and re-creates cancelled consumers after their
+        delay) within the same time. Returns early after a delivery.
+        """
+        deadline = Deadline.after(timeout, self._clock)
+        with self._lock:
+            try:
+                self._ensure_open(deadline, "basic.consume")
+                self._restore_cancelled(deadline)
+            except exc.MessagingTimeout:
+                return
+            wait = deadline.remaining()
+            if self._pending_cancels:
+                wait = min(wait, max(0.0, min(self._pending_cancels.values()) - self._clock.now()))
+            try:
+                self._transport.drain_events(self._raw, timeout=wait)
+            except TimeoutError:
+                pass
+            except Exception as error:
+                if errors.classify(error, "basic.consume") is errors.Action.RAISE:
+                    raise errors.translate(error, "basic.consume", self._addr()) from error
+                self._lost(str(errors.translate(error, "basic.consume", self._addr())))
+            try:
+                self._restore_cancelled(deadline)
+            except exc.MessagingTimeout:
+                return
+
+    def _deliver(self, decl: ConsumerDecl, channel: Any) -> Callable[[Any], None]:
+        to_python = getattr(channel, "message_to_python", None) if supports_confirms(self._transport) else None
+
+        def deliver(raw_message: Any) -> None:
+            message = to_python(raw_message) if to_python is not None else raw_message
+            try:
+                decl.callback(message)
+            except Exception:
+                LOG.exception("[%s] consumer callback for queue %r failed",
+                              self.name, self._topology.queue_name(decl.queue_key))
+
+        return deliver
+
+    def _on_cancel(self, tag: str) -> None:
+        decl = self._topology.consumers.get(tag)
+        if decl is None:
+            return
+        delay = self.settings.kombu_reconnect_delay
+        self._pending_cancels[decl.queue_key] = self._clock.now() + delay
+        self.events.emit(ev.ConsumerCancelled(self.name, self._topology.queue_name(decl.queue_key), delay))
+
+    def _restore_cancelled(self, deadline: Deadline) -> None:
+        now = self._clock.now()
+        due = [key for key, at in self._pending_cancels.items() if at <= now]
+        for key in due:
+            del self._pending_cancels[key]
+            try:
+                with self._request_deadline("queue.declare", self.settings.request_timeout):
+                    self._topology.replay_queue(self._declarer(self._channel), key)
+                self.events.emit(ev.ConsumerRestored(self.name, self._topology.queue_name(key), True))
+            except Exception as error:
+                action = errors.classify(error, "queue.declare", recovering=True)
+                if action is errors.Action.RAISE:
+                    raise errors.translate(error, "queue.declare", self._addr()) from error
+                LOG.warning("[%s] re-consuming queue %r on the same connection failed (%s); "
+                            "reconnecting", self.name, self._topology.queue_name(key), error)
+                self._lost(f"re-consume after cancel failed: {error}")
+                self._recovered_cancels.add(key)
+                self._ensure_open(deadline, "basic.consume")
+
+    # -- internals: connecting -----------------------------------------------------
+
+    def _default_deadline(self) -> Deadline:
+        seconds = self.settings.publish_timeout
+        return Deadline.after(seconds if seconds > 0 else None, self._clock)
+
+    def _addr(self) -> str | None:
+        return self._host.address if self._host else None
+
+    def _set_state(self, new: State) -> None:
+        old = self._state
+        if new is old:
+            return
+        if new not in TRANSITIONS[old]:
+            raise RuntimeError(f"{self!r}: illegal transition {old.value} -> {new.value}")
+        self._state = new
+        self.events.emit(ev.StateChanged(self.name, old.value, new.value))
+
+    def _ensure_open(self, deadline: Deadline, operation: str) -> None:
+        if self._state is State.CLOSED:
+            raise exc.ConnectionLost(f"connection {self.name} is closed", operation=operation)
+        if os.getpid() != self._pid:
+            self._forget_after_fork()
+        if self._state in _OPEN_STATES and self._channel is not None:
+            return
+        self._establish(deadline)
+
+    def _establish(self, deadline: Deadline) -> None:
+        recovering = self._last_host is not None
+        self._set_state(State.RECOVERING if recovering else State.CONNECTING)
+        failed_passes = 0
+        attempts = 0
+        started = self._clock.now()
+        last_error: BaseException | None = None
+        while True:
+            if deadline.expired():
+                hosts = ", ".join(h.address for h in self.settings.hosts) or "memory://"
+                self._set_state(State.FAILED)
+                raise exc.MessagingTimeout(
+                    f"could not connect to any of {hosts} within "
+                    f"{self._clock.now() - started:.1f}s ({attempts} attempts): {last_error}",
+                    waited=self._clock.now() - started, last_error=last_error)
+            host = self._ring.current if self._ring else None
+            attempts += 1
+            self.events.emit(ev.Connecting(self.name, host.address if host else "memory", attempts))
+            phase = ["connection.open"]
+            try:
+                self._open(host, deadline, phase)
+            except Exception as error:
+                self._teardown()
+                action = errors.classify(error, phase[0], recovering=True)
+                if action is errors.Action.RAISE:
+                    self._set_state(State.FAILED)
+                    raise errors.translate(error, phase[0], host.address if host else None) from error
+                last_error = error
+                self.events.emit(ev.ConnectFailed(self.name, host.address if host else "memory",
+                                                  f"{phase[0]}: {type(error).__name__}: {error}"))
+                if self._ring is None:
+                    failed_passes += 1
+                    self._backoff_sleep(failed_passes, deadline)
+                    continue
+                self._ring.advance()
+                if self._ring.pass_complete():
+                    failed_passes += 1
+                    if self.settings.rabbit_max_retries and failed_passes >= self.settings.rabbit_max_retries \
+                            and deadline.is_never:
+                        self._set_state(State.FAILED)
+                        raise exc.ConnectionLost(
+                            f"gave up after {failed_passes} passes over the hosts: {error}",
+                            attempts=attempts) from error
+                    self._backoff_sleep(failed_passes, deadline)
+                    self._ring.reset_pass()
+                continue
+            if self._ring:
+                self._ring.reset_pass()
+            self._set_state(State.CONNECTED)
+            heartbeat = getattr(self._raw, "heartbeat", 0) or 0
+            where = host.address if host else "memory"
+            self.events.emit(ev.Connected(self.name, where, self.local_port, float(heartbeat)))
+            if self._last_host is not None and host is not None and self._last_host != host:
+                self.events.emit(ev.FailedOver(self.name, self._last_host.address, host.address))
+            self._last_host = host
+            for key in self._recovered_cancels:
+                self.events.emit(ev.ConsumerRestored(self.name, self._topology.queue_name(key), False))
+            self._recovered_cancels.clear()
+            return
+
+    def _backoff_sleep(self, failed_passes: int, deadline: Deadline) -> None:
+        delay = self._backoff.delay(failed_passes)
+        self.events.emit(ev.RetryScheduled(self.name, failed_passes, delay))
+        self._clock.sleep(deadline.cap(delay))
+
+    def _open(self, host: Host | None, deadline: Deadline, phase: list[str]) -> None:
+        budget = max(0.05, deadline.cap(self.settings.connect_timeout))
+        if host is None:
+            kconn = kombu.Connection("memory://", transport=self._transport_cls,
+                                     transport_options={"polling_interval": 0.01, **self._transport_options})
+        else:
+            options = {"client_properties": {"connection_name": self.name},
+                       "on_blocked": self._on_blocked, "on_unblocked": self._on_unblocked,
+                       **self._transport_options}
+            kconn = kombu.Connection(
+                hostname=host.hostname, port=host.port, userid=host.username,
+                password=host.password, virtual_host=self.settings.virtual_host,
+                transport=self._transport_cls, heartbeat=negotiated_heartbeat(
+                    self.settings.heartbeat_timeout_threshold),
+                connect_timeout=budget, ssl=self._ssl_options(host),
+                transport_options=options)
+        self._kombu = kconn
+        self._transport = kconn.transport
+        self._raw = self._transport.establish_connection()
+        self._host = host
+        self._pid = os.getpid()
+        for hook in self.liveness_hooks:
+            hook(self, True)
+        phase[0] = "channel.open"
+        with self._request_deadline("channel.open", budget):
+            self._open_channel()
+        phase[0] = "queue.declare"
+        with self._request_deadline("queue.declare", deadline.cap(self.settings.request_timeout)):
+            self._topology.replay(self._declarer(self._channel))
+        if self._topology.queues or self._topology.consumers:
+            self.events.emit(ev.TopologyRestored(self.name, host.address if host else "memory",
+                                                 len(self._topology.queues), len(self._topology.consumers)))
+
+    def _open_channel(self) -> None:
+        channel = self._transport.create_channel(self._raw)
+        self._confirms = supports_confirms(self._transport)
+        if self._confirms:
+            channel.confirm_select()
+            channel.events["basic_return"].add(self._on_return)
+        self._channel = channel
+
+    def _reopen_channel(self, deadline: Deadline, reason: str) -> bool:
+        """A new channel on the same connection, with the topology replayed."""
+        LOG.info("[%s] reopening channel on %s: %s", self.name, self._addr(), reason)
+        try:
+            with self._request_deadline("channel.open", deadline.cap(self.settings.request_timeout)):
+                old = self._channel
+                self._channel = None
+                if old is not None:
+                    try:
+                        old.collect()
+                    except Exception as error:  # already gone
+                        LOG.debug("[%s] dropping old channel: %s", self.name, error)
+                self._open_channel()
+                self._topology.replay(self._declarer(self._channel))
+            return True
+        except Exception as error:
+            if errors.classify(error, "queue.declare", recovering=True) is errors.Action.RAISE:
+                raise errors.translate(error, "queue.declare", self._addr()) from error
+            LOG.info("[%s] reopening the channel failed (%s); reconnecting", self.name, error)
+            return False
+
+    def _ssl_options(self, host: Host) -> Any:
+        """py-amqp's TLS options: the chain is always verified, the name on request."""
+        s = self.settings
+        if not s.ssl:
+            return False
+        options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
+        if s.ssl_ca_file:
+            options["ca_certs"] = s.ssl_ca_file
+        if s.ssl_cert_file:
+            options["certfile"] = s.ssl_cert_file
+            options["keyfile"] = s.ssl_key_file or None
+        # With a server_hostname py-amqp turns hostname checking on; without
+        # one the certificate chain is still verified.
+        options["server_hostname"] = host.hostname if s.ssl_enforce_hostname_verification else None
+        return options
+
+    def _lost(self, reason: str) -> None:
+        if self._state in _OPEN_STATES:
+            self.events.emit(ev.ConnectionLost(self.name, self._addr() or "memory", reason))
+            self._set_state(State.RECOVERING)
+            if self._ring is not None:
+                self._ring.advance()
+                self._ring.reset_pass()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        raw, transport = self._raw, self._transport
+        self._channel = None
+        self._raw = None
+        self._transport = None
+        self._host = None
+        self._pending_cancels.clear()
+        if raw is not None:
+            for hook in self.liveness_hooks:
+                hook(self, False)
+            try:
+                if supports_confirms(transport):
+                    raw.collect()
+                else:
+                    transport.close_connection(raw)
+            except Exception as error:
+                LOG.debug("[%s] teardown: %s", self.name, error)
+
+    def _forget_after_fork(self) -> None:
+        """In a child process: drop the parent's socket without touching it."""
+        LOG.debug("[%s] process forked; opening a new connection in the child", self.name)
+        raw = self._raw
+        if raw is not None and supports_confirms(self._transport):
+            sock = getattr(getattr(raw, "_transport", None), "sock", None)
+            if sock is not None:
+                try:
+                    sock.detach()
+                except OSError:
+                    pass
+                raw._transport.sock = None
+        self._raw = None
+        self._teardown()
+        self._pid = os.getpid()
+        if self._state in _OPEN_STATES:
+            self._set_state(State.RECOVERING)
+
+    def _reinit_after_fork(self) -> None:
+        self._lock = threading.RLock()
+
+    def _socket(self) -> socket.socket | None:
+        raw = self._raw
+        transport = getattr(raw, "_transport", None) or getattr(raw, "transport", None)
+        return getattr(transport, "sock", None)
+
+    @contextmanager
+    def _request_deadline(self, operation: str, seconds: float) -> Iterator[None]:
+        raw = self._raw
+        if isinstance(raw, DeadlineConnection):
+            with raw.deadline(operation, max(0.001, seconds)):
+                yield
+        else:
+            yield
+
+    # -- internals: broker callbacks --------------------------------------------
+
+    def _on_return(self, exc_or_code: Any, *args: Any) -> None:
+        code = getattr(exc_or_code, "reply_code", None)
+        text = getattr(exc_or_code, "reply_text", "")
+        if code is None and isinstance(exc_or_code, int):
+            code, text = exc_or_code, (args[0] if args else "")
+        self._returned.append((int(code or 312), str(text)))
+
+    def _on_blocked(self, reason: str = "") -> None:
+        if self._state is State.CONNECTED:
+            self._set_state(State.BLOCKED)
+        self.events.emit(ev.Blocked(self.name, self._addr() or "-", str(reason)))
+
+    def _on_unblocked(self) -> None:
+        if self._state is State.BLOCKED:
+            self._set_state(State.CONNECTED)
+        self.events.emit(ev.Unblocked(self.name, self._addr() or "-"))
+
+    def _declarer(self, channel: Any) -> _ChannelDeclarer:
+        return _ChannelDeclarer(self, channel)
+
+
+class _ChannelDeclarer:
+    """Topology declarations on one channel (used for first use and replay)."""
+
+    def __init__(self, conn: Connection, channel: Any) -> None:
+        self._conn = conn
+        self._channel = channel
+
+    def qos(self, prefetch_count: int) -> None:
+        self._channel.basic_qos(0, prefetch_count, False)
+
+    def exchange(self, decl: ExchangeDecl) -> None:
+        self._channel.exchange_declare(exchange=decl.name, type=decl.type, durable=decl.durable,
+                                       auto_delete=decl.auto_delete, arguments=dict(decl.arguments))
+
+    def queue(self, decl: QueueDecl) -> str:
+        name = "" if decl.server_named else decl.name
+        result = self._channel.queue_declare(queue=name, durable=decl.durable, auto_delete=decl.auto_delete,
+                                             exclusive=decl.exclusive, arguments=decl.arguments or None)
+        return str(getattr(result, "queue", None) or (result[0] if result else name))
+
+    def bind(self, queue: str, decl: BindingDecl) -> None:
+        self._channel.queue_bind(queue=queue, exchange=decl.exchange, routing_key=decl.routing_key)
+
+    def consume(self, queue: str, decl: ConsumerDecl) -> None:
+        conn = self._conn
+        kwargs: dict[str, Any] = {}
+        if supports_confirms(conn._transport):
+            kwargs["on_cancel"] = conn._on_cancel
+            kwargs["arguments"] = decl.arguments or None
+        elif hasattr(self._channel, "fake_broker"):
+            kwargs["on_cancel"] = conn._on_cancel
+        self._channel.basic_consume(queue=queue, no_ack=decl.no_ack,
+                                    callback=conn._deliver(decl, self._channel),
+                                    consumer_tag=decl.tag, **kwargs)
+
+
+def _after_fork_in_child() -> None:
+    for conn in list(_ALL_CONNECTIONS):
+        conn._reinit_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
