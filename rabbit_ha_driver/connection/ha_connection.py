@@ -157,6 +157,7 @@ class Connection:
         self._confirms = False
         self._returned: list[tuple[int, str]] = []
         self._pending_cancels: dict[str, float] = {}
+        self._active_tags: set[str] = set()
         self._recovered_cancels: set[str] = set()
         self._tags = itertools.count(1)
         self._tag_prefix = f"rha-{uuid.uuid4().hex[:12]}"
@@ -324,8 +325,9 @@ class Connection:
                             self._topology.key_for(queue), callback, no_ack, args)
         self._topology.add_consumer(decl)
         try:
-            self.ensure(lambda ch: self._declarer(ch).consume(self._topology.queue_name(decl.queue_key), decl),
-                        operation="basic.consume", deadline=deadline)
+            # A reopened channel replays recorded consumers, this one included.
+            self.ensure(lambda ch: None if decl.tag in self._active_tags else self._declarer(ch).consume(
+                self._topology.queue_name(decl.queue_key), decl), operation="basic.consume", deadline=deadline)
         except BaseException:
             self._topology.remove_consumer(decl.tag)
             raise
@@ -496,6 +498,7 @@ class Connection:
         decl = self._topology.consumers.get(tag)
         if decl is None:
             return
+        self._active_tags.discard(tag)
         delay = self.settings.kombu_reconnect_delay
         self._pending_cancels[decl.queue_key] = self._clock.now() + delay
         self.events.emit(ev.ConsumerCancelled(self.name, self._topology.queue_name(decl.queue_key), delay))
@@ -554,9 +557,9 @@ class Connection:
         started = self._clock.now()
         last_error: BaseException | None = None
         while True:
-            if deadline.expired():
+            # At least one attempt, even when the caller left no time.
+            if attempts and deadline.expired():
                 hosts = ", ".join(h.address for h in self.settings.hosts) or "memory://"
-                self._set_state(State.FAILED)
                 raise exc.MessagingTimeout(
                     f"could not connect to any of {hosts} within "
                     f"{self._clock.now() - started:.1f}s ({attempts} attempts): {last_error}",
@@ -646,6 +649,7 @@ class Connection:
 
     def _open_channel(self) -> None:
         channel = self._transport.create_channel(self._raw)
+        self._active_tags = set()
         self._confirms = supports_confirms(self._transport)
         if self._confirms:
             channel.confirm_select()
@@ -808,6 +812,7 @@ class _ChannelDeclarer:
         self._channel.basic_consume(queue=queue, no_ack=decl.no_ack,
                                     callback=conn._deliver(decl, self._channel),
                                     consumer_tag=decl.tag, **kwargs)
+        conn._active_tags.add(decl.tag)  # noqa: SLF001
 
 
 def _after_fork_in_child() -> None:

@@ -1,0 +1,235 @@
+"""ensure(), failover, backoff, CCN and topology replay against the fake broker."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from rabbit_ha_driver import events as ev
+from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.clock import FakeClock
+from rabbit_ha_driver.connection import Backoff, Connection, Deadline, State
+from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.testing import FakeBroker, FakeTransport, not_found, precondition_failed
+
+URL = "rabbit://u:s3cret@h1:1,u:s3cret@h2:2,u:s3cret@h3:3/"
+
+
+@pytest.fixture
+def broker():
+    return FakeBroker()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def recorder():
+    return ev.Recorder()
+
+
+def make(broker, clock, recorder, url=URL, **overrides):
+    bus = ev.EventBus()
+    bus.subscribe(recorder)
+    bus.subscribe(ev.LogSubscriber())
+    settings = from_url(url, **overrides)
+    return Connection(settings, name="test", events=bus, clock=clock, transport=FakeTransport,
+                      transport_options={"fake_broker": broker},
+                      backoff=Backoff(0.2, 1.0, 3.0, jitter=0.0))
+
+
+def consumer(conn, queue="q", exchange="x", key="k"):
+    got = []
+    conn.declare_exchange(exchange)
+    conn.declare_queue(queue)
+    conn.bind(queue, exchange, key)
+    conn.consume(queue, lambda m: (got.append(m.body), conn.ack(m)))
+    return got
+
+
+def test_publish_and_consume(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    got = consumer(conn)
+    conn.publish(b"one", "x", "k")
+    conn.drain_events(0)
+    assert got == [b"one"]
+    assert conn.state is State.CONNECTED
+    assert broker.connects == ["h1:1"]
+
+
+def test_next_host_at_once_without_backoff(broker, clock, recorder):
+    broker.down_hosts = {"h1:1"}
+    conn = make(broker, clock, recorder)
+    conn.connect(Deadline.after(10, clock))
+    assert broker.connects == ["h1:1", "h2:2"]
+    assert clock.sleeps == []
+    assert conn.host.address == "h2:2"
+
+
+def test_backoff_only_after_a_full_pass(broker, clock, recorder):
+    broker.fail_connects = 7
+    conn = make(broker, clock, recorder)
+    conn.connect(Deadline.after(60, clock))
+    assert len(broker.connects) == 8
+    # passes of 3 hosts fail twice: two waits, growing by the step
+    assert clock.sleeps == [0.2, 1.2]
+    assert [e.attempt for e in recorder.of(ev.RetryScheduled)] == [1, 2]
+
+
+def test_gives_up_at_the_deadline(broker, clock, recorder):
+    broker.down_hosts = {"h1:1", "h2:2", "h3:3"}
+    conn = make(broker, clock, recorder)
+    start = clock.now()
+    with pytest.raises(exc.MessagingTimeout) as err:
+        conn.connect(Deadline.after(5, clock))
+    assert clock.now() - start <= 5.0 + 1e-9
+    assert "h1:1, h2:2, h3:3" in str(err.value)
+    assert conn.state is State.CONNECTING
+
+
+def test_wrong_password_raises_at_once(broker, clock, recorder):
+    broker.refuse_login = True
+    conn = make(broker, clock, recorder)
+    with pytest.raises(exc.AuthenticationError) as err:
+        conn.connect(Deadline.after(60, clock))
+    assert len(broker.connects) == 1 and clock.sleeps == []
+    assert "s3cret" not in str(err.value)
+
+
+def test_inequivalent_arguments_raise_at_once(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    conn.connect()
+    broker.fail_next("queue.declare", precondition_failed())
+    with pytest.raises(exc.IrrecoverableError) as err:
+        conn.declare_queue("q", deadline=Deadline.after(60, clock))
+    assert err.value.reply_code == 406 and err.value.operation == "queue.declare"
+    assert broker.calls.count("queue.declare") == 1
+
+
+def test_404_on_consume_is_retried_on_a_new_channel(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    conn.declare_queue("q")
+    broker.fail_next("basic.consume", not_found())
+    conn.consume("q", lambda m: None, deadline=Deadline.after(10, clock))
+    assert broker.calls.count("basic.consume") == 2
+    assert broker.connects == ["h1:1"]
+
+
+def test_dropped_connection_fails_over_and_replays_topology(broker, clock, recorder):
+    conn = make(broker, clock, recorder, rabbit_qos_prefetch_count=7)
+    conn.set_qos()
+    got = consumer(conn)
+    broker.drop_connections()
+    conn.drain_events(0)      # notices the loss
+    conn.drain_events(0)      # recovers on the next host
+    assert broker.connects == ["h1:1", "h2:2"]
+    order = [c for c in broker.calls if c != "basic.publish"]
+    replay = order[order.index("basic.qos", 1):]
+    assert replay[:5] == ["basic.qos", "exchange.declare", "queue.declare", "queue.bind", "basic.consume"]
+    conn.publish(b"after", "x", "k")
+    conn.drain_events(0)
+    assert got == [b"after"]
+    assert [e.to_host for e in recorder.of(ev.FailedOver)] == ["h2:2"]
+
+
+def test_publish_retried_when_not_written(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    got = consumer(conn)
+    broker.fail_next("basic.publish", ConnectionResetError("gone"))
+    conn.publish(b"m", "x", "k", deadline=Deadline.after(10, clock))
+    conn.drain_events(0)
+    assert got == [b"m"]
+
+
+def test_unroutable_is_reported(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    conn.declare_exchange("x")
+    with pytest.raises(exc.Unroutable):
+        conn.publish(b"m", "x", "nobody")
+
+
+def test_consumer_cancel_waits_the_delay_then_consumes_on_same_connection(broker, clock, recorder):
+    conn = make(broker, clock, recorder, kombu_reconnect_delay=1.0)
+    got = consumer(conn)
+    assert broker.cancel_consumers("q") == 1
+    conn.drain_events(0)
+    assert not recorder.of(ev.ConsumerRestored)
+    clock.advance(0.9)
+    conn.drain_events(0)
+    assert not recorder.of(ev.ConsumerRestored)
+    clock.advance(0.1)
+    conn.drain_events(0)
+    [restored] = recorder.of(ev.ConsumerRestored)
+    assert restored.same_connection and restored.queue == "q"
+    assert broker.connects == ["h1:1"]
+    conn.publish(b"back", "x", "k")
+    conn.drain_events(0)
+    assert got == [b"back"]
+
+
+def test_consumer_cancel_escalates_to_reconnect_when_redeclare_fails(broker, clock, recorder):
+    conn = make(broker, clock, recorder, kombu_reconnect_delay=0.5)
+    got = consumer(conn)
+    broker.cancel_consumers("q")
+    conn.drain_events(0)
+    broker.fail_next("queue.declare", ConnectionResetError("node died"))
+    clock.advance(0.5)
+    conn.drain_events(0)
+    assert broker.connects == ["h1:1", "h2:2"]
+    [restored] = recorder.of(ev.ConsumerRestored)
+    assert not restored.same_connection
+    conn.publish(b"x", "x", "k")
+    conn.drain_events(0)
+    assert got == [b"x"]
+
+
+def test_server_named_queue_gets_new_name_after_reconnect(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    conn.declare_exchange("x")
+    first = conn.declare_queue("")
+    conn.bind(first, "x", "k")
+    got = []
+    conn.consume(first, lambda m: got.append(m.body))
+    broker.drop_connections()
+    conn.drain_events(0)
+    conn.drain_events(0)
+    second = conn.queue_name(first)
+    assert second != first and second.startswith("amq.gen-")
+    conn.publish(b"to-new", "x", "k")
+    conn.drain_events(0)
+    assert got == [b"to-new"]
+
+
+def test_closed_connection_refuses_work_and_close_is_idempotent(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    conn.connect()
+    conn.close()
+    conn.close()
+    assert conn.state is State.CLOSED
+    with pytest.raises(exc.ConnectionLost):
+        conn.declare_queue("q")
+
+
+def test_events_for_every_state_change_and_no_password_in_logs(broker, clock, recorder, caplog):
+    caplog.set_level(logging.DEBUG)
+    broker.down_hosts = {"h1:1"}
+    conn = make(broker, clock, recorder)
+    conn.connect()
+    broker.drop_connections()
+    conn.drain_events(0)
+    conn.drain_events(0)
+    kinds = {type(e).__name__ for e in recorder.events}
+    assert {"Connecting", "ConnectFailed", "Connected", "ConnectionLost", "FailedOver",
+            "StateChanged"} <= kinds
+    assert "s3cret" not in caplog.text
+    assert "h1:1" in caplog.text
+
+
+def test_repr_shows_state_and_host(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    assert "new" in repr(conn)
+    conn.connect()
+    assert "connected h1:1" in repr(conn)
