@@ -217,14 +217,16 @@ def from_conf(conf: cfg.ConfigOpts, url: str | None = None) -> Settings:
     try:
         options.register_opts(conf)
     except cfg.DuplicateOptError as exc:
-        raise ConfigurationError(options.GROUP, None, f"options already registered differently: {exc}") from exc
+        raise ConfigurationError(options.GROUP, None,
+                                 f"options already registered differently: {exc}") from exc
     group = conf[options.GROUP]
     values: dict[str, Any] = {}
     for opt in options.ALL_OPTS:
         try:
             values[opt.dest] = group[opt.dest]
         except (ValueError, cfg.ConfigFileValueError) as exc:
-            raise ConfigurationError(f"[{options.GROUP}] {opt.dest}", _raw_value(conf, opt.dest), str(exc)) from exc
+            raise ConfigurationError(f"[{options.GROUP}] {opt.dest}", _raw_value(conf, opt.dest),
+                                     str(exc)) from exc
     if url is not None:
         values["transport_url"] = url
     return _build(values)
@@ -300,7 +302,7 @@ def _validated(s: Settings) -> Settings:
 def _raw_value(conf: cfg.ConfigOpts, name: str) -> Any:
     """The text a configuration file gave for ``name``, for error messages."""
     try:
-        found = conf._namespace._get_file_value([(options.GROUP, name)])
+        found = conf._namespace._get_file_value([(options.GROUP, name)])  # type: ignore[union-attr]
     except Exception:  # the value is only decoration for the message
         return "<unreadable>"
     if isinstance(found, tuple):

@@ -88,7 +88,7 @@ def precondition_failed(text: str = "PRECONDITION_FAILED - inequivalent arg") ->
     return amqp.exceptions.PreconditionFailed(text, reply_code=406)
 
 
-class FakeChannel(kombu_memory.Channel):  # type: ignore[misc]
+class FakeChannel(kombu_memory.Channel):
     """A memory channel that consults its :class:`FakeBroker` before each operation."""
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
@@ -97,7 +97,7 @@ class FakeChannel(kombu_memory.Channel):  # type: ignore[misc]
         super().__init__(connection, **kwargs)
 
     @property
-    def queues(self) -> dict[str, Any]:  # type: ignore[override]
+    def queues(self) -> dict[str, Any]:
         return self.fake_broker.queues
 
     @queues.setter
@@ -107,7 +107,7 @@ class FakeChannel(kombu_memory.Channel):  # type: ignore[misc]
     def _alive(self, operation: str) -> None:
         if self._generation != self.fake_broker.generation:
             raise ConnectionResetError(f"fake broker dropped the connection ({operation})")
-        self.fake_broker._check(operation)  # noqa: SLF001
+        self.fake_broker._check(operation)
 
     def exchange_declare(self, *args: Any, **kwargs: Any) -> Any:
         self._alive("exchange.declare")
@@ -148,7 +148,7 @@ class FakeChannel(kombu_memory.Channel):  # type: ignore[misc]
         return super().basic_publish(message, exchange, routing_key, **kwargs)
 
 
-class FakeTransport(kombu_memory.Transport):  # type: ignore[misc]
+class FakeTransport(kombu_memory.Transport):
     """Memory transport whose broker fails on demand; see :class:`FakeBroker`."""
 
     Channel = FakeChannel
@@ -162,7 +162,8 @@ class FakeTransport(kombu_memory.Transport):  # type: ignore[misc]
 
     def establish_connection(self) -> Any:
         broker = self.fake_broker
-        where = f"{self.client.hostname}:{self.client.port}"
+        client: Any = self.client
+        where = f"{client.hostname}:{client.port}"
         broker.connects.append(where)
         if where in broker.down_hosts:
             raise ConnectionRefusedError(f"fake broker: {where} is down")

@@ -130,7 +130,8 @@ def translate(error: BaseException, operation: str, host: str | None, attempts: 
     where = f" on {host}" if host else ""
     if isinstance(error, ssl.SSLError):
         return exc.TLSError(f"TLS handshake with {host} failed: {text}", host=host, operation=operation)
-    if operation == "connection.open" and (code in (403, 530) or isinstance(error, amqp.exceptions.AccessRefused)):
+    refused = code in (403, 530) or isinstance(error, amqp.exceptions.AccessRefused)
+    if operation == "connection.open" and refused:
         return exc.AuthenticationError(
             f"broker {host} refused the login or the virtual host (code {code}): {text}",
             host=host, reply_code=code, operation=operation)

@@ -41,7 +41,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import kombu
@@ -326,8 +326,11 @@ class Connection:
         self._topology.add_consumer(decl)
         try:
             # A reopened channel replays recorded consumers, this one included.
-            self.ensure(lambda ch: None if decl.tag in self._active_tags else self._declarer(ch).consume(
-                self._topology.queue_name(decl.queue_key), decl), operation="basic.consume", deadline=deadline)
+            def start(channel: Any) -> None:
+                if decl.tag not in self._active_tags:
+                    self._declarer(channel).consume(self._topology.queue_name(decl.queue_key), decl)
+
+            self.ensure(start, operation="basic.consume", deadline=deadline)
         except BaseException:
             self._topology.remove_consumer(decl.tag)
             raise
@@ -421,10 +424,8 @@ class Connection:
                 raise exc.MessagingTimeout(
                     f"broker {self._addr()} kept publishing blocked past the deadline",
                     waited=0.0)
-            try:
+            with suppress(TimeoutError):
                 self._transport.drain_events(self._raw, timeout=deadline.cap(0.5))
-            except TimeoutError:
-                pass
 
     # -- acknowledgements ------------------------------------------------------
 
@@ -482,7 +483,9 @@ class Connection:
                 return
 
     def _deliver(self, decl: ConsumerDecl, channel: Any) -> Callable[[Any], None]:
-        to_python = getattr(channel, "message_to_python", None) if supports_confirms(self._transport) else None
+        to_python = None
+        if supports_confirms(self._transport):
+            to_python = getattr(channel, "message_to_python", None)
 
         def deliver(raw_message: Any) -> None:
             message = to_python(raw_message) if to_python is not None else raw_message
@@ -586,7 +589,8 @@ class Connection:
                 self._ring.advance()
                 if self._ring.pass_complete():
                     failed_passes += 1
-                    if self.settings.rabbit_max_retries and failed_passes >= self.settings.rabbit_max_retries \
+                    limit = self.settings.rabbit_max_retries
+                    if limit and failed_passes >= limit \
                             and deadline.is_never:
                         self._set_state(State.FAILED)
                         raise exc.ConnectionLost(
@@ -727,10 +731,8 @@ class Connection:
         if raw is not None and supports_confirms(self._transport):
             sock = getattr(getattr(raw, "_transport", None), "sock", None)
             if sock is not None:
-                try:
+                with suppress(OSError):
                     sock.detach()
-                except OSError:
-                    pass
                 raw._transport.sock = None
         self._raw = None
         self._teardown()
@@ -812,7 +814,7 @@ class _ChannelDeclarer:
         self._channel.basic_consume(queue=queue, no_ack=decl.no_ack,
                                     callback=conn._deliver(decl, self._channel),
                                     consumer_tag=decl.tag, **kwargs)
-        conn._active_tags.add(decl.tag)  # noqa: SLF001
+        conn._active_tags.add(decl.tag)
 
 
 def _after_fork_in_child() -> None:

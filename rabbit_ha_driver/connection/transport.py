@@ -25,7 +25,7 @@ from kombu.transport import pyamqp as kombu_pyamqp
 from rabbit_ha_driver.connection.errors import RequestTimeout
 
 
-class DeadlineConnection(kombu_pyamqp.Connection):  # type: ignore[misc]
+class DeadlineConnection(kombu_pyamqp.Connection):
     """py-amqp connection whose blocking waits honour an absolute deadline."""
 
     request_deadline: float | None = None
@@ -59,13 +59,13 @@ class DeadlineConnection(kombu_pyamqp.Connection):  # type: ignore[misc]
             self.request_deadline, self.request_operation, self.request_budget = previous
 
 
-class AMQPTransport(kombu_pyamqp.Transport):  # type: ignore[misc]
+class AMQPTransport(kombu_pyamqp.Transport):
     """kombu's py-amqp transport with deadline-aware connections."""
 
     Connection = DeadlineConnection
 
 
-class MemoryTransport(kombu_memory.Transport):  # type: ignore[misc]
+class MemoryTransport(kombu_memory.Transport):
     """kombu's in-process transport, polled often enough for interactive use."""
 
     polling_interval = 0.01

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import socket
 
 import amqp.exceptions
 import pytest
@@ -42,7 +41,7 @@ def test_error_table(code, operation, recovering, expected):
 
 @pytest.mark.parametrize(
     "error",
-    [socket.timeout(), ConnectionResetError(), BrokenPipeError(), OSError("x"), EOFError(),
+    [TimeoutError(), ConnectionResetError(), BrokenPipeError(), OSError("x"), EOFError(),
      RequestTimeout("queue.declare", 3.0),
      amqp.exceptions.ConnectionForced("CONNECTION_FORCED - shutdown", reply_code=320),
      amqp.exceptions.RecoverableConnectionError("Socket closed")],
