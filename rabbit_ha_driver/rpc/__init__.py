@@ -1,0 +1,104 @@
+"""RPC over the HA connection: call, cast, fanout, notifications, servers.
+
+How this works: :class:`RPCClient` and :class:`Notifier` send through an
+:class:`RPCTransport` (a shared publishing connection and, for calls, a reply
+queue); :class:`RPCServer` and :class:`NotificationServer` poll a
+:class:`~rabbit_ha_driver.rpc.listener.PollListener` on their own connection
+and run handlers on an executor. Every call has one deadline that bounds
+everything it does.
+
+Wire compatibility with oslo.messaging's rabbit driver (``impl_rabbit`` and
+``amqpdriver``): the same exchanges (the control exchange, ``<topic>_fanout``,
+the default exchange for replies), queue names (``<topic>``,
+``<topic>.<server>``, ``<topic>_fanout_<hex>``, ``reply_<hex>``,
+``<topic>.<priority>`` or the pool name), queue arguments (``x-queue-type:
+quorum`` when quorum queues are on, ``x-expires`` on reply and fanout
+queues), routing keys, envelope (``oslo.version`` 2.0 around an
+``oslo.message`` JSON string), ``_msg_id``, ``_reply_q``, ``_timeout``,
+``_unique_id``, ``_context_*`` members, reply protocol (``result``,
+``failure``, ``ending``; call-monitor heartbeats) and request TTL
+(``expiration`` = the call's time left). So services on either side call,
+cast, fanout and notify each other both ways. The differences:
+
+* Everything is published with the mandatory flag and publisher confirms,
+  and a call or cast that the broker returns as unroutable is sent again
+  until its deadline (oslo.messaging drops an unroutable request silently and
+  the caller times out). A fanout that reaches no queue is retried for a
+  short grace, then logged.
+* Casts are persistent only when queues are durable (``amqp_durable_queues``
+  or quorum queues); oslo.messaging marks every message persistent. Replies
+  are transient. Either way the receiver sees no difference.
+* Only ``application/json`` in UTF-8 is accepted; oslo.messaging lets kombu
+  decode whatever content type it is given (kombu's own accept list applies)
+  and supports ``kombu_compression``, which is refused here.
+* A malformed request or one over ``rpc_max_message_size`` is rejected
+  without requeue, and its caller, when it can be found, gets an
+  ``InvalidMessage`` failure reply at once; oslo.messaging has no size limit.
+* Remote exceptions always arrive as
+  :class:`~rabbit_ha_driver.exceptions.RemoteError` with ``exc_type``
+  ``module.Class`` (``Class`` for builtins); no module named by a peer is
+  imported. oslo.messaging re-raises builtins and allowed modules' classes.
+* Dispatch errors are ``NoSuchMethod``, ``UnsupportedVersion`` and
+  ``InvalidArguments`` from :mod:`rabbit_ha_driver.rpc.server`; an
+  oslo.messaging caller sees them as ``RemoteError`` (with oslo.messaging
+  servers a wrong argument is a ``TypeError`` of the method).
+* Not implemented: stream fanout queues (``rabbit_stream_fanout``), the
+  queue manager's stable queue names (``use_queue_manager``), transient
+  quorum queues, ``x-delivery-limit`` and other quorum limits, classic
+  mirroring (``x-ha-policy``), ``amqp_auto_delete`` and falling back to a
+  non-durable exchange when a durable one is refused.
+* oslo.messaging publishes replies to the default exchange (older releases
+  used a per-reply direct exchange); so does this library, and it never
+  declares ``amq.*`` exchanges.
+"""
+
+from rabbit_ha_driver.rpc.client import Publisher, RPCClient, RPCTransport, Target
+from rabbit_ha_driver.rpc.envelope import DEFAULT_EXCHANGE, PRIORITIES
+from rabbit_ha_driver.rpc.executors import EventletExecutor, Executor, ThreadingExecutor
+from rabbit_ha_driver.rpc.listener import (
+    IncomingMessage,
+    NotificationIncomingMessage,
+    PollListener,
+    RpcIncomingMessage,
+    notification_listener,
+    rpc_listener,
+)
+from rabbit_ha_driver.rpc.notify import HANDLED, REQUEUE, NotificationServer, Notifier
+from rabbit_ha_driver.rpc.replies import ClientClosed
+from rabbit_ha_driver.rpc.server import (
+    Dispatcher,
+    InvalidArguments,
+    MessageHandlingServer,
+    NoSuchMethod,
+    RPCServer,
+    UnsupportedVersion,
+)
+
+__all__ = [
+    "DEFAULT_EXCHANGE",
+    "HANDLED",
+    "PRIORITIES",
+    "REQUEUE",
+    "ClientClosed",
+    "Dispatcher",
+    "EventletExecutor",
+    "Executor",
+    "IncomingMessage",
+    "InvalidArguments",
+    "MessageHandlingServer",
+    "NoSuchMethod",
+    "NotificationIncomingMessage",
+    "NotificationServer",
+    "Notifier",
+    "PollListener",
+    "Publisher",
+    "RPCClient",
+    "RPCServer",
+    "RPCTransport",
+    "RpcIncomingMessage",
+    "Target",
+    "ThreadingExecutor",
+    "UnsupportedVersion",
+    "notification_listener",
+    "rpc_listener",
+]

@@ -1,0 +1,506 @@
+"""Sending: calls, casts and fanout casts with deadlines, over one transport.
+
+How this works. An :class:`RPCTransport` holds what clients (and notifiers)
+of a process share: a :class:`Publisher` (one connection that threads take
+turns on) and, from the first call on, a reply queue with its own connection
+and draining thread (:mod:`rabbit_ha_driver.rpc.replies`). An
+:class:`RPCClient` is a cheap view on a transport with a target (topic,
+optional server, fanout) and a timeout; :meth:`RPCClient.prepare` makes
+another view on the same transport.
+
+A call computes one absolute deadline and everything it does runs under it:
+waiting for the publisher's lock, connecting, declaring the exchange,
+publishing and waiting for the broker's confirm, re-sending, and waiting for
+the reply. Nothing blocks past it, also when every broker is down; the
+:class:`~rabbit_ha_driver.exceptions.MessagingTimeout` says which of these it
+was stuck in and why. The request carries the time left as its AMQP
+``expiration`` so the broker drops it once nobody waits for the answer.
+
+Messages are published with the mandatory flag and publisher confirms. A
+message is sent again only when the broker provably did not take it: it came
+back unroutable (no queue bound yet, e.g. while a server re-declares its queue
+after a failover), it was nacked, or its frame never went out. When the
+connection dies between writing a call and the confirm, the request may have
+arrived, so the call keeps waiting for a reply instead of sending it twice; a
+cast in that state raises :class:`~rabbit_ha_driver.exceptions.ConnectionLost`
+(its fate is unknown). A fanout that no queue takes is retried only for a short
+grace (a listener re-declaring its queue after a consumer cancel), then logged
+as reaching no listener: a fanout to nobody is not an error in oslo.messaging.
+
+Wire format and names are oslo.messaging's rabbit driver's (see
+:mod:`rabbit_ha_driver.rpc.envelope` and :mod:`rabbit_ha_driver.rpc`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+from typing import Any, Protocol
+
+from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.clock import REAL_CLOCK, Clock
+from rabbit_ha_driver.connection import Connection, Deadline
+from rabbit_ha_driver.connection.ha_connection import default_connection_name
+from rabbit_ha_driver.events import EventBus
+from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc.envelope import DEFAULT_EXCHANGE, ExchangeSpec, QueueSpec, durable
+from rabbit_ha_driver.rpc.replies import ClientClosed, ReplyListener, ReplyWaiters
+from rabbit_ha_driver.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+_FIRST_RETRY_DELAY = 0.05
+_MAX_RETRY_DELAY = 0.5
+
+
+class ConnectionFactory(Protocol):
+    """Makes the connections of the RPC layer; ``purpose`` names them."""
+
+    def __call__(self, purpose: str) -> Connection: ...
+
+
+def default_connection_factory(settings: Settings, *, events: EventBus | None = None,
+                       clock: Clock | None = None) -> ConnectionFactory:
+    """Connections named ``<connection_name>:<purpose>`` in the broker's list."""
+    base = settings.connection_name or default_connection_name()
+
+    def make(purpose: str) -> Connection:
+        return Connection(settings, name=f"{base}:{purpose}", events=events, clock=clock)
+
+    return make
+
+
+# -- publishing ----------------------------------------------------------------
+
+
+def _acquire(lock: threading.Lock, timeout: float) -> bool:
+    if timeout == math.inf:
+        return lock.acquire()
+    return lock.acquire(timeout=min(max(0.0, timeout), threading.TIMEOUT_MAX))
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "the broker did not confirm it in time"
+    if isinstance(error, exc.Unroutable):
+        return f"no queue took it (unroutable: {error})"
+    if isinstance(error, exc.PublishNacked):
+        return f"the broker refused it (nack: {error})"
+    return f"{type(error).__name__}: {error}"
+
+
+class Publisher:
+    """One publishing connection, shared by threads that take turns on it.
+
+    :meth:`publish` returns once the broker confirmed the message and sends
+    it again only when the broker provably did not take it. Waiting for the
+    turn is bounded by each caller's own deadline.
+    """
+
+    def __init__(self, settings: Settings, factory: ConnectionFactory, *,
+                 purpose: str = "publish", clock: Clock = REAL_CLOCK) -> None:
+        self.settings = settings
+        self._factory = factory
+        self._purpose = purpose
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._declared: set[ExchangeSpec | QueueSpec] = set()
+        self._pid = os.getpid()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Publisher {self._purpose} {self._conn!r}>"
+
+    def publish(
+        self,
+        body: bytes,
+        exchange: ExchangeSpec | str,
+        routing_key: str,
+        *,
+        deadline: float,
+        what: str,
+        ttl: bool = False,
+        persistent: bool = False,
+        declare: tuple[QueueSpec, ...] = (),
+        retry_unroutable: float | None = None,
+    ) -> bool:
+        """Publish ``body`` before ``deadline`` (a time on the clock).
+
+        ``exchange`` is declared first unless it is the default exchange
+        (``""``). With ``ttl`` the message expires when the deadline passes.
+        Unroutable messages are retried until the deadline, or for
+        ``retry_unroutable`` seconds, after which False is returned.
+        Raises MessagingTimeout, ConnectionLost (outcome unknown),
+        IrrecoverableError or InvalidMessage.
+        """
+        exchange_name = exchange.name if isinstance(exchange, ExchangeSpec) else exchange
+        started = self._clock.now()
+        give_up_unroutable = (started + retry_unroutable
+                              if retry_unroutable is not None else math.inf)
+        delay = _FIRST_RETRY_DELAY
+        last_error: BaseException | None = None
+        attempts = 0
+        while True:
+            now = self._clock.now()
+            if now >= deadline:
+                raise exc.MessagingTimeout(
+                    f"{what}: not sent within {now - started:.1f}s "
+                    f"({attempts} attempts): {_describe(last_error)}",
+                    waited=now - started, last_error=last_error)
+            if isinstance(last_error, exc.Unroutable) and now >= give_up_unroutable:
+                return False
+            if not _acquire(self._lock, deadline - now):
+                last_error = last_error or exc.MessagingTimeout(
+                    "the publishing connection stayed busy", waited=now - started)
+                continue
+            try:
+                attempts += 1
+                self._attempt(body, exchange, exchange_name, routing_key, deadline,
+                              ttl=ttl, persistent=persistent, declare=declare)
+                return True
+            except (exc.Unroutable, exc.PublishNacked) as error:
+                last_error = error
+                LOG.debug("%s: attempt %d not taken by the broker: %s", what, attempts, error)
+            except exc.IrrecoverableError as error:
+                if error.reply_code != 404 or not isinstance(exchange, ExchangeSpec):
+                    raise
+                # The exchange vanished (an auto-delete exchange lost its last
+                # queue): the broker dropped the message; declare and resend.
+                last_error = error
+                self._declared.discard(exchange)
+            except exc.MessagingTimeout as error:
+                now = self._clock.now()
+                raise exc.MessagingTimeout(
+                    f"{what}: not sent within {now - started:.1f}s "
+                    f"({attempts} attempts): {error}",
+                    waited=now - started, last_error=error.last_error or last_error,
+                ) from error
+            finally:
+                self._lock.release()
+            pause = min(delay, deadline - self._clock.now(),
+                        max(0.0, give_up_unroutable - self._clock.now()))
+            if pause > 0:
+                self._clock.sleep(pause)
+            delay = min(delay * 2, _MAX_RETRY_DELAY)
+
+    def _attempt(self, body: bytes, exchange: ExchangeSpec | str, exchange_name: str,
+                 routing_key: str, deadline: float, *, ttl: bool, persistent: bool,
+                 declare: tuple[QueueSpec, ...]) -> None:
+        conn = self._connection()
+        dl = Deadline(deadline, self._clock)
+        if isinstance(exchange, ExchangeSpec) and exchange not in self._declared:
+            conn.declare_exchange(exchange.name, exchange.type, durable=exchange.durable,
+                                  auto_delete=exchange.auto_delete, deadline=dl)
+            self._declared.add(exchange)
+        for queue in declare:
+            if queue not in self._declared:
+                conn.declare_queue(queue.name, durable=queue.durable,
+                                   arguments=dict(queue.arguments) or None, deadline=dl)
+                conn.bind(queue.name, queue.exchange, queue.routing_key, deadline=dl)
+                self._declared.add(queue)
+        properties: dict[str, Any] = {
+            "content_type": envelope.CONTENT_TYPE,
+            "content_encoding": envelope.CONTENT_ENCODING,
+            "delivery_mode": 2 if persistent else 1,
+        }
+        if ttl:
+            left_ms = int((deadline - self._clock.now()) * 1000)
+            properties["expiration"] = str(max(1, left_ms))
+        conn.publish(body, exchange_name, routing_key, properties=properties,
+                     mandatory=True, deadline=dl)
+
+    def _connection(self) -> Connection:
+        if self._closed:
+            raise ClientClosed(f"{self._purpose} connection is closed")
+        if self._conn is not None and self._pid != os.getpid():
+            # A forked child: the connection re-opens itself; the declarations
+            # it replays are the parent's, which is what we want.
+            self._pid = os.getpid()
+        if self._conn is None:
+            self._conn = self._factory(self._purpose)
+            self._declared.clear()
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection; never blocks for more than a few seconds."""
+        self._closed = True
+        acquired = self._lock.acquire(timeout=2.0)
+        try:
+            conn, self._conn = self._conn, None
+        finally:
+            if acquired:
+                self._lock.release()
+        if conn is not None:
+            conn.close()
+
+
+# -- transport -----------------------------------------------------------------
+
+
+class RPCTransport:
+    """What the clients and notifiers of one process share; thread-safe.
+
+    ``exchange`` is oslo.messaging's ``control_exchange``: the topic exchange
+    calls, casts and notifications go through unless a target names another.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        exchange: str = DEFAULT_EXCHANGE,
+        events: EventBus | None = None,
+        clock: Clock | None = None,
+        connection_factory: ConnectionFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.exchange = exchange
+        self.clock = clock or REAL_CLOCK
+        self._factory = connection_factory or default_connection_factory(
+            settings, events=events, clock=clock)
+        self.publisher = Publisher(settings, self._factory, clock=self.clock)
+        self.waiters = ReplyWaiters(self.clock)
+        self._replies: ReplyListener | None = None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<RPCTransport {self.settings.transport_url.redacted()} exchange={self.exchange}>"
+
+    @property
+    def reply_listener(self) -> ReplyListener:
+        """The reply queue's listener (created, not started, on first use)."""
+        with self._lock:
+            if self._replies is not None and self._pid != os.getpid():
+                # After a fork the draining thread is gone; the child gets its
+                # own reply queue so the parent's replies stay the parent's.
+                self._replies.abandon()
+                self._replies = None
+                self._pid = os.getpid()
+            if self._replies is None:
+                self._replies = ReplyListener(
+                    self.settings, self._factory("reply"), self.waiters, clock=self.clock)
+            return self._replies
+
+    def close(self) -> None:
+        """Fail outstanding calls, close connections; never hangs."""
+        if self._closed:
+            return
+        self._closed = True
+        self.waiters.fail_all(ClientClosed("the RPC client was closed"))
+        with self._lock:
+            replies, self._replies = self._replies, None
+        if replies is not None:
+            replies.stop()
+        self.publisher.close()
+
+
+def as_transport(transport_or_settings: RPCTransport | Settings, **kwargs: Any) -> tuple[RPCTransport, bool]:
+    """``(transport, owned)``: a given transport, or a new one for settings."""
+    if isinstance(transport_or_settings, RPCTransport):
+        return transport_or_settings, False
+    if isinstance(transport_or_settings, Settings):
+        return RPCTransport(transport_or_settings, **kwargs), True
+    raise TypeError(f"expected RPCTransport or Settings, not {type(transport_or_settings).__name__}")
+
+
+# -- client --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a message goes: a topic, optionally one server of it, or all (fanout)."""
+
+    topic: str
+    server: str | None = None
+    fanout: bool = False
+    exchange: str | None = None
+    namespace: str | None = None
+    version: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.topic or not isinstance(self.topic, str):
+            raise ValueError(f"a target needs a topic, not {self.topic!r}")
+
+    def __str__(self) -> str:
+        if self.fanout:
+            return f"fanout {self.topic}"
+        return f"{self.topic}.{self.server}" if self.server else self.topic
+
+
+def as_target(target: Target | str | Any, server: str | None = None) -> Target:
+    """A Target from a topic, a Target, or anything shaped like oslo's Target."""
+    if isinstance(target, Target):
+        return dataclasses.replace(target, server=server) if server else target
+    if isinstance(target, str):
+        return Target(target, server=server)
+    return Target(
+        topic=target.topic,
+        server=server or getattr(target, "server", None),
+        fanout=bool(getattr(target, "fanout", False)),
+        exchange=getattr(target, "exchange", None),
+        namespace=getattr(target, "namespace", None),
+        version=getattr(target, "version", None),
+    )
+
+
+_UNSET: Any = object()
+
+
+class RPCClient:
+    """Calls and casts to a target; safe to share between (green) threads.
+
+    ``timeout`` bounds a call from start to reply (default
+    ``rpc_response_timeout``); for a cast it bounds sending and the broker's
+    confirm (default ``publish_timeout``; 0 there means no limit).
+    ``call_monitor_timeout`` enables oslo.messaging's call monitoring: the
+    server sends heartbeats while it works and the call fails when none
+    arrives for that long.
+    """
+
+    def __init__(
+        self,
+        transport_or_settings: RPCTransport | Settings,
+        target: Target | str | Any,
+        server: str | None = None,
+        timeout: float | None = None,
+        *,
+        call_monitor_timeout: float | None = None,
+        **transport_kwargs: Any,
+    ) -> None:
+        self.transport, self._owns_transport = as_transport(transport_or_settings, **transport_kwargs)
+        self.target = as_target(target, server)
+        self.timeout = timeout
+        self.call_monitor_timeout = call_monitor_timeout
+
+    def __repr__(self) -> str:
+        return f"<RPCClient {self.target} timeout={self.timeout}>"
+
+    def __enter__(self) -> RPCClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def prepare(
+        self,
+        *,
+        topic: str | None = None,
+        server: str | None = _UNSET,
+        fanout: bool | None = None,
+        timeout: float | None = _UNSET,
+        exchange: str | None = _UNSET,
+        namespace: str | None = _UNSET,
+        version: str | None = _UNSET,
+        call_monitor_timeout: float | None = _UNSET,
+    ) -> RPCClient:
+        """A client on the same transport with some of its settings changed."""
+        changes: dict[str, Any] = {}
+        if topic is not None:
+            changes["topic"] = topic
+        if fanout is not None:
+            changes["fanout"] = fanout
+        for name, value in (("server", server), ("exchange", exchange),
+                            ("namespace", namespace), ("version", version)):
+            if value is not _UNSET:
+                changes[name] = value
+        clone = object.__new__(RPCClient)
+        clone.transport, clone._owns_transport = self.transport, False
+        clone.target = dataclasses.replace(self.target, **changes)
+        clone.timeout = self.timeout if timeout is _UNSET else timeout
+        clone.call_monitor_timeout = (self.call_monitor_timeout
+                                      if call_monitor_timeout is _UNSET
+                                      else call_monitor_timeout)
+        return clone
+
+    def close(self) -> None:
+        """Close the transport if this client made it."""
+        if self._owns_transport:
+            self.transport.close()
+
+    # -- addressing -------------------------------------------------------
+
+    def _route(self) -> tuple[ExchangeSpec, str]:
+        target, settings = self.target, self.transport.settings
+        if target.fanout:
+            return envelope.fanout_exchange(target.topic), ""
+        exchange = envelope.topic_exchange(settings, target.exchange or self.transport.exchange)
+        key = f"{target.topic}.{target.server}" if target.server else target.topic
+        return exchange, key
+
+    def _message(self, ctxt: Any, method: str, kwargs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return envelope.build_request(ctxt, method, kwargs, namespace=self.target.namespace,
+                                      version=self.target.version, **extra)
+
+    # -- call -------------------------------------------------------------
+
+    def call(self, ctxt: Any, method: str, **kwargs: Any) -> Any:
+        """Invoke ``method`` on one server of the target and return its result.
+
+        Raises RemoteError (the server raised), MessagingTimeout (no reply in
+        time; says what it waited for), InvalidMessage (arguments not JSON or
+        too large) or IrrecoverableError (the broker refused us).
+        """
+        if self.target.fanout:
+            raise ValueError("a call cannot be fanout; use cast()")
+        transport = self.transport
+        settings = transport.settings
+        timeout = float(self.timeout if self.timeout is not None else settings.rpc_response_timeout)
+        if timeout <= 0:
+            raise ValueError(f"call timeout must be positive, not {timeout}")
+        what = f"call {method!r} to {self.target}"
+        msg_id = envelope.new_id()
+        replies = transport.reply_listener
+        pending = transport.waiters.register(
+            msg_id, timeout, self.call_monitor_timeout, what=f"the reply to {what}")
+        deadline = pending.deadline
+        try:
+            body = envelope.encode(
+                self._message(ctxt, method, kwargs, msg_id=msg_id, reply_q=replies.queue,
+                              call_monitor_timeout=self.call_monitor_timeout),
+                settings.rpc_max_message_size, f"request of {what}")
+            replies.ensure_started(deadline, what)
+            exchange, key = self._route()
+            LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)
+            try:
+                transport.publisher.publish(body, exchange, key, deadline=deadline, what=what,
+                                            ttl=True, persistent=durable(settings))
+            except exc.ConnectionLost as error:
+                LOG.warning("%s: %s; the request may have arrived, waiting for its reply",
+                            what, error)
+            return transport.waiters.wait(pending)
+        finally:
+            transport.waiters.discard(msg_id)
+
+    # -- cast -------------------------------------------------------------
+
+    def cast(self, ctxt: Any, method: str, **kwargs: Any) -> None:
+        """Send ``method`` without waiting for a result; returns once confirmed.
+
+        To a topic (one server takes it), ``prepare(server=...)`` (that
+        server) or ``prepare(fanout=True)`` (every server of the topic).
+        """
+        transport = self.transport
+        settings, clock = transport.settings, transport.clock
+        seconds = self.timeout if self.timeout is not None else settings.publish_timeout
+        deadline = clock.now() + seconds if seconds and seconds > 0 else math.inf
+        what = f"cast {method!r} to {self.target}"
+        body = envelope.encode(self._message(ctxt, method, kwargs),
+                               settings.rpc_max_message_size, f"request of {what}")
+        exchange, key = self._route()
+        LOG.debug("CAST %s", what)
+        if self.target.fanout:
+            grace = settings.kombu_reconnect_delay + 1.0
+            if not transport.publisher.publish(body, exchange, key, deadline=deadline, what=what,
+                                               retry_unroutable=grace):
+                LOG.warning("%s reached no listener: no queue is bound to exchange %r",
+                            what, exchange.name)
+            return
+        transport.publisher.publish(body, exchange, key, deadline=deadline, what=what,
+                                    persistent=durable(settings))
+

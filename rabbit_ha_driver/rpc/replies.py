@@ -1,0 +1,331 @@
+"""Replies to calls: one reply queue per client, waiters keyed by message id.
+
+How this works: a client declares one queue, ``reply_<32 hex digits>``
+(oslo.messaging's naming), bound to nothing: servers publish replies to the
+default exchange with the queue's name as routing key. The queue is not
+durable, not exclusive (an exclusive queue would be held by a dead connection
+for a while after a failover) and carries ``x-expires`` so the broker deletes
+it once its client is gone. The connection records the declaration and the
+consumer and replays both after every reconnect, under the same name, so
+replies to calls still in flight find the queue again.
+
+A :class:`ReplyListener` owns that queue, its own connection and one thread
+that drains it; each reply is decoded and handed to :class:`ReplyWaiters`,
+which holds one :class:`PendingCall` per outstanding call. A reply is matched
+by ``_msg_id``; a reply whose ``_unique_id`` was already seen, or that arrives
+for a call that is finished or unknown, is dropped. A reply with ``ending``
+false and nothing in it is a call-monitor heartbeat: it pushes back the
+call-monitor deadline, never the call's own deadline.
+
+Waiting is a condition variable with timeouts computed from an injected clock,
+so tests move a fake clock and call :meth:`ReplyWaiters.wake` instead of
+sleeping.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import math
+import threading
+from typing import Any
+
+from rabbit_ha_driver.clock import REAL_CLOCK, Clock
+from rabbit_ha_driver.connection import Connection, Deadline
+from rabbit_ha_driver.exceptions import (
+    InvalidMessage,
+    MessagingTimeout,
+    RabbitHAError,
+)
+from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+class ClientClosed(RabbitHAError):
+    """The client was closed while a call was in progress."""
+
+
+#: Seconds one drain of the reply connection may take; bounds how long
+#: :meth:`ReplyListener.stop` waits for the draining thread.
+DRAIN_SLICE = 0.5
+
+#: How many recent ``_unique_id`` values are remembered to drop duplicates.
+DUPLICATE_WINDOW = 1024
+
+
+class Outcome(enum.Enum):
+    """What :meth:`ReplyWaiters.deliver` did with a reply."""
+
+    RESULT = "result"
+    HEARTBEAT = "heartbeat"
+    PARTIAL = "partial"
+    DUPLICATE = "duplicate"
+    UNKNOWN = "unknown"
+
+
+class PendingCall:
+    """One call waiting for its reply. Lives in :class:`ReplyWaiters`."""
+
+    def __init__(self, msg_id: str, deadline: float, started: float,
+                 call_monitor_timeout: float | None, what: str) -> None:
+        self.msg_id = msg_id
+        self.deadline = deadline
+        self.started = started
+        self.call_monitor_timeout = call_monitor_timeout
+        self.monitor_deadline = (started + call_monitor_timeout
+                                 if call_monitor_timeout else math.inf)
+        self.what = what
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.heartbeats = 0
+
+    def expires_at(self) -> float:
+        return min(self.deadline, self.monitor_deadline)
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else "waiting"
+        return f"<PendingCall {self.msg_id} {state} {self.what}>"
+
+
+class ReplyWaiters:
+    """Outstanding calls by message id; thread-safe."""
+
+    def __init__(self, clock: Clock = REAL_CLOCK) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._calls: dict[str, PendingCall] = {}
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._calls)
+
+    def register(self, msg_id: str, timeout: float,
+                 call_monitor_timeout: float | None = None,
+                 what: str = "") -> PendingCall:
+        """Start waiting for ``msg_id``: ``timeout`` bounds the whole call."""
+        now = self._clock.now()
+        call = PendingCall(msg_id, now + timeout, now, call_monitor_timeout,
+                           what or f"a reply to message {msg_id}")
+        with self._cond:
+            self._calls[msg_id] = call
+        return call
+
+    def discard(self, msg_id: str) -> None:
+        """Forget a call (finished, failed or abandoned); later replies drop."""
+        with self._cond:
+            if self._calls.pop(msg_id, None) is not None:
+                self._remember(self._finished, msg_id)
+
+    def _remember(self, seen: collections.OrderedDict[str, None], key: str) -> None:
+        seen[key] = None
+        while len(seen) > DUPLICATE_WINDOW:
+            seen.popitem(last=False)
+
+    def deliver(self, reply: envelope.Reply) -> Outcome:
+        """Hand a received reply to its waiter."""
+        with self._cond:
+            if reply.unique_id:
+                if reply.unique_id in self._seen:
+                    LOG.debug("dropping duplicate reply %s to %s",
+                              reply.unique_id, reply.msg_id)
+                    return Outcome.DUPLICATE
+                self._remember(self._seen, reply.unique_id)
+            call = self._calls.get(reply.msg_id)
+            if call is None or call.done:
+                known = reply.msg_id in self._finished or call is not None
+                LOG.log(logging.DEBUG if known else logging.INFO,
+                        "dropping reply to %s: %s", reply.msg_id,
+                        "the call already finished" if known
+                        else "no call is waiting for it")
+                return Outcome.DUPLICATE if known else Outcome.UNKNOWN
+            if reply.is_heartbeat:
+                call.heartbeats += 1
+                if call.call_monitor_timeout:
+                    call.monitor_deadline = (self._clock.now()
+                                             + call.call_monitor_timeout)
+                    self._cond.notify_all()
+                return Outcome.HEARTBEAT
+            if reply.failure is not None:
+                call.error = reply.failure
+            elif reply.result is not None:
+                call.result = reply.result
+            if not reply.ending and reply.failure is None:
+                # An older two-part reply: the result first, "ending" after.
+                return Outcome.PARTIAL
+            call.done = True
+            self._cond.notify_all()
+            return Outcome.RESULT
+
+    def fail(self, msg_id: str, error: BaseException) -> bool:
+        """End a call with a local error (e.g. its reply was refused)."""
+        with self._cond:
+            call = self._calls.get(msg_id)
+            if call is None or call.done:
+                return False
+            call.error, call.done = error, True
+            self._cond.notify_all()
+            return True
+
+    def fail_all(self, error: BaseException) -> None:
+        """End every outstanding call with ``error`` (the client is closing)."""
+        with self._cond:
+            for call in self._calls.values():
+                if not call.done:
+                    call.error, call.done = error, True
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Make waiters look at the clock again (after a fake clock moved)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait(self, call: PendingCall) -> Any:
+        """Block until the reply, the call's deadline or its monitor deadline.
+
+        Returns the result; raises the remote error, or MessagingTimeout
+        saying what it waited for.
+        """
+        with self._cond:
+            while not call.done:
+                now = self._clock.now()
+                if now >= call.expires_at():
+                    raise self._timeout(call, now)
+                self._cond.wait(call.expires_at() - now)
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _timeout(self, call: PendingCall, now: float) -> MessagingTimeout:
+        waited = now - call.started
+        if now < call.deadline:
+            text = (f"Timed out after {waited:.1f}s waiting for {call.what}: no "
+                    f"call-monitor heartbeat within {call.call_monitor_timeout:g}s "
+                    f"(msg_id {call.msg_id}; {call.heartbeats} heartbeats)")
+        else:
+            text = (f"Timed out after {waited:.1f}s waiting for {call.what} "
+                    f"(msg_id {call.msg_id})")
+        return MessagingTimeout(text, waited=waited)
+
+
+def handle_reply_message(waiters: ReplyWaiters, message: Any, max_size: int) -> Outcome | None:
+    """Decode one delivery of a reply queue and give it to ``waiters``.
+
+    A reply that cannot be decoded is logged and dropped; if it was refused
+    for its size and its message id can still be found, that call fails at
+    once with the reason instead of timing out.
+    """
+    body = message.body
+    try:
+        inner = envelope.decode(
+            body,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            headers=message.headers,
+            max_size=max_size,
+        )
+        reply = envelope.parse_reply(inner)
+    except InvalidMessage as exc:
+        msg_id, _ = envelope.sniff_ids(body) if isinstance(body, bytes) else (None, None)
+        LOG.warning("dropping reply%s: %s", f" to {msg_id}" if msg_id else "", exc)
+        if msg_id:
+            waiters.fail(msg_id, InvalidMessage(f"the reply was refused: {exc}"))
+        return None
+    return waiters.deliver(reply)
+
+
+
+
+class ReplyListener:
+    """The reply queue of one transport: its connection and draining thread.
+
+    Started by the first call (:meth:`ensure_started`, bounded by that call's
+    deadline); a failed start is tried again by the next call.
+    """
+
+    def __init__(self, settings: Settings, connection: Connection,
+                 waiters: ReplyWaiters, *, clock: Clock = REAL_CLOCK,
+                 queue: str | None = None) -> None:
+        self.settings = settings
+        self.queue = queue or envelope.reply_queue_name()
+        self.waiters = waiters
+        self._conn = connection
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self._started else "idle"
+        return f"<ReplyListener {self.queue} {state}>"
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopping.is_set()
+
+    def ensure_started(self, deadline: float, what: str) -> None:
+        """Declare the queue, consume it and start draining, before ``deadline``."""
+        if self._started:
+            return
+        started = self._clock.now()
+        if not self._lock.acquire(timeout=max(0.0, min(deadline - started,
+                                                       threading.TIMEOUT_MAX))):
+            raise MessagingTimeout(
+                f"{what}: timed out waiting for the reply queue {self.queue} to be set up",
+                waited=self._clock.now() - started)
+        try:
+            if self._started:
+                return
+            if self._stopping.is_set():
+                raise ClientClosed(f"{what}: the client is closed")
+            dl = Deadline(deadline, self._clock)
+            try:
+                self._conn.declare_queue(
+                    self.queue, durable=False, auto_delete=False,
+                    arguments=dict(envelope.transient_queue_arguments(self.settings)),
+                    deadline=dl)
+                self._conn.consume(self.queue, self._on_message, no_ack=True, deadline=dl)
+            except MessagingTimeout as error:
+                waited = self._clock.now() - started
+                raise MessagingTimeout(
+                    f"{what}: could not set up reply queue {self.queue} within "
+                    f"{waited:.1f}s: {error}", waited=waited,
+                    last_error=error.last_error) from error
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name=f"rpc-replies-{self.queue[-8:]}")
+            self._thread.start()
+            self._started = True
+            LOG.debug("consuming replies on %s", self.queue)
+        finally:
+            self._lock.release()
+
+    def _on_message(self, message: Any) -> None:
+        handle_reply_message(self.waiters, message, self.settings.rpc_max_message_size)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._conn.drain_events(DRAIN_SLICE)
+            except Exception:
+                LOG.exception("reply queue %s: draining failed; trying again", self.queue)
+                self._stopping.wait(DRAIN_SLICE)
+
+    def stop(self) -> None:
+        """Stop draining and close the connection; never hangs."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(DRAIN_SLICE * 4)
+            if thread.is_alive():
+                LOG.warning("reply queue %s: draining thread did not stop in time", self.queue)
+        self._conn.close()
+
+    def abandon(self) -> None:
+        """Forget this listener without touching its connection (after a fork)."""
+        self._stopping.set()
+        self._thread = None

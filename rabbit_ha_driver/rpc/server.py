@@ -1,0 +1,372 @@
+"""RPC servers: a poll loop, an executor and a dispatcher to endpoint objects.
+
+How this works. :class:`MessageHandlingServer` is the part servers share: on
+:meth:`~MessageHandlingServer.start` it opens a listener connection and a
+publishing connection (for replies), subscribes (bounded by a start timeout;
+if the broker is not reachable yet it keeps trying in the background), and
+runs one loop that reserves a worker slot, polls one message and submits its
+handling to the executor. :meth:`~MessageHandlingServer.stop` makes the
+listener stop consuming and give back messages it had not handed out; it
+returns once the loop has ended, which takes at most a drain slice or two.
+:meth:`~MessageHandlingServer.wait` lets running handlers finish (bounded by
+its timeout if one is given), then closes the connections.
+
+:class:`RPCServer` consumes a topic's shared queue, its own ``topic.server``
+queue and its own queue on the topic's fanout exchange. Its
+:class:`Dispatcher` calls ``endpoint.<method>(ctxt, **args)`` on the first
+endpoint that has a public method of that name and accepts the request's
+namespace and version (from an optional ``target`` attribute, as
+oslo.messaging's endpoints have). Names starting with ``_`` are never
+dispatched, nor attributes that are not plain methods (properties, classes,
+data). Arguments are checked against the method's signature before the call,
+so wrong arguments are reported as such and not as an error of the method.
+A call whose caller asked for call monitoring gets a heartbeat every half of
+its monitor timeout while the method runs.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.clock import REAL_CLOCK, Clock
+from rabbit_ha_driver.events import EventBus
+from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc.client import ConnectionFactory, Publisher, default_connection_factory
+from rabbit_ha_driver.rpc.executors import Executor, make_executor
+from rabbit_ha_driver.rpc.listener import (
+    DRAIN_SLICE,
+    IncomingMessage,
+    PollListener,
+    RpcIncomingMessage,
+    rpc_listener,
+)
+from rabbit_ha_driver.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+#: How long :meth:`MessageHandlingServer.stop` waits for the loop to end.
+STOP_TIMEOUT = 5.0
+
+
+class NoSuchMethod(exc.RabbitHAError, AttributeError):
+    """No endpoint has a public method of the requested name."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        super().__init__(f"Endpoint does not support RPC method {method}")
+
+
+class UnsupportedVersion(exc.RabbitHAError):
+    """No endpoint accepts the requested namespace and version."""
+
+    def __init__(self, version: str, method: str, namespace: str | None = None) -> None:
+        self.version = version
+        self.method = method
+        self.namespace = namespace
+        where = f" in namespace {namespace}" if namespace else ""
+        super().__init__(f"Endpoint does not support RPC version {version}{where}. "
+                         f"Attempted method: {method}")
+
+
+class InvalidArguments(exc.RabbitHAError, TypeError):
+    """The request's arguments do not fit the method's signature."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        self.method = method
+        self.reason = reason
+        super().__init__(f"wrong arguments for RPC method {method}: {reason}")
+
+
+DISPATCH_ERRORS = (NoSuchMethod, UnsupportedVersion, InvalidArguments)
+
+
+def _version_ok(implemented: str | None, requested: str) -> bool:
+    """oslo.messaging's rule: same major, requested minor.rev not newer."""
+    if implemented is None:
+        implemented = "1.0"
+    try:
+        want = [int(p) for p in requested.split(".")] + [0, 0]
+        have = [int(p) for p in implemented.split(".")] + [0, 0]
+    except ValueError:
+        return False
+    return want[0] == have[0] and (want[1], want[2]) <= (have[1], have[2])
+
+
+class Dispatcher:
+    """Finds and calls the endpoint method a request names."""
+
+    def __init__(self, endpoints: Sequence[object]) -> None:
+        if not endpoints:
+            raise ValueError("an RPC server needs at least one endpoint")
+        self.endpoints = list(endpoints)
+
+    @staticmethod
+    def _target(endpoint: object) -> tuple[list[str | None], str | None]:
+        target = getattr(endpoint, "target", None)
+        if target is None:
+            return [None], None
+        namespaces = getattr(target, "accepted_namespaces", None)
+        if namespaces is None:
+            namespaces = [getattr(target, "namespace", None)]
+        return list(namespaces), getattr(target, "version", None)
+
+    @staticmethod
+    def _method(endpoint: object, name: str) -> Callable[..., Any] | None:
+        """The bound method ``name`` if it is public and a plain method."""
+        if not name.isidentifier() or name.startswith("_") or name == "target":
+            return None
+        static = inspect.getattr_static(endpoint, name, None)
+        if isinstance(static, staticmethod | classmethod):
+            static = static.__func__
+        if not (inspect.isfunction(static) or inspect.ismethoddescriptor(static)
+                or inspect.isbuiltin(static)):
+            return None
+        method = getattr(endpoint, name)
+        return method if callable(method) else None
+
+    def lookup(self, request: envelope.Request) -> Callable[..., Any]:
+        """The method to call; raises NoSuchMethod or UnsupportedVersion."""
+        version = request.version or "1.0"
+        compatible = False
+        for endpoint in self.endpoints:
+            namespaces, implemented = self._target(endpoint)
+            if request.namespace not in namespaces or not _version_ok(implemented, version):
+                continue
+            compatible = True
+            method = self._method(endpoint, request.method)
+            if method is not None:
+                return method
+        if compatible:
+            raise NoSuchMethod(request.method)
+        raise UnsupportedVersion(version, request.method, request.namespace)
+
+    def dispatch(self, request: envelope.Request) -> Any:
+        """Call the method with ``(ctxt, **args)``; its errors propagate."""
+        method = self.lookup(request)
+        try:
+            signature = inspect.signature(method)
+        except (TypeError, ValueError):
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(request.context, **request.args)
+            except TypeError as error:
+                raise InvalidArguments(request.method, str(error)) from None
+        return method(request.context, **request.args)
+
+
+class MessageHandlingServer(abc.ABC):
+    """A listener, a loop and an executor; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        *,
+        executor: str | Executor = "threading",
+        max_workers: int = 64,
+        connection_factory: ConnectionFactory | None = None,
+        clock: Clock | None = None,
+        events: EventBus | None = None,
+        start_timeout: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self._clock = clock or REAL_CLOCK
+        self._factory = connection_factory or default_connection_factory(
+            settings, events=events, clock=clock)
+        self._executor = make_executor(executor, max_workers)
+        self._start_timeout = (start_timeout if start_timeout is not None
+                               else settings.connect_timeout + settings.request_timeout)
+        self._lock = threading.Lock()
+        self._listener: PollListener | None = None
+        self._publisher: Publisher | None = None
+        self._join: Callable[[float | None], bool] | None = None
+        self._state = "new"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self._state}>"
+
+    @property
+    def listener(self) -> PollListener | None:
+        return self._listener
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    @abc.abstractmethod
+    def _make_listener(self, publisher: Publisher) -> PollListener:
+        """The listener this server polls."""
+
+    @abc.abstractmethod
+    def _handle(self, incoming: IncomingMessage) -> None:
+        """Handle one message on a worker; must not raise."""
+
+    def connection(self, purpose: str) -> Any:
+        return self._factory(f"{self.name}:{purpose}")
+
+    def start(self) -> None:
+        """Subscribe and start handling messages.
+
+        Waits up to the start timeout for the broker; if it is not reachable
+        by then, keeps subscribing in the background. Raises
+        IrrecoverableError when the broker refuses (credentials, permissions,
+        queue arguments that differ from an existing queue's).
+        """
+        with self._lock:
+            if self._state != "new":
+                if self._state == "running":
+                    return
+                raise RuntimeError(f"{self!r} cannot be started again")
+            publisher = Publisher(self.settings, self._factory, purpose=f"{self.name}:reply",
+                                  clock=self._clock)
+            listener = self._make_listener(publisher)
+            try:
+                subscribed = listener.subscribe(self._clock.now() + self._start_timeout)
+            except BaseException:
+                listener.cleanup()
+                publisher.close()
+                raise
+            if not subscribed:
+                LOG.warning("%r: broker not reachable within %.1fs; subscribing in the "
+                            "background", self, self._start_timeout)
+            self._listener, self._publisher = listener, publisher
+            self._state = "running"
+            self._join = self._executor.spawn(self._loop, name=f"rpc-server-{self.name}")
+            LOG.info("%r: started (%s executor, %d workers)", self, self._executor.name,
+                     self._executor.max_workers)
+
+    def _loop(self) -> None:
+        listener, executor = self._listener, self._executor
+        assert listener is not None
+        while not listener.stopped:
+            if not executor.reserve(DRAIN_SLICE):
+                listener.poll(timeout=0, batch_size=0)  # carry out queued acks
+                continue
+            try:
+                batch = listener.poll(timeout=DRAIN_SLICE, batch_size=1)
+            except Exception:
+                LOG.exception("%r: polling failed", self)
+                batch = []
+            if not batch:
+                executor.release()
+                continue
+            executor.submit(functools.partial(self._handle, batch[0]))
+        listener.poll(timeout=0)  # stop consuming, give back what was not handed out
+
+    def stop(self) -> None:
+        """Stop taking messages; returns once the loop ended (never hangs)."""
+        with self._lock:
+            if self._state != "running":
+                return
+            self._state = "stopping"
+            listener, join = self._listener, self._join
+        assert listener is not None and join is not None
+        listener.stop()
+        if not join(STOP_TIMEOUT):
+            LOG.warning("%r: the polling loop did not end within %ss", self, STOP_TIMEOUT)
+        LOG.info("%r: stopped taking messages", self)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Let running handlers finish, then close connections.
+
+        Call after :meth:`stop`. ``timeout`` bounds the wait for handlers;
+        returns False if some were still running when it ran out.
+        """
+        with self._lock:
+            if self._state in ("new", "stopped"):
+                return True
+            listener, publisher, join = self._listener, self._publisher, self._join
+        assert listener is not None and publisher is not None and join is not None
+        join(timeout)
+        finished = self._executor.shutdown(timeout)
+        listener.cleanup()
+        publisher.close()
+        with self._lock:
+            self._state = "stopped"
+        return finished
+
+
+class RPCServer(MessageHandlingServer):
+    """Serves ``endpoints`` on ``topic`` as ``server``; see the module docstring.
+
+    ``executor`` is ``"threading"`` or ``"eventlet"`` (a monkey-patched
+    process), ``max_workers`` the most requests handled at once. ``exchange``
+    is oslo.messaging's ``control_exchange``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        server: str,
+        endpoints: Sequence[object],
+        executor: str | Executor = "threading",
+        max_workers: int = 64,
+        *,
+        exchange: str = envelope.DEFAULT_EXCHANGE,
+        **kwargs: Any,
+    ) -> None:
+        if not topic or not server:
+            raise ValueError("an RPC server needs a topic and a server name")
+        super().__init__(settings, f"{topic}.{server}", executor=executor,
+                         max_workers=max_workers, **kwargs)
+        self.topic = topic
+        self.server = server
+        self.exchange = exchange
+        self.dispatcher = Dispatcher(endpoints)
+
+    def _make_listener(self, publisher: Publisher) -> PollListener:
+        return rpc_listener(self.settings, self.topic, self.server,
+                            connection=self.connection("listen"), publisher=publisher,
+                            exchange=self.exchange, clock=self._clock)
+
+    def _handle(self, incoming: IncomingMessage) -> None:
+        assert isinstance(incoming, RpcIncomingMessage)
+        request = incoming.request
+        stop_monitor = self._monitor(incoming)
+        result: Any = None
+        failure: BaseException | None = None
+        try:
+            result = self.dispatcher.dispatch(request)
+        except DISPATCH_ERRORS as error:
+            LOG.warning("%r: refused %s: %s", self, request.method, error)
+            failure = error
+        except Exception as error:
+            LOG.exception("%r: %s raised", self, request.method)
+            failure = error
+        finally:
+            stop_monitor()
+        try:
+            incoming.reply(result, failure)
+        except Exception:
+            LOG.exception("%r: replying to %s failed", self, request.method)
+
+    @staticmethod
+    def _monitor(incoming: RpcIncomingMessage) -> Callable[[], None]:
+        """Send call-monitor heartbeats every half monitor timeout until stopped."""
+        timeout = incoming.client_timeout
+        if not timeout or not incoming.request.wants_reply:
+            return lambda: None
+        interval = timeout / 2
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(interval):
+                try:
+                    incoming.heartbeat()
+                except Exception as error:
+                    LOG.debug("call-monitor heartbeat for %s failed: %s; stopping them",
+                              incoming.msg_id, error)
+                    return
+
+        threading.Thread(target=beat, daemon=True, name=f"rpc-monitor-{incoming.msg_id}").start()
+        return done.set
