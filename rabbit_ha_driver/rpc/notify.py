@@ -11,6 +11,9 @@ that cannot be confirmed before the notifier's timeout is logged and
 reported by the return value, never raised: a service must not fail its own
 work because the notification bus is down (oslo.messaging's rule too).
 
+The caller's context travels only as its ``redacted_copy()`` (a plain dict
+context is dropped), as oslo.messaging does since it stopped leaking tokens.
+
 A :class:`NotificationServer` consumes ``<topic>.<priority>`` for every
 priority some endpoint has a method for (``info``, ``warn``, ``error``...),
 from the queue of that name, or from one queue named ``pool`` for all of
@@ -96,8 +99,8 @@ class Notifier:
         """Send one notification to every topic; True if all were confirmed."""
         settings, clock = self.transport.settings, self.transport.clock
         level = envelope.normalize_priority(priority)
-        message = envelope.build_notification(ctxt, self.publisher_id, event_type,
-                                              level, payload)
+        message = envelope.build_notification(_redacted(ctxt), self.publisher_id,
+                                              event_type, level, payload)
         seconds = self.timeout if self.timeout is not None else settings.publish_timeout
         deadline = clock.now() + seconds if seconds and seconds > 0 else math.inf
         try:
@@ -143,6 +146,23 @@ class Notifier:
 
     def sample(self, ctxt: Any, event_type: str, payload: Any) -> bool:
         return self.notify(ctxt, event_type, payload, "sample")
+
+
+def _redacted(ctxt: Any) -> dict[str, Any]:
+    """The context a notification may carry, by oslo.messaging's rule.
+
+    Notifications are read by many consumers, so credentials must not travel
+    in them: a context object is sent as its ``redacted_copy()``, and a plain
+    dict (or None) not at all, since nothing says which keys are secret.
+    """
+    if ctxt is None or isinstance(ctxt, dict):
+        return {}
+    redact = getattr(ctxt, "redacted_copy", None)
+    if not callable(redact):
+        LOG.warning("context %s has no redacted_copy(); notification sent without it",
+                    type(ctxt).__name__)
+        return {}
+    return envelope.context_dict(redact())
 
 
 def _priorities(endpoints: Sequence[object]) -> list[str]:
