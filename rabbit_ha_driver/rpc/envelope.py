@@ -135,6 +135,15 @@ def check_size(size: int, limit: int, what: str) -> None:
         )
 
 
+def body_size(body: bytes | str, limit: int) -> int:
+    """Size in bytes of a body; py-amqp hands out UTF-8 bodies already decoded."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return len(body)
+    if len(body) > limit or len(body) * 4 <= limit:
+        return len(body)  # the exact byte count cannot change the verdict
+    return len(body.encode("utf-8", "surrogatepass"))
+
+
 def encode(message: Mapping[str, Any], max_size: int, what: str = "message") -> bytes:
     """The body to publish for ``message``: the 2.0 envelope as UTF-8 JSON."""
     envelope = {VERSION_KEY: ENVELOPE_VERSION, MESSAGE_KEY: to_json(message)}
@@ -167,8 +176,7 @@ def decode(
     JSON, envelope. Nothing is deserialised before the content type is known
     to be JSON.
     """
-    size = len(body)
-    check_size(size, max_size, "received message")
+    check_size(body_size(body, max_size), max_size, "received message")
     if headers and headers.get("compression"):
         raise InvalidMessage(
             f"compressed message ({headers['compression']!r}) refused: only "
@@ -215,8 +223,10 @@ _SNIFF = {
 }
 
 
-def sniff_ids(body: bytes) -> tuple[str | None, str | None]:
+def sniff_ids(body: bytes | str) -> tuple[str | None, str | None]:
     """``(msg_id, reply_q)`` of a body refused before decoding, if findable."""
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogatepass")
     found: list[str | None] = []
     for key in (MSG_ID, REPLY_Q):
         matches = _SNIFF[key].findall(body)

@@ -460,7 +460,7 @@ class PollListener:
             return
         msg_id, reply_q = ((error.msg_id, error.reply_q)
                            if isinstance(error, envelope.BadRequest) else (None, None))
-        if not (msg_id and reply_q) and isinstance(raw.body, bytes):
+        if not (msg_id and reply_q) and isinstance(raw.body, bytes | str):
             msg_id, reply_q = envelope.sniff_ids(raw.body)
         if msg_id and reply_q:
             self._rejections.append((msg_id, reply_q, envelope.encode_failure(error)))

@@ -230,7 +230,7 @@ def handle_reply_message(waiters: ReplyWaiters, message: Any, max_size: int) -> 
         )
         reply = envelope.parse_reply(inner)
     except InvalidMessage as exc:
-        msg_id, _ = envelope.sniff_ids(body) if isinstance(body, bytes) else (None, None)
+        msg_id, _ = envelope.sniff_ids(body) if isinstance(body, bytes | str) else (None, None)
         LOG.warning("dropping reply%s: %s", f" to {msg_id}" if msg_id else "", exc)
         if msg_id:
             waiters.fail(msg_id, InvalidMessage(f"the reply was refused: {exc}"))
@@ -323,6 +323,13 @@ class ReplyListener:
             thread.join(DRAIN_SLICE * 4)
             if thread.is_alive():
                 LOG.warning("reply queue %s: draining thread did not stop in time", self.queue)
+        if self._started:
+            # Without this the queue would linger until x-expires removes it.
+            try:
+                self._conn.delete_queue(self.queue, deadline=Deadline.after(1.0, self._clock))
+            except RabbitHAError as error:
+                LOG.debug("reply queue %s not deleted (it expires by itself): %s",
+                          self.queue, error)
         self._conn.close()
 
     def abandon(self) -> None:
