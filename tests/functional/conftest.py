@@ -1,0 +1,115 @@
+"""Fixtures for functional tests against a real three-node RabbitMQ cluster.
+
+The session starts a fresh cluster on loopback (``tools/rabbit_cluster.py``;
+installing RabbitMQ, iptables and openssl with apt-get first when root and
+they are missing) and stops it at the end, also after a failure, Ctrl-C,
+SIGTERM or SIGHUP. Nothing is skipped: if the broker cannot be installed or
+started, every test using it errors with the reason. Needs root (iptables).
+
+With ``RHA_TEST_REUSE_CLUSTER=1`` a healthy cluster started earlier by
+``python tools/rabbit_cluster.py start`` is used and left running. A lock on
+the data directory keeps two runs from sharing one cluster: a second run
+errors at once naming the holder (``RHA_TEST_LOCK_TIMEOUT=SECONDS`` makes it
+wait instead). Other settings: ``RHA_TEST_BASE_PORT`` (27672),
+``RHA_TEST_NODE_PREFIX`` (rhatest), ``RHA_TEST_DATA_DIR``
+(/tmp/rha-test-cluster).
+
+Fixtures
+--------
+``cluster`` (session) -- a ``rabbit_cluster.Cluster``:
+
+- ``nodes``: three ``Node`` objects with ``name`` ("rhatest1@localhost"),
+  ``host`` ("127.0.0.1"), ``port``, ``tls_port``, ``mgmt_port``,
+  ``address`` ("127.0.0.1:PORT", py-amqp's ``host``), ``url``
+  ("amqp://guest:guest@127.0.0.1:PORT//") and ``pid`` (live beam.smp pid or
+  None). ``node(ref)`` maps an index, a name or a Node to the Node; every
+  method taking ``node`` accepts any of those.
+- ``url(nodes=None)``: oslo.messaging transport URL with every node,
+  "rabbit://guest:guest@127.0.0.1:P1,guest:guest@127.0.0.1:P2,...:P3/".
+- ``amqp_url(node)``: the node's ``url``.
+- ``kill(node)``: SIGKILL its beam.smp; returns once the AMQP port refuses.
+  ``start(node)``: restart it, rejoin if needed, wait until all are healthy.
+  ``kill_all()``, ``start_all()``: the same for the whole cluster (data kept).
+- ``delete_queue(name, vhost="/", missing_ok=False)``: management API; the
+  broker sends ``basic.cancel`` to the queue's consumers.
+- ``queue_info(name, vhost="/")``: management API dict (``node``, ``type``,
+  ``consumers``, ``policy``, ``slave_nodes``, ``leader``, ``members``...) or
+  None. Statistics lag up to 1 s: poll with ``faults.wait_until``.
+- ``connections()``: management API list (``name``, ``node``, ``peer_port``,
+  ``client_properties`` incl. ``connection_name``...); lags up to 1 s.
+- ``set_policy(name, pattern, definition, apply_to="queues", priority=0,
+  vhost="/")``, ``clear_policy(name, vhost="/")``.
+- ``missed_heartbeat_closes(node=None)``: number of "missed heartbeats from
+  client" lines in the node's log (all nodes if None); compare before/after.
+- ``rabbitmqctl(node, *args, timeout=60)`` -> stdout;
+  ``cluster_status(node)`` -> dict; ``api(method, path, body=None)`` -> JSON.
+- ``ensure_healthy(clean=True)``, ``health_problems()``, ``is_healthy()``.
+- ``tls``: ``ca_file``, ``client_cert``, ``client_key``, ``wrong_ca_file``
+  (server certificate: CN=localhost, SAN DNS:localhost and IP:127.0.0.1;
+  the TLS listeners verify a client certificate if one is sent).
+
+``healthy_cluster`` (autouse) -- before every test: restart and rejoin what
+is down (or rebuild the cluster), then delete all queues, policies,
+non-default exchanges and leftover firewall rules. Returns ``cluster``.
+
+``silent_drop`` -- ``silent_drop(local_port, remote_port)`` silently drops
+that one loopback connection (iptables, see ``faults``) and returns a handle
+with ``remove()``; whatever is left is removed at teardown, pass or fail.
+``faults.local_port(conn)`` gives a py-amqp connection's local port.
+
+``tls`` -- ``cluster.tls``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .faults import SilentDropper, rabbit_cluster
+
+LOG = logging.getLogger(__name__)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    rabbit_cluster.install()
+    settings = rabbit_cluster.Settings.from_env()
+    the_cluster = rabbit_cluster.Cluster(settings)
+    with rabbit_cluster.ClusterLock(settings.data_dir, settings.lock_timeout):
+        reuse = (os.environ.get("RHA_TEST_REUSE_CLUSTER") == "1"
+                 and the_cluster.started_by() == "cli" and the_cluster.is_healthy())
+        if reuse:
+            LOG.info("reusing the running cluster in %s", settings.data_dir)
+            rabbit_cluster.remove_tagged_rules(the_cluster.client_ports())
+            try:
+                yield the_cluster
+            finally:
+                rabbit_cluster.remove_tagged_rules(the_cluster.client_ports())
+            return
+        with rabbit_cluster.stopped_on_exit(the_cluster.shutdown):
+            the_cluster.bootstrap(owner="pytest")
+            yield the_cluster
+
+
+@pytest.fixture(autouse=True)
+def healthy_cluster(cluster: Any) -> Any:
+    cluster.ensure_healthy()
+    return cluster
+
+
+@pytest.fixture
+def silent_drop(cluster: Any) -> Iterator[SilentDropper]:
+    dropper = SilentDropper(cluster.client_ports())
+    try:
+        yield dropper
+    finally:
+        dropper.remove_all()
+
+
+@pytest.fixture
+def tls(cluster: Any) -> Any:
+    return cluster.tls

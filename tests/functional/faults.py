@@ -1,0 +1,153 @@
+"""Fault injection and waiting helpers for the functional tests.
+
+The cluster lifecycle (start, kill, restart, management API) lives in
+``tools/rabbit_cluster.py``, which must stay importable without the test
+dependencies; it is loaded here by path and re-exported as ``rabbit_cluster``
+so the tests need no ``sys.path`` changes.
+
+Silent drop: :class:`SilentDropper` inserts two ``iptables`` rules on the
+loopback interface, one per direction of a single TCP connection, matched by
+its two ports::
+
+    iptables -I INPUT -i lo -p tcp --sport A --dport B -m comment --comment rha-test -j DROP
+    iptables -I INPUT -i lo -p tcp --sport B --dport A -m comment --comment rha-test -j DROP
+
+Nothing is sent back (no RST, no ICMP), so neither end learns of it: like a
+stateful firewall that forgot the connection. Retransmissions and keepalive
+probes are dropped too. Other connections, new ones included, pass. Every rule
+is tagged with the comment, so whatever a crashed run leaves behind is removed
+by the next cluster start or health check.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+
+LOG = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _load_cluster_module() -> ModuleType:
+    name = "rabbit_cluster"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "tools" / "rabbit_cluster.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it loads
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+rabbit_cluster = _load_cluster_module()
+
+
+class SilentDrop:
+    """The rules dropping one loopback connection; ``remove()`` lets it through again."""
+
+    def __init__(self, local_port: int, remote_port: int) -> None:
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self._specs = rabbit_cluster.drop_rule_specs(local_port, remote_port)
+        self.active = False
+
+    def apply(self) -> SilentDrop:
+        for index, spec in enumerate(self._specs):
+            try:
+                rabbit_cluster.add_rule(spec)
+            except Exception:
+                for done in self._specs[:index]:
+                    rabbit_cluster.delete_rule(done)
+                raise
+        self.active = True
+        LOG.info("silently dropping 127.0.0.1:%d <-> 127.0.0.1:%d",
+                 self.local_port, self.remote_port)
+        return self
+
+    def remove(self) -> None:
+        """Delete both rules (idempotent)."""
+        if not self.active:
+            return
+        for spec in self._specs:
+            rabbit_cluster.delete_rule(spec)
+        self.active = False
+        LOG.info("no longer dropping 127.0.0.1:%d <-> 127.0.0.1:%d",
+                 self.local_port, self.remote_port)
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"SilentDrop({self.local_port} <-> {self.remote_port}, {state})"
+
+
+class SilentDropper:
+    """Callable behind the ``silent_drop`` fixture; remembers what to undo.
+
+    ``remote_port`` must be one of the cluster's client ports (AMQP, TLS or
+    management), so a test can only cut connections to our own brokers.
+    """
+
+    def __init__(self, broker_ports: Collection[int]) -> None:
+        self._broker_ports = frozenset(broker_ports)
+        self._drops: list[SilentDrop] = []
+
+    def __call__(self, local_port: int, remote_port: int) -> SilentDrop:
+        if remote_port not in self._broker_ports:
+            raise ValueError(f"port {remote_port} is not a port of the test cluster "
+                             f"({sorted(self._broker_ports)})")
+        if not 0 < local_port < 65536 or local_port == remote_port:
+            raise ValueError(f"bad local port {local_port}")
+        drop = SilentDrop(local_port, remote_port).apply()
+        self._drops.append(drop)
+        return drop
+
+    def remove_all(self) -> None:
+        errors = []
+        for drop in self._drops:
+            try:
+                drop.remove()
+            except Exception as exc:  # remove the rest; report after
+                errors.append(exc)
+        self._drops.clear()
+        if errors:
+            raise errors[0]
+
+
+def local_port(connection: Any) -> int:
+    """Local TCP port of a py-amqp ``Connection`` (or any object with ``.sock``)."""
+    sock: socket.socket = connection.sock
+    port: int = sock.getsockname()[1]
+    return port
+
+
+def refuses_connections(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
+    """True if a TCP connect to host:port is actively refused."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float, message: str = "",
+               interval: float = 0.1) -> T:
+    """Poll ``predicate`` until truthy and return its value; AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true within {timeout}s: {message or predicate}")
+        time.sleep(interval)
