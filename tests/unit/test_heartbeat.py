@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -58,21 +59,22 @@ def test_dead_after_allows_two_intervals_when_the_interval_is_not_below_t():
     assert p.dead_after(12) == 24
 
 
-def drive(state: HeartbeatState, clock: FakeClock, until: float, *, inbound=(), outbound=(),
-          writer_busy=lambda now: False) -> list[tuple[float, Decision]]:
+def drive(state: HeartbeatState, clock: FakeClock, until: float, *, inbound: Iterable[float] = (),
+          outbound: Iterable[float] = (), writer_busy: Callable[[float], bool] = lambda now: False,
+          ) -> list[tuple[float, Decision]]:
     """Run ``state`` the way a runner does: decide at each wake-up, sleep to the next.
 
     ``inbound``/``outbound`` are times of traffic noted by the connection's
     owner; the runner learns of them at its next wake-up, with their exact time.
     """
-    inbound, outbound = sorted(inbound), sorted(outbound)
+    ins, outs = sorted(inbound), sorted(outbound)
     log = []
     while clock.now() <= until:
         now = clock.now()
-        while inbound and inbound[0] <= now:
-            state.note_inbound(inbound.pop(0))
-        while outbound and outbound[0] <= now:
-            state.note_outbound(outbound.pop(0))
+        while ins and ins[0] <= now:
+            state.note_inbound(ins.pop(0))
+        while outs and outs[0] <= now:
+            state.note_outbound(outs.pop(0))
         d = state.decide(now)
         log.append((now, d))
         wake = d.wake_at
@@ -84,7 +86,7 @@ def drive(state: HeartbeatState, clock: FakeClock, until: float, *, inbound=(), 
     return log
 
 
-def sends(log):
+def sends(log: list[tuple[float, Decision]]) -> list[float]:
     return [t for t, d in log if d.action is Action.SEND]
 
 
@@ -219,7 +221,8 @@ def test_owner_times_from_the_future_are_taken_as_now():
 # -- inbound seen only as unread bytes (the owner cannot read: a blocked hub) --
 
 
-def drive_blocked_owner(policy: HeartbeatPolicy, arrivals: list[float], until: float):
+def drive_blocked_owner(policy: HeartbeatPolicy, arrivals: list[float], until: float,
+                        ) -> list[tuple[float, Decision]]:
     """The owner reads nothing; the runner only sees the kernel's unread count grow."""
     clock = FakeClock(0.0)
     state = policy.state(clock.now())

@@ -43,6 +43,7 @@ def test_a_dead_peer_is_found_by_the_kernel_within_about_2t():
     # Idle: probes start after T, then keepcnt probes keepintvl apart.
     for t in (2, 5, 30, 120):
         o = derive(t)
+        assert o.keepidle and o.keepcnt and o.keepintvl
         assert o.keepidle + o.keepcnt * o.keepintvl <= 2 * t + 1
         # Pending writes: the user timeout fires just after T.
         assert o.user_timeout == t + 1
