@@ -250,6 +250,8 @@ class Watch:
             try:
                 written = m.send_heartbeat(self.native)
             except OSError as error:
+                if self.cancelled:  # detached by its owner meanwhile: closed on purpose
+                    return None
                 self._post(LOG.warning, "[%s] heartbeat to %s failed (%s); declaring the connection dead",
                            m.name, m.host, error)
                 self._die(decision.silent_for, f"heartbeat write failed: {error}")

@@ -201,6 +201,22 @@ def test_write_error_declares_the_connection_dead(sched, clock, caplog):
     assert "declaring the connection dead" in caplog.text
 
 
+def test_cancel_while_a_step_writes_is_not_a_death(sched, clock, caplog):
+    m = FakeMember(clock)
+    w = sched.watch(m, HeartbeatPolicy(30))
+    sched.run_pending()
+
+    def detached_meanwhile(native: bool) -> bool:
+        w.cancel()  # the owner closes the connection while the frame goes out
+        raise OSError(9, "connection detached from its heartbeat runner")
+
+    m.send_heartbeat = detached_meanwhile  # type: ignore[method-assign]
+    run_until(sched, clock, 100)
+    assert m.dead is None and not w.dead
+    assert "declaring the connection dead" not in caplog.text
+    assert len(sched) == 0
+
+
 def test_tls_connection_is_watched_but_not_written_by_the_native_thread(sched, clock):
     m = FakeMember(clock, native_heartbeats=False)
     m.broker_heartbeats(every=15, until=45)
