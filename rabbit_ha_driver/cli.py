@@ -139,8 +139,9 @@ class _Report:
             self.failures += 1
 
 
-def run_demo(settings: Settings, *, timeout: float = 10.0, out: TextIO = sys.stdout) -> int:
+def run_demo(settings: Settings, *, timeout: float = 10.0, out: TextIO | None = None) -> int:
     """Servers and a client in this process; 0 when every step worked."""
+    out = out or sys.stdout
     from rabbit_ha_driver.rpc import NotificationServer, Notifier, RPCClient, RPCServer
 
     topic = f"rabbit-ha-demo-{uuid.uuid4().hex[:8]}"
@@ -165,11 +166,14 @@ def run_demo(settings: Settings, *, timeout: float = 10.0, out: TextIO = sys.std
         print(f"  FAIL   {type(error).__name__}: {error}", file=out)
         report.failures += 1
     finally:
-        for server in started_servers:
-            server.stop()
+        stoppers = [threading.Thread(target=server.stop) for server in started_servers]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         for server in started_servers:
             server.wait(timeout)
-        _remove_demo_queues(settings, topic)
+        _remove_demo_queues(settings, topic, timeout)
         notifier.close()
         client.close()
     if report.failures:
@@ -217,14 +221,15 @@ def _demo_steps(client: Any, notifier: Any, seen: _Seen, report: _Report, timeou
                 f"received as {', '.join(who)}" if who else "not received", bool(who), t)
 
 
-def _remove_demo_queues(settings: Settings, topic: str) -> None:
+def _remove_demo_queues(settings: Settings, topic: str, timeout: float) -> None:
     """Delete the demo's shared queues so a real broker is left as it was."""
     from rabbit_ha_driver.connection import Connection, Deadline
 
     conn = Connection(settings, name=f"{PROG}:demo-cleanup")
+    deadline = Deadline.after(min(2.0, timeout))
     try:
         for name in (topic, f"{topic}.demo-a", f"{topic}.demo-b", f"{topic}-notifications.info"):
-            conn.delete_queue(name, deadline=Deadline.after(2.0))
+            conn.delete_queue(name, deadline=deadline)
     except exc.RabbitHAError as error:
         LOG.info("demo queues not removed: %s", error)
     finally:

@@ -109,7 +109,6 @@ class Publisher:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._declared: set[ExchangeSpec | QueueSpec] = set()
-        self._pid = os.getpid()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -216,10 +215,6 @@ class Publisher:
     def _connection(self) -> Connection:
         if self._closed:
             raise ClientClosed(f"{self._purpose} connection is closed")
-        if self._conn is not None and self._pid != os.getpid():
-            # A forked child: the connection re-opens itself; the declarations
-            # it replays are the parent's, which is what we want.
-            self._pid = os.getpid()
         if self._conn is None:
             self._conn = self._factory(self._purpose)
             self._declared.clear()
@@ -303,6 +298,9 @@ class RPCTransport:
 def as_transport(transport_or_settings: RPCTransport | Settings, **kwargs: Any) -> tuple[RPCTransport, bool]:
     """``(transport, owned)``: a given transport, or a new one for settings."""
     if isinstance(transport_or_settings, RPCTransport):
+        if kwargs:
+            raise TypeError(f"{', '.join(sorted(kwargs))}: only for a new transport, "
+                            "not with an existing one")
         return transport_or_settings, False
     if isinstance(transport_or_settings, Settings):
         return RPCTransport(transport_or_settings, **kwargs), True

@@ -41,7 +41,7 @@ from typing import Any
 
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection import Connection, Deadline
+from rabbit_ha_driver.connection import Connection, Deadline, State
 from rabbit_ha_driver.rpc import envelope
 from rabbit_ha_driver.rpc.client import Publisher
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
@@ -241,6 +241,7 @@ class PollListener:
         self._gone_reply_queues = _Recent(256, GONE_REPLY_QUEUE_TTL)
         self._stopping = threading.Event()
         self._shut_down = False
+        self._failures = 0
 
     def __repr__(self) -> str:
         names = ",".join(q.name for q in self._queues)
@@ -327,12 +328,8 @@ class PollListener:
                 return out
             while self._incoming and len(out) < batch_size:
                 incoming = self._incoming.popleft()
-                if self.kind == "rpc":
-                    if not self._conn.ack(incoming.raw):
-                        LOG.warning("%r: acknowledging failed (its channel is gone); not "
-                                    "running it, the broker delivers it again", incoming)
-                        continue
-                    incoming.acknowledged = True
+                if self.kind == "rpc" and not self._take(incoming):
+                    continue
                 out.append(incoming)
             if len(out) >= batch_size:
                 return out
@@ -346,20 +343,44 @@ class PollListener:
                 return out
             self._drain(min(left, DRAIN_SLICE))
 
+    def _take(self, incoming: IncomingMessage) -> bool:
+        """Acknowledge a request before it runs; False if it must not run."""
+        uid = incoming.unique_id
+        if uid and uid in self._seen:
+            LOG.info("%r: dropping duplicate request %s", self, uid)
+            self._conn.ack(incoming.raw)
+            return False
+        if not self._conn.ack(incoming.raw):
+            LOG.warning("%r: acknowledging failed (its channel is gone); not running it, "
+                        "the broker delivers it again", incoming)
+            return False
+        incoming.acknowledged = True
+        if uid:
+            self._seen.add(uid)
+        return True
+
+    def _failed(self, what: str) -> None:
+        """Log a failure of the polling loop and pause, longer when it repeats."""
+        self._failures += 1
+        pause = min(DRAIN_SLICE * 2 ** min(self._failures, 6), 5.0)
+        LOG.log(logging.ERROR if self._failures == 1 else logging.DEBUG,
+                "%r: %s failed (%d in a row); trying again in %.1fs", self, what,
+                self._failures, pause, exc_info=True)
+        self._stopping.wait(pause)
+
     def _drain(self, seconds: float) -> None:
         if self._steps:
             try:
                 if not self.subscribe(self._clock.now() + seconds):
                     return
             except exc.IrrecoverableError:
-                LOG.exception("%r: cannot subscribe; trying again", self)
-                self._stopping.wait(seconds)
+                self._failed("subscribing")
                 return
         try:
             self._conn.drain_events(seconds)
+            self._failures = 0
         except Exception:
-            LOG.exception("%r: draining the connection failed; trying again", self)
-            self._stopping.wait(seconds)
+            self._failed("draining the connection")
 
     def stop(self) -> None:
         """Stop handing out messages; :meth:`poll` returns soon. Thread-safe."""
@@ -395,7 +416,7 @@ class PollListener:
         self._stopping.set()
         self._shutdown()
         self._run_ops()
-        for name in self._temporary:
+        for name in self._temporary if self._conn.state is State.CONNECTED else ():
             try:
                 self._conn.delete_queue(name, deadline=Deadline.after(1.0, self._clock))
             except exc.RabbitHAError as error:
@@ -442,8 +463,6 @@ class PollListener:
             LOG.info("%r: dropping duplicate message %s", self, incoming.unique_id)
             self._conn.ack(raw)
             return
-        if self.kind == "rpc" and incoming.unique_id:
-            self._seen.add(incoming.unique_id)
         self._incoming.append(incoming)
 
     def _rpc_incoming(self, raw: Any, inner: dict[str, Any]) -> RpcIncomingMessage:

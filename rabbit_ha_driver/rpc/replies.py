@@ -32,7 +32,7 @@ import threading
 from typing import Any
 
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection import Connection, Deadline
+from rabbit_ha_driver.connection import Connection, Deadline, State
 from rabbit_ha_driver.exceptions import (
     InvalidMessage,
     MessagingTimeout,
@@ -49,7 +49,7 @@ class ClientClosed(RabbitHAError):
 
 #: Seconds one drain of the reply connection may take; bounds how long
 #: :meth:`ReplyListener.stop` waits for the draining thread.
-DRAIN_SLICE = 0.5
+DRAIN_SLICE = 0.1
 
 #: How many recent ``_unique_id`` values are remembered to drop duplicates.
 DUPLICATE_WINDOW = 1024
@@ -308,12 +308,18 @@ class ReplyListener:
         handle_reply_message(self.waiters, message, self.settings.rpc_max_message_size)
 
     def _run(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             try:
                 self._conn.drain_events(DRAIN_SLICE)
+                failures = 0
             except Exception:
-                LOG.exception("reply queue %s: draining failed; trying again", self.queue)
-                self._stopping.wait(DRAIN_SLICE)
+                failures += 1
+                pause = min(DRAIN_SLICE * 2 ** min(failures, 6), 5.0)
+                LOG.log(logging.ERROR if failures == 1 else logging.DEBUG,
+                        "reply queue %s: draining failed (%d in a row); trying again in "
+                        "%.1fs", self.queue, failures, pause, exc_info=True)
+                self._stopping.wait(pause)
 
     def stop(self) -> None:
         """Stop draining and close the connection; never hangs."""
@@ -323,7 +329,7 @@ class ReplyListener:
             thread.join(DRAIN_SLICE * 4)
             if thread.is_alive():
                 LOG.warning("reply queue %s: draining thread did not stop in time", self.queue)
-        if self._started:
+        if self._started and self._conn.state is State.CONNECTED:
             # Without this the queue would linger until x-expires removes it.
             try:
                 self._conn.delete_queue(self.queue, deadline=Deadline.after(1.0, self._clock))

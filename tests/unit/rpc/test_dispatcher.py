@@ -107,7 +107,7 @@ def test_namespaces_and_versions_follow_oslo_messaging():
     assert dispatcher.dispatch(request("m", namespace="ns", version="1.2")) == "1.2"
     assert dispatcher.dispatch(request("m", version="2.0")) == "2.0"
     assert dispatcher.dispatch(request("m", namespace="x", version="2")) == "2.0"
-    with pytest.raises(UnsupportedVersion, match="version 1.3 in namespace ns"):
+    with pytest.raises(UnsupportedVersion, match=r"version 1\.3 in namespace ns"):
         dispatcher.dispatch(request("m", namespace="ns", version="1.3"))
     with pytest.raises(UnsupportedVersion):
         dispatcher.dispatch(request("m", version="1.0"))

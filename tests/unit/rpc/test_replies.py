@@ -167,5 +167,5 @@ def test_an_oversized_reply_fails_its_call_at_once(waiters):
     call = waiters.register("m1", 10)
     body = envelope.encode(envelope.build_reply("m1", "x" * 5000), 1 << 20)
     assert handle_reply_message(waiters, raw(body), 2048) is None
-    with pytest.raises(InvalidMessage, match="reply was refused.*over the limit"):
+    with pytest.raises(InvalidMessage, match=r"reply was refused.*over the limit"):
         waiters.wait(call)
