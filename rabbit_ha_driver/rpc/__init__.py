@@ -47,9 +47,19 @@ cast, fanout and notify each other both ways. The differences:
   quorum queues, ``x-delivery-limit`` and other quorum limits, classic
   mirroring (``x-ha-policy``), ``amqp_auto_delete`` and falling back to a
   non-durable exchange when a durable one is refused.
-* oslo.messaging publishes replies to the default exchange (older releases
-  used a per-reply direct exchange); so does this library, and it never
-  declares ``amq.*`` exchanges.
+* Replies go to the default exchange (``""``) with the reply queue's name as
+  routing key and the mandatory flag, as oslo.messaging does since its
+  ``direct_mandatory_flag`` became permanent (releases before that used a
+  per-reply direct exchange; neither uses ``amq.direct``). A reply to a queue
+  that is missing is retried until the caller's deadline (the request's
+  ``expiration``, else ``rpc_response_timeout``), not for a fixed 60 s; a
+  reply queue that took no reply is then remembered as gone for 60 s, as in
+  oslo.messaging.
+* A client deletes its reply queue when it closes; oslo.messaging leaves it
+  to ``x-expires``. Servers delete their fanout queue, as oslo.messaging does.
+* A notification carries the caller's context only as its
+  ``redacted_copy()``, as oslo.messaging's notifier does; a dict context is
+  dropped.
 """
 
 from rabbit_ha_driver.rpc.client import Publisher, RPCClient, RPCTransport, Target
