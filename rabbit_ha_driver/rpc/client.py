@@ -168,9 +168,10 @@ class Publisher:
                 if error.reply_code != 404 or not isinstance(exchange, ExchangeSpec):
                     raise
                 # The exchange vanished (an auto-delete exchange lost its last
-                # queue): the broker dropped the message; declare and resend.
+                # queue): the broker dropped the message and closed the
+                # channel. Start over on a fresh connection: declare, resend.
                 last_error = error
-                self._declared.discard(exchange)
+                self._reset()
             except exc.MessagingTimeout as error:
                 now = self._clock.now()
                 raise exc.MessagingTimeout(
@@ -219,6 +220,13 @@ class Publisher:
             self._conn = self._factory(self._purpose)
             self._declared.clear()
         return self._conn
+
+    def _reset(self) -> None:
+        """Drop the connection (the lock is held); the next attempt opens another."""
+        conn, self._conn = self._conn, None
+        self._declared.clear()
+        if conn is not None:
+            conn.close()
 
     def close(self) -> None:
         """Close the connection; never blocks for more than a few seconds."""
