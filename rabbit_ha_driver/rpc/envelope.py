@@ -477,7 +477,7 @@ class Notification:
     """A decoded notification."""
 
     message_id: str
-    publisher_id: str
+    publisher_id: str | None
     event_type: str
     priority: str
     payload: Any
@@ -522,18 +522,22 @@ def build_notification(ctxt: Any, publisher_id: str, event_type: str,
 def parse_notification(message: Mapping[str, Any]) -> Notification:
     """Check and unpack a notification; raises InvalidMessage."""
     fields: dict[str, str] = {}
-    for key in ("publisher_id", "event_type", "priority"):
+    for key in ("event_type", "priority"):
         value = message.get(key)
         if not isinstance(value, str):
             raise InvalidMessage(f"notification without a string {key!r}")
         fields[key] = value
+    # oslo.messaging's Notifier and LoggingNotificationHandler allow no publisher id.
+    publisher_id = message.get("publisher_id")
+    if publisher_id is not None and not isinstance(publisher_id, str):
+        raise InvalidMessage("notification's 'publisher_id' is not a string")
     try:
         priority = normalize_priority(fields["priority"])
     except ValueError as exc:
         raise InvalidMessage(str(exc)) from None
     return Notification(
         message_id=str(message.get("message_id", "")),
-        publisher_id=fields["publisher_id"],
+        publisher_id=publisher_id,
         event_type=fields["event_type"],
         priority=priority,
         payload=message.get("payload"),

@@ -320,6 +320,7 @@ class PollListener:
         clock = self._clock
         deadline = math.inf if timeout is None else clock.now() + max(0.0, timeout)
         out: list[IncomingMessage] = []
+        filling = False  # the batch timeout started with the first message
         while True:
             self._run_ops()
             self._send_rejections()
@@ -333,11 +334,11 @@ class PollListener:
                 out.append(incoming)
             if len(out) >= batch_size:
                 return out
-            if out:
+            if out and not filling:
                 if not batch_timeout:
                     return out
                 deadline = min(deadline, clock.now() + batch_timeout)
-                batch_timeout = None
+                filling = True
             left = deadline - clock.now()
             if left <= 0:
                 return out
