@@ -1,0 +1,261 @@
+"""The driver class oslo.messaging loads for ``rabbit-ha://`` URLs.
+
+How this works. :class:`RabbitHADriver` reads ``[rabbit_ha]`` and the URL once
+into frozen settings, then keeps three things for the life of the transport:
+an :class:`~rabbit_ha_driver.rpc.client.RPCTransport` (one publishing
+connection that threads take turns on, the reply queue with its connection
+and draining thread, and the table of calls waiting for replies), a second
+:class:`~rabbit_ha_driver.rpc.client.Publisher` for the replies of its
+servers, and the connection factory that gives each listener a connection of
+its own.
+
+A send computes its :class:`~rabbit_ha_driver.oslo.policy.SendBudget` first
+and everything it does runs under it; errors become oslo.messaging's here,
+at one boundary (:meth:`RabbitHADriver._publish` and
+:meth:`RabbitHADriver._call`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from oslo_config import cfg
+from oslo_messaging import exceptions as oslo_exc
+from oslo_messaging._drivers import base
+
+from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.clock import REAL_CLOCK, Clock
+from rabbit_ha_driver.oslo.incoming import OsloPollListener
+from rabbit_ha_driver.oslo.policy import SendBudget, library_url, send_budget
+from rabbit_ha_driver.oslo.wire import encode, remote_exception, with_context
+from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc.client import (
+    ConnectionFactory,
+    Publisher,
+    RPCTransport,
+    default_connection_factory,
+)
+from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
+from rabbit_ha_driver.rpc.listener import PollListener, rpc_listener
+from rabbit_ha_driver.settings import from_conf
+
+LOG = logging.getLogger(__name__)
+
+
+class RabbitHADriver(base.BaseDriver):
+    """oslo.messaging's driver interface on this library; see :mod:`rabbit_ha_driver.oslo`.
+
+    ``connection_factory`` and ``clock`` are for tests (a fake broker); an
+    oslo.messaging transport passes neither.
+    """
+
+    def __init__(
+        self,
+        conf: cfg.ConfigOpts,
+        url: Any,
+        default_exchange: str | None = None,
+        allowed_remote_exmods: list[str] | None = None,
+        *,
+        connection_factory: ConnectionFactory | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(conf, url, default_exchange, allowed_remote_exmods)
+        self.settings = from_conf(conf, library_url(url, conf))
+        self.exchange = default_exchange or envelope.DEFAULT_EXCHANGE
+        self.clock = clock or REAL_CLOCK
+        self._factory = connection_factory or default_connection_factory(
+            self.settings, clock=self.clock)
+        self.prefetch_size = self.settings.rabbit_qos_prefetch_count
+        self._transport = RPCTransport(self.settings, exchange=self.exchange, clock=self.clock,
+                                       connection_factory=self._factory)
+        # Replies and call-monitor heartbeats of this driver's servers have
+        # their own connection, so they never wait behind a cast that keeps
+        # retrying while the brokers are away.
+        self._replies = Publisher(self.settings, self._factory, purpose="reply-send",
+                                  clock=self.clock)
+        LOG.info("rabbit-ha driver for %s (heartbeat_timeout_threshold=%s)",
+                 self.settings.transport_url.redacted(),
+                 self.settings.heartbeat_timeout_threshold)
+
+    def __repr__(self) -> str:
+        return f"<RabbitHADriver {self.settings.transport_url.redacted()}>"
+
+    def require_features(self, requeue: bool = False) -> None:
+        """Every optional feature (requeueing notifications) is supported."""
+
+    # -- sending ------------------------------------------------------------
+
+    def send(self, target: Any, ctxt: Any, message: Mapping[str, Any],
+             wait_for_reply: bool | None = None, timeout: float | None = None,
+             call_monitor_timeout: float | None = None, retry: int | None = None,
+             transport_options: Any = None) -> Any:
+        """A call (``wait_for_reply``), a cast or a fanout cast to ``target``."""
+        fanout = bool(target.fanout)
+        if wait_for_reply and fanout:
+            raise oslo_exc.InvalidTarget("A call cannot be sent to a fanout target", target)
+        budget = send_budget(
+            self.settings, self.clock.now(), call=bool(wait_for_reply), timeout=timeout,
+            retry=retry, fanout=fanout,
+            at_least_once=bool(getattr(transport_options, "at_least_once", False)))
+        if fanout:
+            exchange, key = envelope.fanout_exchange(target.topic), target.topic
+        else:
+            exchange = envelope.topic_exchange(self.settings, target.exchange or self.exchange)
+            key = f"{target.topic}.{target.server}" if target.server else target.topic
+        kind = "call" if wait_for_reply else "fanout cast" if fanout else "cast"
+        what = f"{kind} {message.get('method')!r} to {key}"
+        if wait_for_reply:
+            return self._call(ctxt, message, exchange, key, budget, call_monitor_timeout, what)
+        LOG.debug("CAST %s", what)
+        body = self._encode(with_context(message, ctxt), what)
+        self._publish(body, exchange, key, budget, what, persistent=not fanout)
+        return None
+
+    def _call(self, ctxt: Any, message: Mapping[str, Any], exchange: ExchangeSpec, key: str,
+              budget: SendBudget, call_monitor_timeout: float | None, what: str) -> Any:
+        assert budget.reply_by is not None
+        waiters = self._transport.waiters
+        msg_id = envelope.new_id()
+        pending = waiters.register(msg_id, budget.reply_by - self.clock.now(),
+                                   call_monitor_timeout or None, what=f"the reply to {what}")
+        try:
+            replies = self._transport.reply_listener
+            body = self._encode(with_context(message, ctxt, **{
+                envelope.MSG_ID: msg_id, envelope.REPLY_Q: replies.queue,
+                envelope.TIMEOUT: call_monitor_timeout}), what)
+            try:
+                replies.ensure_started(budget.send_by, what)
+            except exc.MessagingTimeout as error:
+                raise self._gave_up(error, budget) from error
+            except exc.RabbitHAError as error:
+                raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
+            LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)
+            self._publish(body, exchange, key, budget, what, ttl=True, outcome_unknown_ok=True)
+            try:
+                return waiters.wait(pending)
+            except exc.MessagingTimeout as error:
+                raise oslo_exc.MessagingTimeout(str(error)) from error
+            except exc.RemoteError as error:
+                raise remote_exception(error, self._allowed_remote_exmods) from None
+            except exc.RabbitHAError as error:
+                raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
+        finally:
+            waiters.discard(msg_id)
+
+    def send_notification(self, target: Any, ctxt: Any, message: Mapping[str, Any],
+                          version: float, retry: int | None = None) -> None:
+        """Store a notification in the queue named ``target.topic`` (``<topic>.<priority>``)."""
+        budget = send_budget(self.settings, self.clock.now(), call=False, retry=retry,
+                             notification=True)
+        name = target.exchange or self.exchange
+        key = target.topic
+        what = f"notification {message.get('event_type')!r} to {key}"
+        body = self._encode(with_context(message, ctxt), what, wrap=version >= 2.0)
+        self._publish(body, envelope.topic_exchange(self.settings, name), key, budget, what,
+                      declare=(envelope.topic_queue(self.settings, name, key),))
+
+    def _encode(self, message: Mapping[str, Any], what: str, wrap: bool = True) -> bytes:
+        try:
+            return encode(message, self.settings.rpc_max_message_size, wrap=wrap, what=what)
+        except exc.InvalidMessage as error:
+            raise oslo_exc.MessageDeliveryFailure(f"{what} not sent: {error}") from error
+
+    def _publish(self, body: bytes, exchange: ExchangeSpec, key: str, budget: SendBudget,
+                 what: str, *, ttl: bool = False, persistent: bool = True,
+                 declare: tuple[QueueSpec, ...] = (), outcome_unknown_ok: bool = False) -> None:
+        """Publish under ``budget``, or raise oslo.messaging's error saying why not.
+
+        With ``outcome_unknown_ok`` (a call) a connection lost between the
+        write and the broker's confirm is logged and the caller goes on to
+        wait for a reply: the request may have arrived, and sending it again
+        could run it twice.
+        """
+        try:
+            sent = self._transport.publisher.publish(
+                body, exchange, key, deadline=budget.send_by, what=what, ttl=ttl,
+                persistent=persistent and envelope.durable(self.settings), declare=declare,
+                retry_unroutable=budget.unroutable_for)
+        except exc.MessagingTimeout as error:
+            raise self._gave_up(error, budget) from error
+        except exc.ConnectionLost as error:
+            if not outcome_unknown_ok:
+                raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
+            LOG.warning("%s: %s; the request may have arrived, waiting for its reply", what, error)
+            return
+        except exc.RabbitHAError as error:
+            raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
+        if sent:
+            return
+        if exchange.type == "fanout":
+            LOG.warning("%s reached no listener: no queue is bound to exchange %r",
+                        what, exchange.name)
+            return
+        reason = f"{what}: no queue is bound to exchange {exchange.name!r} with key {key!r}"
+        if budget.undeliverable:
+            raise oslo_exc.MessageUndeliverable(exc.Unroutable(reason, reply_code=312),
+                                                exchange.name, key, body)
+        raise oslo_exc.MessageDeliveryFailure(reason)
+
+    def _gave_up(self, error: exc.MessagingTimeout, budget: SendBudget) -> Exception:
+        """A call past its deadline timed out; a send past its retries failed."""
+        if budget.reply_by is not None and self.clock.now() >= budget.reply_by:
+            return oslo_exc.MessagingTimeout(str(error))
+        return oslo_exc.MessageDeliveryFailure(str(error))
+
+    # -- receiving -------------------------------------------------------------
+
+    def listen(self, target: Any, batch_size: int, batch_timeout: float | None) -> Any:
+        """Requests to ``topic``, to ``topic.server`` and to the topic's fanout."""
+        listener = rpc_listener(
+            self.settings, target.topic, target.server,
+            connection=self._factory(f"listen:{target.topic}.{target.server}"),
+            publisher=self._replies, exchange=target.exchange or self.exchange,
+            clock=self.clock)
+        return self._start(listener, batch_size, batch_timeout)
+
+    def listen_for_notifications(self, targets_and_priorities: Iterable[tuple[Any, str]],
+                                 pool: str | None, batch_size: int,
+                                 batch_timeout: float | None) -> Any:
+        """Notifications from the queues ``<topic>.<priority>``, or from one queue ``pool``."""
+        exchanges: dict[str, ExchangeSpec] = {}
+        queues: list[QueueSpec] = []
+        for target, priority in targets_and_priorities:
+            name = target.exchange or self.exchange
+            exchanges.setdefault(name, envelope.topic_exchange(self.settings, name))
+            queues.append(envelope.topic_queue(self.settings, name, f"{target.topic}.{priority}",
+                                               name=pool))
+        prefetch = self.settings.rabbit_qos_prefetch_count
+        if prefetch and batch_size > prefetch:
+            # A batch fills only if the broker may deliver that many messages
+            # before the first of them is acknowledged.
+            prefetch = batch_size
+        listener = PollListener(
+            self.settings, self._factory(f"notify:{pool or queues[0].name}"), self._replies,
+            kind="notification", exchanges=list(exchanges.values()), queues=queues,
+            clock=self.clock, prefetch_size=prefetch)
+        return self._start(listener, batch_size, batch_timeout)
+
+    def _start(self, listener: PollListener, batch_size: int, batch_timeout: float | None) -> Any:
+        """Subscribe (bounded in time), then hand the listener to oslo.messaging's poll loop.
+
+        If the brokers are not reachable in time the listener goes on
+        subscribing from its poll loop; a refusal retrying cannot mend
+        (credentials, inequivalent queue arguments) raises at once.
+        """
+        limit = self.settings.connect_timeout + self.settings.request_timeout
+        try:
+            subscribed = listener.subscribe(self.clock.now() + limit)
+        except exc.RabbitHAError as error:
+            listener.cleanup()
+            raise base.TransportDriverError(f"{listener!r}: {error}") from error
+        if not subscribed:
+            LOG.warning("%r: brokers not reachable within %.1fs; subscribing in the background",
+                        listener, limit)
+        return base.PollStyleListenerAdapter(OsloPollListener(listener), batch_size, batch_timeout)
+
+    def cleanup(self) -> None:
+        """Fail calls still waiting, close the connections; never hangs."""
+        self._transport.close()
+        self._replies.close()
