@@ -18,7 +18,7 @@ at one boundary (:meth:`RabbitHADriver._publish` and
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from oslo_config import cfg
@@ -39,7 +39,7 @@ from rabbit_ha_driver.rpc.client import (
 )
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
 from rabbit_ha_driver.rpc.listener import PollListener, rpc_listener
-from rabbit_ha_driver.settings import from_conf
+from rabbit_ha_driver.settings import Settings, from_conf
 
 LOG = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ LOG = logging.getLogger(__name__)
 class RabbitHADriver(base.BaseDriver):
     """oslo.messaging's driver interface on this library; see :mod:`rabbit_ha_driver.oslo`.
 
-    ``connection_factory`` and ``clock`` are for tests (a fake broker); an
-    oslo.messaging transport passes neither.
+    ``connections`` (settings -> connection factory) and ``clock`` are for
+    tests, e.g. a fake broker; an oslo.messaging transport passes neither.
     """
 
     def __init__(
@@ -58,15 +58,15 @@ class RabbitHADriver(base.BaseDriver):
         default_exchange: str | None = None,
         allowed_remote_exmods: list[str] | None = None,
         *,
-        connection_factory: ConnectionFactory | None = None,
+        connections: Callable[[Settings], ConnectionFactory] | None = None,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
         self.settings = from_conf(conf, library_url(url, conf))
         self.exchange = default_exchange or envelope.DEFAULT_EXCHANGE
         self.clock = clock or REAL_CLOCK
-        self._factory = connection_factory or default_connection_factory(
-            self.settings, clock=self.clock)
+        self._factory = (connections(self.settings) if connections is not None
+                         else default_connection_factory(self.settings, clock=self.clock))
         self.prefetch_size = self.settings.rabbit_qos_prefetch_count
         self._transport = RPCTransport(self.settings, exchange=self.exchange, clock=self.clock,
                                        connection_factory=self._factory)
