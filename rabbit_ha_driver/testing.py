@@ -26,7 +26,7 @@ import amqp.exceptions
 from kombu.transport import memory as kombu_memory
 from kombu.transport.virtual import BrokerState
 
-from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.connection.transport import MemoryChannel
 
 _broker_ids = itertools.count(1)
 
@@ -88,7 +88,7 @@ def precondition_failed(text: str = "PRECONDITION_FAILED - inequivalent arg") ->
     return amqp.exceptions.PreconditionFailed(text, reply_code=406)
 
 
-class FakeChannel(kombu_memory.Channel):
+class FakeChannel(MemoryChannel):
     """A memory channel that consults its :class:`FakeBroker` before each operation."""
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
@@ -137,14 +137,6 @@ class FakeChannel(kombu_memory.Channel):
 
     def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
         self._alive("basic.publish")
-        if kwargs.get("mandatory") and exchange:
-            routes = self.typeof(exchange).lookup(self.get_table(exchange), exchange, routing_key, None)
-            if not routes:
-                raise exc.Unroutable(f"fake broker: no queue for {exchange}/{routing_key}",
-                                     reply_code=312, operation="basic.publish")
-        elif kwargs.get("mandatory") and routing_key not in self.fake_broker.queues:
-            raise exc.Unroutable(f"fake broker: no queue {routing_key}", reply_code=312,
-                                 operation="basic.publish")
         return super().basic_publish(message, exchange, routing_key, **kwargs)
 
 

@@ -121,6 +121,12 @@ def classify(error: BaseException, operation: str, recovering: bool = False) -> 
     return Action.RECONNECT
 
 
+def closes_channel(error: BaseException) -> bool:
+    """True for a broker refusal that closed only the channel, not the connection."""
+    return (isinstance(error, amqp.exceptions.AMQPError) and reply_code_of(error) is not None
+            and not isinstance(error, amqp.exceptions.ConnectionError))
+
+
 def translate(error: BaseException, operation: str, host: str | None, attempts: int = 0) -> exc.RabbitHAError:
     """The library's own error for ``error``; the cause is kept as ``__cause__``."""
     if isinstance(error, exc.RabbitHAError):

@@ -51,6 +51,7 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import errors
+from rabbit_ha_driver.connection.amqp_io import Liveness
 from rabbit_ha_driver.connection.hosts import HostRing
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
 from rabbit_ha_driver.connection.topology import (
@@ -105,17 +106,6 @@ def default_connection_name() -> str:
     return f"{prog}:{os.getpid()}:{socket.gethostname()}"
 
 
-def negotiated_heartbeat(threshold: int) -> int:
-    """Heartbeat interval asked of the broker for detection bound ``threshold``.
-
-    The broker may stay silent for almost a whole interval, so the interval is
-    half of T: a healthy connection always shows traffic well within T.
-    """
-    if threshold <= 0:
-        return 0
-    return max(1, threshold // 2)
-
-
 class Connection:
     """A broker connection that survives broker, network and consumer failures."""
 
@@ -161,7 +151,10 @@ class Connection:
         self._recovered_cancels: set[str] = set()
         self._tags = itertools.count(1)
         self._tag_prefix = f"rha-{uuid.uuid4().hex[:12]}"
-        self.liveness_hooks: list[Callable[[Connection, bool], None]] = []
+        # Heartbeats, dead-peer detection and socket tuning (AMQP only). Its
+        # times come from the real clock shared with the heartbeat scheduler.
+        self.liveness: Liveness | None = None if settings.is_memory else Liveness(
+            settings, name=self.name, events=self.events)
         _ALL_CONNECTIONS.add(self)
 
     # -- public state ------------------------------------------------------
@@ -237,7 +230,7 @@ class Connection:
         to judge broker refusals by the error table.
         """
         deadline = deadline or self._default_deadline()
-        with self._lock:
+        with self._locked(deadline, operation):
             recovering = False
             failures = 0
             while True:
@@ -257,6 +250,9 @@ class Connection:
         action = errors.classify(error, operation, recovering)
         host = self._host.address if self._host else None
         if action is errors.Action.RAISE:
+            if errors.closes_channel(error) and self._state in _OPEN_STATES:
+                # The broker closed the channel: give the next caller a fresh one.
+                self._reopen_channel(deadline, f"{operation} refused")
             raise errors.translate(error, operation, host) from error
         if isinstance(error, errors.RequestTimeout):
             self.events.emit(ev.RequestDeadlineMissed(self.name, host or "-", operation, error.timeout))
@@ -378,7 +374,7 @@ class Connection:
         :class:`~rabbit_ha_driver.exceptions.ConnectionLost` is raised.
         """
         deadline = deadline or self._default_deadline()
-        props = dict(properties or {})
+        base_props = dict(properties or {})
         written = False
 
         def attempt(channel: Any) -> None:
@@ -389,6 +385,7 @@ class Connection:
                     "message was written and before the broker confirmed it; not sent again",
                     host=self._addr(), operation="basic.publish")
             self._wait_unblocked(deadline)
+            props = dict(base_props)  # a retry needs them all again
             message = channel.prepare_message(
                 body, props.pop("priority", None), props.pop("content_type", None),
                 props.pop("content_encoding", None), headers, props)
@@ -424,8 +421,7 @@ class Connection:
                 raise exc.MessagingTimeout(
                     f"broker {self._addr()} kept publishing blocked past the deadline",
                     waited=0.0)
-            with suppress(TimeoutError):
-                self._transport.drain_events(self._raw, timeout=deadline.cap(0.5))
+            self._drain_once(deadline.cap(0.5))
 
     # -- acknowledgements ------------------------------------------------------
 
@@ -470,17 +466,33 @@ class Connection:
             if self._pending_cancels:
                 wait = min(wait, max(0.0, min(self._pending_cancels.values()) - self._clock.now()))
             try:
-                self._transport.drain_events(self._raw, timeout=wait)
-            except TimeoutError:
-                pass
+                self._drain_once(wait)
             except Exception as error:
                 if errors.classify(error, "basic.consume") is errors.Action.RAISE:
                     raise errors.translate(error, "basic.consume", self._addr()) from error
-                self._lost(str(errors.translate(error, "basic.consume", self._addr())))
+                dead = self.liveness.dead_reason if self.liveness is not None else None
+                self._lost(dead or str(errors.translate(error, "basic.consume", self._addr())))
             try:
                 self._restore_cancelled(deadline)
             except exc.MessagingTimeout:
                 return
+
+    def _drain_once(self, wait: float) -> None:
+        """One read of up to ``wait`` seconds; a timeout is not an error."""
+        liveness = self.liveness
+        owner_wait = liveness.owner_wait() if liveness is not None else None
+        if owner_wait is not None:
+            wait = min(wait, owner_wait)
+        try:
+            if isinstance(self._raw, DeadlineConnection):
+                self._raw.drain_for(wait)
+            else:
+                self._transport.drain_events(self._raw, timeout=wait)
+        except TimeoutError:
+            pass
+        finally:
+            if liveness is not None:
+                liveness.owner_tick()
 
     def _deliver(self, decl: ConsumerDecl, channel: Any) -> Callable[[Any], None]:
         to_python = None
@@ -624,14 +636,14 @@ class Connection:
             kconn = kombu.Connection("memory://", transport=self._transport_cls,
                                      transport_options={"polling_interval": 0.01, **self._transport_options})
         else:
+            assert self.liveness is not None
             options = {"client_properties": {"connection_name": self.name},
                        "on_blocked": self._on_blocked, "on_unblocked": self._on_unblocked,
-                       **self._transport_options}
+                       **self.liveness.transport_options(), **self._transport_options}
             kconn = kombu.Connection(
                 hostname=host.hostname, port=host.port, userid=host.username,
                 password=host.password, virtual_host=self.settings.virtual_host,
-                transport=self._transport_cls, heartbeat=negotiated_heartbeat(
-                    self.settings.heartbeat_timeout_threshold),
+                transport=self._transport_cls, heartbeat=self.liveness.heartbeat,
                 connect_timeout=budget, ssl=self._ssl_options(host),
                 transport_options=options)
         self._kombu = kconn
@@ -639,8 +651,8 @@ class Connection:
         self._raw = self._transport.establish_connection()
         self._host = host
         self._pid = os.getpid()
-        for hook in self.liveness_hooks:
-            hook(self, True)
+        if self.liveness is not None and supports_confirms(self._transport):
+            self.liveness.attach(self._raw)
         phase[0] = "channel.open"
         with self._request_deadline("channel.open", budget):
             self._open_channel()
@@ -713,9 +725,9 @@ class Connection:
         self._transport = None
         self._host = None
         self._pending_cancels.clear()
+        if self.liveness is not None:
+            self.liveness.detach()
         if raw is not None:
-            for hook in self.liveness_hooks:
-                hook(self, False)
             try:
                 if supports_confirms(transport):
                     raw.collect()
@@ -749,6 +761,18 @@ class Connection:
         return getattr(transport, "sock", None)
 
     @contextmanager
+    def _locked(self, deadline: Deadline, operation: str) -> Iterator[None]:
+        """The connection's lock, waited for no longer than ``deadline`` allows."""
+        wait = deadline.remaining()
+        if not self._lock.acquire(timeout=-1 if wait == float("inf") else wait):
+            raise exc.MessagingTimeout(
+                f"{operation}: connection {self.name} stayed busy past the deadline", waited=wait)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextmanager
     def _request_deadline(self, operation: str, seconds: float) -> Iterator[None]:
         raw = self._raw
         if isinstance(raw, DeadlineConnection):
@@ -767,11 +791,15 @@ class Connection:
         self._returned.append((int(code or 312), str(text)))
 
     def _on_blocked(self, reason: str = "") -> None:
+        if self.liveness is not None:
+            self.liveness.blocked()
         if self._state is State.CONNECTED:
             self._set_state(State.BLOCKED)
         self.events.emit(ev.Blocked(self.name, self._addr() or "-", str(reason)))
 
     def _on_unblocked(self) -> None:
+        if self.liveness is not None:
+            self.liveness.unblocked()
         if self._state is State.BLOCKED:
             self._set_state(State.CONNECTED)
         self.events.emit(ev.Unblocked(self.name, self._addr() or "-"))

@@ -5,10 +5,10 @@ How it works: the connection talks to kombu at the transport level
 failover, so kombu's retry loops never sleep behind its back. For AMQP it uses
 kombu's py-amqp transport with one change: every synchronous request (declare,
 bind, consume, cancel, qos, close, a publisher confirm) runs under an absolute
-deadline. py-amqp waits for a reply by calling ``drain_events`` in a loop, each
-with the same per-read timeout, so an incoming heartbeat restarts its clock;
-:class:`DeadlineConnection` recomputes the time left on every read instead and
-raises :class:`~rabbit_ha_driver.connection.errors.RequestTimeout` when the
+deadline. py-amqp waits for a reply by reading frame after frame, each read
+with the same timeout, so every incoming heartbeat restarts its clock;
+:class:`DeadlineConnection` recomputes the time left before every read instead
+and raises :class:`~rabbit_ha_driver.connection.errors.RequestTimeout` when the
 deadline passes.
 """
 
@@ -23,6 +23,7 @@ from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp as kombu_pyamqp
 
 from rabbit_ha_driver.connection.errors import RequestTimeout
+from rabbit_ha_driver.exceptions import Unroutable
 
 
 class DeadlineConnection(kombu_pyamqp.Connection):
@@ -32,20 +33,36 @@ class DeadlineConnection(kombu_pyamqp.Connection):
     request_operation: str = ""
     request_budget: float = 0.0
 
-    def drain_events(self, timeout: float | None = None) -> Any:
-        deadline = self.request_deadline
-        if deadline is None:
-            return super().drain_events(timeout=timeout)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise RequestTimeout(self.request_operation, self.request_budget)
-        timeout = remaining if timeout is None else min(timeout, remaining)
+    drain_deadline: float | None = None
+
+    def blocking_read(self, timeout: float | None = None) -> Any:
+        # py-amqp's drain_events() calls this once per frame and loops past
+        # heartbeat frames with the same timeout, so both deadlines are
+        # applied here, to every single read.
+        now = time.monotonic()
+        request, drain = self.request_deadline, self.drain_deadline
+        if request is not None:
+            if now >= request:
+                raise RequestTimeout(self.request_operation, self.request_budget)
+            timeout = request - now if timeout is None else min(timeout, request - now)
+        if drain is not None:
+            if now >= drain:
+                raise TimeoutError("timed out")
+            timeout = drain - now if timeout is None else min(timeout, drain - now)
         try:
-            return super().drain_events(timeout=timeout)
+            return super().blocking_read(timeout)
         except TimeoutError:
-            if time.monotonic() >= deadline:
+            if request is not None and time.monotonic() >= request:
                 raise RequestTimeout(self.request_operation, self.request_budget) from None
             raise
+
+    def drain_for(self, seconds: float) -> Any:
+        """Dispatch incoming frames for at most ``seconds``, heartbeats included."""
+        self.drain_deadline = time.monotonic() + max(0.0, seconds)
+        try:
+            return self.drain_events(timeout=seconds)
+        finally:
+            self.drain_deadline = None
 
     @contextlib.contextmanager
     def deadline(self, operation: str, seconds: float) -> Iterator[None]:
@@ -65,9 +82,30 @@ class AMQPTransport(kombu_pyamqp.Transport):
     Connection = DeadlineConnection
 
 
+class MemoryChannel(kombu_memory.Channel):
+    """kombu's memory channel, plus what RabbitMQ does with a mandatory message
+    that no queue takes: it is refused (:class:`Unroutable`), not dropped."""
+
+    def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
+        if kwargs.get("mandatory") and not self._routable(exchange, routing_key):
+            raise Unroutable(f"no queue takes {exchange or '(default)'}/{routing_key}",
+                             reply_code=312, operation="basic.publish")
+        return super().basic_publish(message, exchange, routing_key, **kwargs)
+
+    def _routable(self, exchange: str, routing_key: str) -> bool:
+        if not exchange:
+            return routing_key in self.queues
+        try:
+            table = self.get_table(exchange)
+        except KeyError:
+            return False
+        return bool(self.typeof(exchange).lookup(table, exchange, routing_key, None))
+
+
 class MemoryTransport(kombu_memory.Transport):
     """kombu's in-process transport, polled often enough for interactive use."""
 
+    Channel = MemoryChannel
     polling_interval = 0.01
 
 
