@@ -1,0 +1,277 @@
+"""The rabbit-ha oslo.messaging driver on the real cluster, next to oslo.messaging's rabbit.
+
+* oslo.messaging's own functional tests run on ``rabbit-ha://`` and on
+  ``rabbit://`` (``tools/run_oslo_functional.py``); no test that passes on
+  ``rabbit://`` may fail on ``rabbit-ha://``.
+* The two tests of that suite that skip themselves on any scheme but
+  ``rabbit://`` (mandatory flag, call monitoring) run here on ``rabbit-ha://``.
+* A service on ``rabbit://`` and one on ``rabbit-ha://`` call, cast, fan out
+  and notify each other, in one process (both drivers loaded at once).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import queue
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import oslo_messaging as om
+import pytest
+from oslo_config import cfg
+from oslo_messaging import conffixture
+
+from rabbit_ha_driver.oslo import RabbitHADriver
+
+
+def _load_runner() -> ModuleType:
+    name = "run_oslo_functional"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "tools" / "run_oslo_functional.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+runner = _load_runner()
+
+
+def on_scheme(cluster: Any, scheme: str, query: str = "") -> str:
+    url = runner.scheme_url(cluster.url(), scheme)
+    return f"{url}?{query}" if query else url
+
+
+def new_conf() -> cfg.ConfigOpts:
+    conf = cfg.ConfigOpts()
+    conffixture.ConfFixture(conf)  # registers oslo.messaging's options on this conf
+    return conf
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Stack:
+    """Servers and transports to stop at the end, pass or fail."""
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+
+    def add(self, item: Any) -> Any:
+        self._items.append(item)
+        return item
+
+    def close(self) -> None:
+        for item in reversed(self._items):
+            if isinstance(item, om.Transport):
+                item.cleanup()
+            else:
+                item.stop()
+                item.wait()
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    s = Stack()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# -- 1. oslo.messaging's own functional tests ---------------------------------------
+
+
+def test_oslo_messaging_functional_tests_pass_on_rabbit_ha_as_on_rabbit(cluster, tmp_path):
+    results: dict[str, list[Any]] = {}
+    seconds: dict[str, float] = {}
+    crashes: dict[str, str | None] = {}
+    for scheme in runner.SCHEMES:
+        results[scheme], seconds[scheme], crashes[scheme] = runner.run_scheme(
+            cluster.url(), scheme, only=None, timeout=900, workers=4, log_dir=str(tmp_path))
+    print()
+    print(runner.report(results, seconds, crashes))
+    assert not any(crashes.values()), crashes
+    ha = {o.test: o for o in results["rabbit-ha"]}
+    plain = {o.test: o for o in results["rabbit"]}
+    assert len(ha) >= 30 and set(ha) == set(plain), "both runs must see the same tests"
+    assert not runner.regressions(results)
+    assert sum(o.passed for o in plain.values()) >= 28, "the reference run itself is broken"
+    # Whatever does not pass on rabbit-ha:// is excluded up front or skips
+    # itself on any scheme but rabbit://; both are covered elsewhere.
+    not_passed = {t: o.outcome for t, o in ha.items() if not o.passed}
+    assert not_passed == {
+        **{t: runner.SKIPPED for t in runner.SCHEME_GATED},
+        **{t: runner.EXCLUDED_OUTCOME for t in ha if t.startswith(tuple(runner.EXCLUDED))},
+    }
+
+
+# -- 2. the two tests that skip themselves on rabbit-ha:// ----------------------------
+
+
+class Delay:
+    def delay(self, ctxt: Any, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
+def test_at_least_once_call_to_nowhere(cluster, stack):
+    """oslo.messaging's test_mandatory_call, on rabbit-ha://."""
+    transport = stack.add(om.get_rpc_transport(new_conf(), on_scheme(cluster, "rabbit-ha")))
+    target = om.Target(topic=unique("topic"), server=unique("server"))
+    plain = om.get_rpc_client(transport, target, timeout=1,
+                              transport_options=om.TransportOptions(at_least_once=False))
+    started = time.monotonic()
+    with pytest.raises(om.MessagingTimeout):
+        plain.call({}, "delay", seconds=0)
+    assert 0.9 < time.monotonic() - started < 3
+    mandatory = om.get_rpc_client(transport, target, timeout=60,
+                                  transport_options=om.TransportOptions(at_least_once=True))
+    started = time.monotonic()
+    with pytest.raises(om.MessageUndeliverable):
+        mandatory.call({}, "delay", seconds=0)
+    assert time.monotonic() - started < 3
+
+
+def test_call_monitor_keeps_a_long_call_alive(cluster, stack):
+    """oslo.messaging's test_monitor_long_call, on rabbit-ha://."""
+    url = on_scheme(cluster, "rabbit-ha")
+    transport = stack.add(om.get_rpc_transport(new_conf(), url))
+    server_transport = stack.add(om.get_rpc_transport(new_conf(), url))
+    target = om.Target(topic=unique("topic"), server=unique("server"))
+    server = om.get_rpc_server(server_transport, target, [Delay()], executor="threading")
+    server.start()
+    stack.add(server)
+    with pytest.raises(om.MessagingTimeout):
+        om.get_rpc_client(transport, target, timeout=1).call({}, "delay", seconds=4)
+    monitored = om.get_rpc_client(transport, target, timeout=3600, call_monitor_timeout=2)
+    started = time.monotonic()
+    assert monitored.call({}, "delay", seconds=4) == 4
+    assert time.monotonic() - started < 8
+    silent = om.get_rpc_client(transport, target, timeout=3600, call_monitor_timeout=2)
+    server.stop()  # nobody answers, nobody sends heartbeats: the monitor ends the call
+    server.wait()
+    started = time.monotonic()
+    with pytest.raises(om.MessagingTimeout):
+        silent.call({}, "delay", seconds=0)
+    assert time.monotonic() - started < 5
+
+
+# -- 3. a rabbit:// service and a rabbit-ha:// service talk to each other ----------------
+
+
+class Service:
+    """One oslo.messaging service: an RPC server and a notification listener."""
+
+    def __init__(self, name: str, url: str, topic: str, notify_topic: str, stack: Stack) -> None:
+        self.name = name
+        self.conf = new_conf()
+        self.rpc = stack.add(om.get_rpc_transport(self.conf, url))
+        self.notify = stack.add(om.get_notification_transport(self.conf, url))
+        self.casts: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.notifications: queue.Queue[tuple[str, str, Any]] = queue.Queue()
+        service = self
+
+        class Endpoint:
+            def whoami(self, ctxt: Any, caller: str) -> dict[str, Any]:
+                return {"me": service.name, "caller": caller, "user": ctxt.get("user")}
+
+            def fail(self, ctxt: Any) -> None:
+                raise ValueError(f"{service.name} refuses")
+
+            def record(self, ctxt: Any, tag: str) -> None:
+                service.casts.put(("record", tag))
+
+            def slow(self, ctxt: Any, seconds: float) -> str:
+                time.sleep(seconds)
+                return f"{service.name} done"
+
+        class Notifications:
+            def info(self, ctxt: Any, publisher_id: str, event_type: str, payload: Any,
+                     metadata: Any) -> None:
+                service.notifications.put((publisher_id, event_type, payload))
+
+        server = om.get_rpc_server(self.rpc, om.Target(topic=topic, server=name), [Endpoint()],
+                                   executor="threading")
+        server.start()
+        stack.add(server)
+        listener = om.get_notification_listener(
+            self.notify, [om.Target(topic=notify_topic)], [Notifications()],
+            executor="threading", pool=name)
+        listener.start()
+        stack.add(listener)
+
+    def client(self, topic: str, **kwargs: Any) -> Any:
+        return om.get_rpc_client(self.rpc, om.Target(topic=topic, **kwargs), timeout=10)
+
+    def notifier(self, topic: str) -> om.Notifier:
+        return om.Notifier(self.notify, f"{self.name}.host", driver="messagingv2", topics=[topic])
+
+
+def test_services_on_rabbit_and_rabbit_ha_call_cast_and_notify_each_other(cluster, stack):
+    topic, notify_topic = unique("interop"), unique("interop-notify")
+    plain = Service("plain", on_scheme(cluster, "rabbit"), topic, notify_topic, stack)
+    ha = Service("ha", on_scheme(cluster, "rabbit-ha"), topic, notify_topic, stack)
+    assert isinstance(ha.rpc._driver, RabbitHADriver)
+    assert type(plain.rpc._driver).__name__ == "RabbitDriver"
+    for me, other in ((plain, ha), (ha, plain)):
+        to_other = me.client(topic, server=other.name)
+        answer = to_other.call({"user": me.name}, "whoami", caller=me.name)
+        assert answer == {"me": other.name, "caller": me.name, "user": me.name}
+        with pytest.raises(ValueError, match=f"{other.name} refuses"):
+            to_other.call({}, "fail")
+        monitored = me.client(topic, server=other.name).prepare(timeout=60,
+                                                                call_monitor_timeout=2)
+        assert monitored.call({}, "slow", seconds=3) == f"{other.name} done"
+        to_other.cast({}, "record", tag=f"from {me.name}")
+        assert other.casts.get(timeout=10) == ("record", f"from {me.name}")
+        me.notifier(notify_topic).info({}, "thing.happened", {"by": me.name})
+        for service in (plain, ha):  # one pool each: both see every notification
+            assert service.notifications.get(timeout=10) == (
+                f"{me.name}.host", "thing.happened", {"by": me.name})
+    for me in (plain, ha):
+        me.client(topic, fanout=True).cast({}, "record", tag=f"fanout from {me.name}")
+        for service in (plain, ha):
+            assert service.casts.get(timeout=10) == ("record", f"fanout from {me.name}")
+    # The shared topic queue is served by both: calls to the topic reach either.
+    seen = {plain.client(topic).call({}, "whoami", caller="x")["me"] for _ in range(20)}
+    assert seen <= {"plain", "ha"} and seen
+
+
+def test_one_process_rpc_on_rabbit_ha_notifications_on_rabbit(cluster, stack):
+    conf = new_conf()
+    rpc = stack.add(om.get_rpc_transport(conf, on_scheme(cluster, "rabbit-ha")))
+    notify = stack.add(om.get_notification_transport(conf, on_scheme(cluster, "rabbit")))
+    topic = unique("mixed")
+    got: queue.Queue[Any] = queue.Queue()
+
+    class Endpoint:
+        def ping(self, ctxt: Any) -> str:
+            om.Notifier(notify, "mixed.host", driver="messagingv2",
+                        topics=[topic]).info({}, "pinged", {"thread": threading.get_ident()})
+            return "pong"
+
+    class Notifications:
+        def info(self, ctxt: Any, publisher_id: str, event_type: str, payload: Any,
+                 metadata: Any) -> None:
+            got.put(event_type)
+
+    server = om.get_rpc_server(rpc, om.Target(topic=topic, server="s"), [Endpoint()],
+                               executor="threading")
+    server.start()
+    stack.add(server)
+    listener = om.get_notification_listener(notify, [om.Target(topic=topic)], [Notifications()],
+                                            executor="threading")
+    listener.start()
+    stack.add(listener)
+    assert om.get_rpc_client(rpc, om.Target(topic=topic), timeout=10).call({}, "ping") == "pong"
+    assert got.get(timeout=10) == "pinged"
