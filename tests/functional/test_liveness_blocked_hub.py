@@ -16,6 +16,20 @@ does. Afterwards it tries to use the connection and reports what happened.
 * ``green`` (a green thread per connection, the classic design) stalls with
   the hub: the broker, hearing nothing for two to three intervals, closes the
   connection for missed heartbeats. That is why ``auto`` is the default.
+
+The same scenario with the library's own :class:`Connection` (``SCENARIO_HA``
+below): it consumes a named queue from a green thread that drains it, the
+main green thread publishes to it, and then blocks the hub for ``3 T``. After
+the block the hub serves for ``T`` (the drain loop reads whatever arrived and
+the connection recovers if it must) before a message is published and must
+be consumed.
+
+* ``native`` and ``auto``: no broker close, no reconnect; the message after
+  the block is consumed on the very connection (same local port).
+* ``green``: the broker closes the connection for missed heartbeats, the
+  Connection notices on its own (no call of ours asks it to), reconnects
+  (to the next node of the URL) with its consumer, and the message after the
+  block is consumed there.
 """
 
 from __future__ import annotations
@@ -27,7 +41,10 @@ import sys
 import time
 from typing import Any
 
+import pytest
+
 from .faults import wait_until
+from .probes import rotate_url
 
 LOG = logging.getLogger(__name__)
 
@@ -158,3 +175,134 @@ def test_green_runner_loses_the_connection_while_the_hub_is_blocked(cluster: Any
                message="the broker logs a missed-heartbeats close for the connection")
     LOG.info("close found in the log %.1fs after the scenario ended", time.monotonic() - finished)
     assert cluster.missed_heartbeat_closes(node) >= before + 1
+
+
+SCENARIO_HA = r"""
+import eventlet
+eventlet.monkey_patch()
+
+import json
+import sys
+import time
+import uuid
+
+from rabbit_ha_driver import events as ev
+from rabbit_ha_driver.connection import Connection, Deadline
+from rabbit_ha_driver.settings import from_url
+
+url, runner, threshold, block_for = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+bus, recorder = ev.EventBus(), ev.Recorder()
+bus.subscribe(recorder)
+bus.subscribe(ev.LogSubscriber())
+conn = Connection(from_url(url, heartbeat_timeout_threshold=threshold, heartbeat_runner=runner),
+                  name=f"blocked-hub-ha-{runner}", events=bus)
+received = []
+
+def on_message(message):
+    received.append(bytes(message.body if isinstance(message.body, bytes) else message.body.encode()))
+    conn.ack(message)
+
+queue = conn.declare_queue(f"rha-func.blocked-hub-ha.{uuid.uuid4().hex[:8]}")
+conn.consume(queue, on_message)
+draining = True
+
+def drain():
+    while draining:
+        conn.drain_events(0.2)
+
+drainer = eventlet.spawn(drain)
+
+def consumed(body, within):
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if body in received:
+            return True
+        eventlet.sleep(0.05)
+    return False
+
+def names(kind):
+    return [e for e in recorder.events if isinstance(e, kind)]
+
+conn.publish(b"before", "", queue, deadline=Deadline.after(10))
+outcome = {"consumed_before": consumed(b"before", 10)}
+eventlet.sleep(1.0)  # an idle stretch: only heartbeats flow
+outcome["local_port"] = conn.local_port
+outcome["connected_before"] = len(names(ev.Connected))
+link = conn.liveness.link
+sent_before = link.heartbeats_sent
+started = time.monotonic()
+spins = 0
+while time.monotonic() - started < block_for:  # a CPU-bound request holds the hub
+    spins += 1
+outcome["blocked_for"] = time.monotonic() - started
+outcome["heartbeats_during_block"] = link.heartbeats_sent - sent_before
+unblocked = time.monotonic()
+eventlet.sleep(threshold)  # the hub serves: the drain loop reads and recovers by itself
+reconnected = [e for e in names(ev.Connected)][outcome["connected_before"]:]
+outcome["reconnected_by_itself"] = [e.host for e in reconnected]
+outcome["local_port_after_block"] = conn.local_port
+conn.publish(b"after", "", queue, deadline=Deadline.after(20), retry_uncertain=True)
+outcome["consumed_after"] = consumed(b"after", 20)
+outcome["local_port_at_end"] = conn.local_port
+outcome["runner"] = [e.runner for e in names(ev.RunnerSelected)]
+outcome["connected"] = len(names(ev.Connected))
+outcome["lost"] = [e.reason for e in names(ev.ConnectionLost)]
+outcome["declared_dead"] = [e.silent_for for e in names(ev.DeclaredDead)]
+draining = False
+drainer.wait()
+conn.delete_queue(queue, deadline=Deadline.after(5))
+conn.close()
+print(json.dumps(outcome))
+"""
+
+
+def run_blocked_hub_ha(url: str, runner: str) -> dict[str, Any]:
+    """SCENARIO_HA in a monkey-patched subprocess; its outcome as a dict."""
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", SCENARIO_HA, url, runner, str(THRESHOLD), str(BLOCK_FOR)],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"scenario failed:\n{done.stdout}\n{done.stderr}"
+    outcome: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    LOG.info("blocked hub, HA connection, runner %s: %s", runner, outcome)
+    return outcome
+
+
+@pytest.mark.parametrize("runner", ["auto", "native"])
+def test_ha_connection_keeps_consuming_through_a_blocked_hub(cluster: Any, runner: str) -> None:
+    node = cluster.nodes[0]
+    before = cluster.missed_heartbeat_closes()
+    outcome = run_blocked_hub_ha(rotate_url(cluster, 0), runner)
+    print(f"blocked hub, HA connection, runner {runner}: {outcome}")
+    assert outcome["runner"] == ["native"]
+    assert outcome["consumed_before"]
+    assert outcome["blocked_for"] >= BLOCK_FOR
+    # Heartbeats every H/3 from the native thread while the hub was blocked.
+    assert outcome["heartbeats_during_block"] >= 0.7 * BLOCK_FOR * 3
+    assert outcome["consumed_after"]
+    # The very same connection: never lost, never declared dead, never reopened.
+    assert outcome["connected"] == 1
+    assert outcome["lost"] == []
+    assert outcome["declared_dead"] == []
+    assert outcome["local_port"] == outcome["local_port_after_block"] == outcome["local_port_at_end"]
+    assert closes_of(node, outcome["local_port"]) == 0
+    assert cluster.missed_heartbeat_closes() == before
+
+
+def test_ha_connection_green_runner_is_closed_by_the_broker_and_recovers(cluster: Any) -> None:
+    node = cluster.nodes[0]
+    before = cluster.missed_heartbeat_closes()
+    outcome = run_blocked_hub_ha(rotate_url(cluster, 0), "green")
+    print(f"blocked hub, HA connection, runner green: {outcome}")
+    assert set(outcome["runner"]) == {"green"}  # selected again for the new connection
+    assert outcome["consumed_before"]
+    assert outcome["heartbeats_during_block"] == 0
+    wait_until(lambda: closes_of(node, outcome["local_port"]) == 1, timeout=10,
+               message="the broker logs a missed-heartbeats close for the connection")
+    assert cluster.missed_heartbeat_closes() >= before + 1
+    # Recovered by itself while the hub served, before anything was published...
+    assert outcome["connected"] == 2
+    assert outcome["reconnected_by_itself"] == [cluster.nodes[1].address]
+    assert len(outcome["lost"]) == 1
+    assert outcome["local_port_after_block"] not in (None, outcome["local_port"])
+    # ...and consuming on the new connection.
+    assert outcome["consumed_after"]
