@@ -93,7 +93,7 @@ def reply_code_of(error: BaseException) -> int | None:
 
 def classify(error: BaseException, operation: str, recovering: bool = False) -> Action:
     """Decide what to do about ``error`` raised by ``operation``."""
-    if isinstance(error, exc.IrrecoverableError):
+    if isinstance(error, exc.IrrecoverableError | exc.MessagingTimeout):
         return Action.RAISE
     if isinstance(error, exc.RecoverableError | RequestTimeout):
         return Action.RECONNECT

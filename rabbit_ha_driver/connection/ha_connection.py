@@ -238,7 +238,7 @@ class Connection:
                 try:
                     with self._request_deadline(operation, deadline.cap(self.settings.request_timeout)):
                         return fn(self._channel)
-                except (exc.Unroutable, exc.PublishNacked):
+                except (exc.Unroutable, exc.PublishNacked, exc.MessagingTimeout):
                     raise
                 except Exception as error:
                     failures += 1
@@ -394,7 +394,7 @@ class Connection:
                                   mandatory=mandatory)
             written = True
             if self._confirms:
-                self._wait_confirm(channel)
+                self._wait_confirm(channel, deadline)
             if self._returned:
                 code, text = self._returned[-1]
                 self._returned.clear()
@@ -404,13 +404,28 @@ class Connection:
 
         self.ensure(attempt, operation="basic.publish", deadline=deadline)
 
-    def _wait_confirm(self, channel: Any) -> None:
+    def _wait_confirm(self, channel: Any, deadline: Deadline) -> None:
         outcome: list[str] = []
 
         def on_confirm(method: Any, *args: Any) -> None:
             outcome.append("nack" if method == amqp_spec.Basic.Nack else "ack")
 
-        channel.wait([amqp_spec.Basic.Ack, amqp_spec.Basic.Nack], callback=on_confirm)
+        while True:
+            try:
+                with self._request_deadline("basic.publish", deadline.cap(self.settings.request_timeout)):
+                    channel.wait([amqp_spec.Basic.Ack, amqp_spec.Basic.Nack], callback=on_confirm)
+                break
+            except errors.RequestTimeout:
+                # A broker under a resource alarm holds confirms back on
+                # purpose: that is not a dead channel. Wait up to the
+                # publish's own deadline instead.
+                if self._state is not State.BLOCKED:
+                    raise
+                if deadline.expired():
+                    raise exc.MessagingTimeout(
+                        f"broker {self._addr()} kept publishing blocked (resource alarm) past the "
+                        "deadline; the message may still be delivered when it unblocks",
+                        waited=0.0) from None
         if outcome and outcome[0] == "nack":
             raise exc.PublishNacked("broker nacked the message", host=self._addr(),
                                     operation="basic.publish")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -292,3 +293,38 @@ def test_connection_name_shows_in_the_broker(cluster):
                                   if c.get("client_properties", {}).get("connection_name")
                                   == "svc-under-test:42"], 10, interval=0.2)
         assert names == ["svc-under-test:42"]
+
+
+# -- blocked connections -------------------------------------------------------------
+
+def test_blocked_connection_waits_and_is_not_torn_down(cluster):
+    """A memory alarm blocks publishers: the publish waits, the connection stays."""
+    queue = unique("blocked")
+    conn = Connection(from_url(rotate_url(cluster, 0), request_timeout=1.0, heartbeat_timeout_threshold=3),
+                      name="func-blocked")
+    recorder = ev.Recorder()
+    conn.events.subscribe(recorder)
+    done: list[float] = []
+    with closing(conn):
+        conn.declare_queue(queue)
+        conn.publish(b"before", "", queue)
+        port = conn.local_port
+        cluster.rabbitmqctl(0, "set_vm_memory_high_watermark", "0.000001")
+        try:
+            started = time.monotonic()
+            worker = threading.Thread(target=lambda: (
+                conn.publish(b"during", "", queue, deadline=Deadline.after(60)),
+                done.append(time.monotonic())), daemon=True)
+            worker.start()
+            assert wait_for(lambda: recorder.of(ev.Blocked), 15), "no connection.blocked from the broker"
+            time.sleep(3.5)  # several request timeouts: a blocked broker is not a dead one
+            assert not done, "publish completed while the broker was blocking"
+            assert conn.state.value == "blocked"
+        finally:
+            cluster.rabbitmqctl(0, "set_vm_memory_high_watermark", "0.4")
+        worker.join(30)
+        assert done, "publish did not complete after the alarm cleared"
+        print(f"blocked publish completed {done[0] - started:.3f}s after it started, once unblocked")
+        assert recorder.of(ev.Unblocked)
+        assert not recorder.of(ev.ConnectionLost), recorder.events
+        assert conn.local_port == port
