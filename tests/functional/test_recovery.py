@@ -150,19 +150,16 @@ def test_figures_mirrored_master_killed(cluster):
 
 # -- scenario 4: irrecoverable errors are typed and immediate --------------------------
 
-def test_wrong_password_is_a_typed_error_within_a_second(cluster):
+def wrong_password(cluster: Any) -> tuple[float, BaseException]:
     url = rotate_url(cluster, 0).replace("guest:guest@", "guest:wrong@")
     conn = Connection(from_url(url), name="func-badpass")
     started = time.monotonic()
     with pytest.raises(exc.AuthenticationError) as err:
         conn.connect(Deadline.after(30))
-    took = time.monotonic() - started
-    print(f"wrong password: {type(err.value).__name__} after {took:.3f}s: {err.value}")
-    assert took < 1.0
-    assert "wrong" not in str(err.value)
+    return time.monotonic() - started, err.value
 
 
-def test_inequivalent_arguments_are_a_typed_error_within_a_second(cluster):
+def inequivalent_arguments(cluster: Any) -> tuple[float, exc.IrrecoverableError]:
     queue = unique("ineq")
     conn = Connection(from_url(rotate_url(cluster, 0)), name="func-ineq")
     with closing(conn):
@@ -170,10 +167,30 @@ def test_inequivalent_arguments_are_a_typed_error_within_a_second(cluster):
         started = time.monotonic()
         with pytest.raises(exc.IrrecoverableError) as err:
             conn.declare_queue(queue, arguments={"x-max-length": 20}, deadline=Deadline.after(30))
-        took = time.monotonic() - started
-    print(f"inequivalent arguments: reply code {err.value.reply_code} after {took:.3f}s")
-    assert err.value.reply_code == 406
+        return time.monotonic() - started, err.value
+
+
+def test_wrong_password_is_a_typed_error_within_a_second(cluster):
+    took, error = wrong_password(cluster)
+    print(f"wrong password: {type(error).__name__} after {took:.3f}s: {error}")
     assert took < 1.0
+    assert "wrong" not in str(error)
+
+
+def test_inequivalent_arguments_are_a_typed_error_within_a_second(cluster):
+    took, error = inequivalent_arguments(cluster)
+    print(f"inequivalent arguments: reply code {error.reply_code} after {took:.3f}s")
+    assert error.reply_code == 406
+    assert took < 1.0
+
+
+@pytest.mark.slow
+def test_figures_typed_errors(cluster):
+    auth = [wrong_password(cluster)[0] for _ in range(REPEAT)]
+    report("wrong password -> AuthenticationError", auth, 1.0)
+    ineq = [inequivalent_arguments(cluster)[0] for _ in range(REPEAT)]
+    report("inequivalent queue arguments -> IrrecoverableError 406", ineq, 1.0)
+    assert max(auth + ineq) < 1.0
 
 
 # -- scenario 5: a request that never gets its reply -----------------------------------
@@ -214,6 +231,14 @@ def test_request_without_reply_misses_its_deadline_and_recovers(cluster):
     print(f"declare unanswered: deadline {budget:g}s fired despite heartbeats; declared on the next "
           f"node {recovered:.3f}s after the request")
     assert 4.0 <= recovered <= 8.0
+
+
+@pytest.mark.slow
+def test_figures_request_without_reply(cluster):
+    figures = [request_never_answered(cluster)[1] for _ in range(REPEAT)]
+    report("declare swallowed (heartbeats still flowing), request_timeout 4s: declared on the next node",
+           figures, 4.5)
+    assert all(4.0 <= f <= 4.5 for f in figures)
 
 
 # -- scenario 6: TLS ------------------------------------------------------------------
