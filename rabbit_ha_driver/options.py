@@ -253,6 +253,15 @@ rpc_opts = [
     ),
 ]
 
+metrics_opts = [
+    cfg.PortOpt(
+        "metrics_http_port",
+        help="TCP port on which rabbit_ha_driver.prometheus.serve() exposes the "
+        "connection metrics in Prometheus format (loopback by default), for "
+        "services that have no HTTP server of their own. Unset: no server.",
+    ),
+]
+
 ALL_OPTS: list[cfg.Opt] = [
     *broker_opts,
     *retry_opts,
@@ -260,6 +269,7 @@ ALL_OPTS: list[cfg.Opt] = [
     *consumer_opts,
     *tls_opts,
     *rpc_opts,
+    *metrics_opts,
 ]
 
 
