@@ -18,8 +18,8 @@ the host. Time spent blocked is measured on an injectable clock.
 
 The connection layer emits every event counted here except the three RPC
 facts defined below (:class:`CallCompleted`, :class:`CallTimedOut`,
-:class:`UnroutableRetry`), which the RPC client emits on the bus of its
-transport. :meth:`Metrics.snapshot` returns plain dicts (safe to serialise or
+:class:`UnroutableRetry`), which belong to the RPC layer and go on the bus of
+its connections. :meth:`Metrics.snapshot` returns plain dicts (safe to serialise or
 compare), :meth:`Metrics.log_summary` writes them as log lines, and
 :mod:`rabbit_ha_driver.prometheus` exposes them to a Prometheus registry when
 ``prometheus-client`` is installed.
