@@ -21,9 +21,11 @@ message is sent again only when the broker provably did not take it: it came
 back unroutable (no queue bound yet, e.g. while a server re-declares its queue
 after a failover), it was nacked, or its frame never went out. When the
 connection dies between writing a call and the confirm, the request may have
-arrived, so the call keeps waiting for a reply instead of sending it twice; a
-cast in that state raises :class:`~rabbit_ha_driver.exceptions.ConnectionLost`
-(its fate is unknown). A fanout that no queue takes is retried only for a short
+arrived, so the call keeps waiting for a reply instead of sending it twice. A
+cast in that state is sent again when its queues are durable or quorum queues
+(at-least-once: the server drops the copy by its ``_unique_id``); otherwise it
+raises :class:`~rabbit_ha_driver.exceptions.ConnectionLost` (its fate is
+unknown). A fanout that no queue takes is retried only for a short
 grace (a listener re-declaring its queue after a consumer cancel), then logged
 as reaching no listener: a fanout to nobody is not an error in oslo.messaging.
 
@@ -126,13 +128,17 @@ class Publisher:
         persistent: bool = False,
         declare: tuple[QueueSpec, ...] = (),
         retry_unroutable: float | None = None,
+        retry_uncertain: bool = False,
     ) -> bool:
         """Publish ``body`` before ``deadline`` (a time on the clock).
 
         ``exchange`` is declared first unless it is the default exchange
         (``""``). With ``ttl`` the message expires when the deadline passes.
         Unroutable messages are retried until the deadline, or for
-        ``retry_unroutable`` seconds, after which False is returned.
+        ``retry_unroutable`` seconds, after which False is returned. With
+        ``retry_uncertain`` a message whose confirm was lost with the
+        connection is sent again (at-least-once) instead of raising
+        ConnectionLost.
         Raises MessagingTimeout, ConnectionLost (outcome unknown),
         IrrecoverableError or InvalidMessage.
         """
@@ -159,11 +165,21 @@ class Publisher:
             try:
                 attempts += 1
                 self._attempt(body, exchange, exchange_name, routing_key, deadline,
-                              ttl=ttl, persistent=persistent, declare=declare)
+                              ttl=ttl, persistent=persistent, declare=declare,
+                              retry_uncertain=retry_uncertain)
                 return True
-            except (exc.Unroutable, exc.PublishNacked) as error:
+            except exc.Unroutable as error:
                 last_error = error
                 LOG.debug("%s: attempt %d not taken by the broker: %s", what, attempts, error)
+            except exc.PublishNacked as error:
+                # RabbitMQ 3.10 can leave a channel that published to a quorum
+                # queue while its leader died nacking every later publish to
+                # it, although a new leader was elected; a fresh connection
+                # publishes fine. So the resend goes out on a new one.
+                last_error = error
+                LOG.info("%s: attempt %d nacked by the broker (%s); resending on a "
+                         "fresh connection", what, attempts, error)
+                self._reset()
             except exc.IrrecoverableError as error:
                 if error.reply_code != 404 or not isinstance(exchange, ExchangeSpec):
                     raise
@@ -189,7 +205,7 @@ class Publisher:
 
     def _attempt(self, body: bytes, exchange: ExchangeSpec | str, exchange_name: str,
                  routing_key: str, deadline: float, *, ttl: bool, persistent: bool,
-                 declare: tuple[QueueSpec, ...]) -> None:
+                 declare: tuple[QueueSpec, ...], retry_uncertain: bool) -> None:
         conn = self._connection()
         dl = Deadline(deadline, self._clock)
         if isinstance(exchange, ExchangeSpec) and exchange not in self._declared:
@@ -211,7 +227,7 @@ class Publisher:
             left_ms = int((deadline - self._clock.now()) * 1000)
             properties["expiration"] = str(max(1, left_ms))
         conn.publish(body, exchange_name, routing_key, properties=properties,
-                     mandatory=True, deadline=dl)
+                     mandatory=True, deadline=dl, retry_uncertain=retry_uncertain)
 
     def _connection(self) -> Connection:
         if self._closed:
@@ -507,6 +523,10 @@ class RPCClient:
                 LOG.warning("%s reached no listener: no queue is bound to exchange %r",
                             what, exchange.name)
             return
+        # A durable cast must survive a node failure, so one whose confirm
+        # was lost is sent again; a transient one would die with its queue's
+        # node anyway, so it stays at-most-once.
         transport.publisher.publish(body, exchange, key, deadline=deadline, what=what,
-                                    persistent=durable(settings))
+                                    persistent=durable(settings),
+                                    retry_uncertain=durable(settings))
 

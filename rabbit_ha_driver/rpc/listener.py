@@ -531,9 +531,12 @@ class PollListener:
             retry = False
         try:
             body = envelope.encode(message, self.settings.rpc_max_message_size, what)
+            # A reply whose confirm was lost with the connection is sent
+            # again: the caller drops a second copy (by _unique_id, or as a
+            # reply to a finished call), while a lost one fails the call.
             sent = self._publisher.publish(
                 body, "", reply_q, deadline=max(deadline, now + 0.001), what=what,
-                retry_unroutable=None if retry else 0.0)
+                retry_unroutable=None if retry else 0.0, retry_uncertain=True)
         except exc.MessagingTimeout as error:
             if isinstance(error.last_error, exc.Unroutable):
                 self._gone_reply_queues.add(reply_q, self._clock.now())
