@@ -170,6 +170,9 @@ class Publisher:
                 return True
             except exc.Unroutable as error:
                 last_error = error
+                # A queue this message declares may have been deleted since it
+                # was declared (an operator, a consumer cancel): declare again.
+                self._declared.difference_update(declare)
                 LOG.debug("%s: attempt %d not taken by the broker: %s", what, attempts, error)
             except exc.PublishNacked as error:
                 # RabbitMQ 3.10 can leave a channel that published to a quorum

@@ -564,3 +564,26 @@ def test_requests_carry_what_oslo_messagings_rabbit_driver_puts_in_them(transpor
     assert inner["namespace"] == "ns" and inner["version"] == "1.2"
     assert inner["_context_user"] == "u" and "_unique_id" in inner
     assert envelope.MSG_ID not in inner
+
+
+def delete_queue(broker: FakeBroker, name: str) -> None:
+    """Delete a queue with its routes (the fake's own delete leaves them in exchanges)."""
+    broker.cancel_consumers(name, delete=True)
+    for exchange in (broker.state.exchanges or {}).values():
+        exchange["table"] = [route for route in exchange["table"] if route[-1] != name]
+
+
+def test_a_notification_declares_its_queue_again_after_it_was_deleted(transports, broker, topic):
+    transport = transports("notify")
+    notifier = om.Notifier(transport, "p", driver="messagingv2", topics=[topic], retry=None)
+    notifier.info({}, "first", 1)
+    delete_queue(broker, f"{topic}.info")  # as an operator would
+    sent = threading.Event()
+
+    def send() -> None:
+        notifier.info({}, "second", 2)
+        sent.set()
+
+    threading.Thread(target=send, daemon=True).start()
+    assert sent.wait(5), "the notification was retried without declaring its queue again"
+    assert f"{topic}.info" in broker.queues
