@@ -170,13 +170,16 @@ class RabbitHADriver(base.BaseDriver):
         With ``outcome_unknown_ok`` (a call) a connection lost between the
         write and the broker's confirm is logged and the caller goes on to
         wait for a reply: the request may have arrived, and sending it again
-        could run it twice.
+        could run it twice. A persistent cast or notification to durable
+        queues is sent again in that case (receivers drop the copy by its
+        ``_unique_id``); any other is a ``MessageDeliveryFailure``.
         """
+        durable = persistent and envelope.durable(self.settings)
         try:
             sent = self._transport.publisher.publish(
                 body, exchange, key, deadline=budget.send_by, what=what, ttl=ttl,
-                persistent=persistent and envelope.durable(self.settings), declare=declare,
-                retry_unroutable=budget.unroutable_for)
+                persistent=durable, declare=declare, retry_unroutable=budget.unroutable_for,
+                retry_uncertain=durable and not outcome_unknown_ok)
         except exc.MessagingTimeout as error:
             raise self._gave_up(error, budget) from error
         except exc.ConnectionLost as error:
