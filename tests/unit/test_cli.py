@@ -1,4 +1,4 @@
-"""The rabbit-ha command: options shared by every subcommand, and the demo."""
+"""The rabbit-ha command: shared options, demo, check and drill (memory://, a fake clock)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import io
 import pytest
 
 from rabbit_ha_driver import cli
+from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.clock import FakeClock
 
 
 def test_demo_on_the_memory_transport_shows_everything_working(capsys):
@@ -74,3 +76,155 @@ def test_demo_reports_failure_when_the_broker_is_unreachable():
     text = out.getvalue()
     assert "FAIL" in text and "could not connect" in text
     assert "demo failed" in text
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+def test_check_on_the_memory_transport_times_a_call(capsys):
+    assert cli.main(["check", "--timeout", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "rabbit-ha check of memory://" in out
+    assert "no host to connect to" in out
+    assert "ok   round trip of a call on private topic rabbit-ha-check-" in out
+    assert "median" in out and "of 5" in out
+    assert out.rstrip().endswith("check passed")
+
+
+def test_check_names_an_unreachable_host_and_fails():
+    from rabbit_ha_driver.settings import from_url
+
+    out = io.StringIO()
+    settings = from_url("rabbit://u:secret@127.0.0.1:1/", rabbit_retry_interval=0.05,
+                        rabbit_interval_max=0.05)
+    assert cli.run_check(settings, timeout=0.2, out=out) == 1
+    text = out.getvalue()
+    assert "FAIL 127.0.0.1:1: cannot connect: MessagingTimeout" in text
+    assert "check failed: no host reachable (127.0.0.1:1)" in text
+    assert "secret" not in text
+
+
+def test_socket_options_are_shown_with_units_and_missing_ones_named():
+    from rabbit_ha_driver.connection.sockets import SocketOptions
+
+    line = cli.describe_socket_options(SocketOptions(True, 10, 3, 4, 21.5))
+    assert line == ("SO_KEEPALIVE=on TCP_KEEPIDLE=10s TCP_KEEPINTVL=3s TCP_KEEPCNT=4 "
+                    "TCP_USER_TIMEOUT=21.5s")
+    line = cli.describe_socket_options(SocketOptions(False, None, None, None, 0))
+    assert line == ("SO_KEEPALIVE=off TCP_KEEPIDLE=n/a TCP_KEEPINTVL=n/a TCP_KEEPCNT=n/a "
+                    "TCP_USER_TIMEOUT=kernel default")
+    assert "not tuned" in cli.describe_socket_options(None)
+
+
+# -- drill: arguments ------------------------------------------------------------------
+
+
+def test_drill_arguments_and_their_defaults():
+    args = cli.build_parser().parse_args(["drill"])
+    assert (args.interval, args.timeout, args.duration, args.topic, args.serve) == (
+        0.1, 3.0, None, None, False)
+    args = cli.build_parser().parse_args(
+        ["drill", "--interval", "0.5", "--timeout", "2", "--duration", "60", "--topic", "t"])
+    assert (args.interval, args.timeout, args.duration, args.topic) == (0.5, 2.0, 60.0, "t")
+
+
+@pytest.mark.parametrize("argv", [["drill", "--interval", "0"], ["drill", "--timeout", "-1"],
+                                  ["drill", "--duration", "soon"], ["check", "--timeout", "inf"]])
+def test_times_must_be_positive_numbers_of_seconds(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "number of seconds" in err and argv[1] in err
+
+
+def test_serving_needs_a_topic(capsys):
+    assert cli.main(["drill", "--serve"]) == 2
+    assert "--serve" in capsys.readouterr().err
+
+
+# -- drill: the loop and its report, on a fake clock -------------------------------------
+
+
+def _scripted_call(clock, start, failing_from, failing_until):
+    """A call taking 5 ms, except in [from, until) where it fails after 0.5 s."""
+
+    def call(n):
+        t = clock.now() - start
+        if failing_from <= t < failing_until:
+            clock.advance(0.5)
+            raise exc.MessagingTimeout(f"no reply to ping({n})", waited=0.5)
+        clock.advance(0.005)
+
+    return call
+
+
+def test_drill_reports_each_second_and_the_outage(capsys):
+    clock = FakeClock()
+    out = io.StringIO()
+    call = _scripted_call(clock, clock.now(), 1.95, 2.95)
+    stats = cli.run_drill(call, interval=0.25, duration=5.0, clock=clock, out=out)
+    lines = out.getvalue().splitlines()
+    progress = [line for line in lines if "calls" in line and "failures" in line]
+    assert [line.split()[0] for line in progress] == ["1s", "2s", "3s", "4s", "5s"]
+    # A call counts in the second it ended in: those of 0, 0.25, 0.5 and 0.75
+    # (the one of 1.0 ends at 1.005).
+    assert progress[0].split()[2] == "4" and "failures   0" in progress[0]
+    assert "p50 5.0 ms max 5.0 ms" in progress[0]
+    assert "OUTAGE" in progress[2] and "failures   2" in progress[2]
+    assert "OUTAGE" not in progress[3]
+    assert stats.failures == 2
+    [outage] = stats.outages
+    assert outage.failed == 2
+    assert outage.start == pytest.approx(2.0)
+    assert outage.end == pytest.approx(3.005)
+    assert "1 outage:" in lines
+    assert lines[-1].startswith("  at +2.000s lasted 1.005s (2 failed calls; first: "
+                                "MessagingTimeout: no reply to ping(")
+    # Paced by start time: nothing slept that would drift the schedule.
+    assert all(s <= 0.25 for s in clock.sleeps)
+
+
+def test_drill_still_failing_at_the_end_and_interrupted():
+    clock = FakeClock()
+    out = io.StringIO()
+    stats = cli.run_drill(_scripted_call(clock, clock.now(), 0.5, 99.0), interval=0.1,
+                          duration=2.0, clock=clock, out=out)
+    assert "still failing at the end" in out.getvalue()
+    assert stats.outages == [] and stats.failing
+
+    def interrupted(n):
+        clock.advance(0.01)
+        if n == 3:
+            raise KeyboardInterrupt
+
+    out = io.StringIO()
+    stats = cli.run_drill(interrupted, interval=0.1, duration=None, clock=clock, out=out)
+    text = out.getvalue()
+    assert "interrupted" in text and "2 calls, 0 failed" in text and "no outage" in text
+
+
+def test_drill_command_runs_its_own_server_on_memory():
+    from rabbit_ha_driver.settings import from_url
+
+    clock = FakeClock()
+    out = io.StringIO()
+    status = cli.run_drill_command(from_url("memory://"), topic=None, serve=False, interval=0.5,
+                                   timeout=5.0, duration=2.0, clock=clock, out=out)
+    text = out.getvalue()
+    assert status == 0, text
+    assert "own test server" in text
+    assert "4 calls, 0 failed" in text and "no outage" in text
+
+
+def test_drill_against_a_topic_nobody_serves_fails_with_an_outage():
+    from rabbit_ha_driver.settings import from_url
+
+    out = io.StringIO()
+    status = cli.run_drill_command(from_url("memory://"), topic="nobody-serves-this",
+                                   serve=False, interval=0.05, timeout=0.1, duration=0.2,
+                                   out=out)
+    text = out.getvalue()
+    assert status == 1
+    assert "own test server" not in text
+    assert "still failing at the end" in text and "MessagingTimeout" in text
