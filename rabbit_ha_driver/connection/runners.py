@@ -10,7 +10,8 @@ runners share that step (:meth:`Watch.step`); they differ in what sleeps.
 * :class:`NativeScheduler`: ONE OS thread per process serves every
   connection, from a heap of deadlines, waiting on a condition that is
   notified when a connection is added or poked, so it wakes at the next
-  deadline, at most :data:`COALESCE` late: the deadlines that fall within that
+  deadline, at most :data:`COALESCE` late (less for short intervals,
+  :data:`COALESCE_SHARE`): the deadlines that fall within that
   slack are served in the same pass (a wake-up of an OS thread costs more
   than a step, and with many connections their deadlines would otherwise
   come one by one). Under eventlet monkey-patching it is built from the
@@ -90,6 +91,10 @@ EARLY = 0.001
 #: With 200 idle connections at T = 10 s it cuts the thread's wake-ups from
 #: about 150 to about 11 a second, and its CPU use by about two thirds.
 COALESCE = 0.05
+#: ...and at most this share of the connection's send interval: each late
+#: frame delays the next one, so the slack thins an idle connection's frames
+#: by up to this share (at T = 3 s a full 50 ms would cost an eighth of them).
+COALESCE_SHARE = 0.05
 #: Seconds before a connection whose step raised unexpectedly is tried again.
 STEP_ERROR_RETRY = 1.0
 #: Longest pause of a green thread waiting for a native lock.
@@ -432,6 +437,10 @@ class NativeScheduler:
             heapq.heappop(heap)
         return None
 
+    def _slack(self) -> float:
+        """Timer slack for the first deadline (caller holds the lock, after :meth:`_peek`)."""
+        return min(COALESCE, COALESCE_SHARE * self._heap[0][3].state.send_interval)
+
     def next_wakeup(self) -> float | None:
         with self._cond:
             return self._peek()
@@ -494,7 +503,7 @@ class NativeScheduler:
                     now = self._clock.now()
                     if top is not None and top <= now + EARLY:
                         break
-                    self._cond.wait(None if top is None else top - now + COALESCE)
+                    self._cond.wait(None if top is None else top - now + self._slack())
             try:
                 self.run_pending()
             except Exception:  # never let the thread die: every connection depends on it
