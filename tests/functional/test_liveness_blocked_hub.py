@@ -270,7 +270,7 @@ def run_blocked_hub_ha(url: str, runner: str) -> dict[str, Any]:
 @pytest.mark.parametrize("runner", ["auto", "native"])
 def test_ha_connection_keeps_consuming_through_a_blocked_hub(cluster: Any, runner: str) -> None:
     node = cluster.nodes[0]
-    before = cluster.missed_heartbeat_closes()
+    before = cluster.missed_heartbeat_closes(node)
     outcome = run_blocked_hub_ha(rotate_url(cluster, 0), runner)
     print(f"blocked hub, HA connection, runner {runner}: {outcome}")
     assert outcome["runner"] == ["native"]
@@ -285,12 +285,12 @@ def test_ha_connection_keeps_consuming_through_a_blocked_hub(cluster: Any, runne
     assert outcome["declared_dead"] == []
     assert outcome["local_port"] == outcome["local_port_after_block"] == outcome["local_port_at_end"]
     assert closes_of(node, outcome["local_port"]) == 0
-    assert cluster.missed_heartbeat_closes() == before
+    assert cluster.missed_heartbeat_closes(node) == before
 
 
 def test_ha_connection_green_runner_is_closed_by_the_broker_and_recovers(cluster: Any) -> None:
     node = cluster.nodes[0]
-    before = cluster.missed_heartbeat_closes()
+    before = cluster.missed_heartbeat_closes(node)
     outcome = run_blocked_hub_ha(rotate_url(cluster, 0), "green")
     print(f"blocked hub, HA connection, runner green: {outcome}")
     assert set(outcome["runner"]) == {"green"}  # selected again for the new connection
@@ -298,7 +298,7 @@ def test_ha_connection_green_runner_is_closed_by_the_broker_and_recovers(cluster
     assert outcome["heartbeats_during_block"] == 0
     wait_until(lambda: closes_of(node, outcome["local_port"]) == 1, timeout=10,
                message="the broker logs a missed-heartbeats close for the connection")
-    assert cluster.missed_heartbeat_closes() >= before + 1
+    assert cluster.missed_heartbeat_closes(node) >= before + 1
     # Recovered by itself while the hub served, before anything was published...
     assert outcome["connected"] == 2
     assert outcome["reconnected_by_itself"] == [cluster.nodes[1].address]
