@@ -238,7 +238,10 @@ class Connection:
                 try:
                     with self._request_deadline(operation, deadline.cap(self.settings.request_timeout)):
                         return fn(self._channel)
-                except (exc.Unroutable, exc.PublishNacked, exc.MessagingTimeout):
+                except (exc.Unroutable, exc.PublishNacked, exc.MessagingTimeout, exc.ConnectionLost):
+                    # Verdicts of the operation itself (a publish whose outcome
+                    # is unknown says so with ConnectionLost after recovery):
+                    # the caller decides, the connection is fine.
                     raise
                 except Exception as error:
                     failures += 1
