@@ -359,9 +359,9 @@ def check_host(settings: Settings, host: Host, timeout: float, out: TextIO) -> b
         if liveness is None:
             print("       heartbeats: none on this transport", file=out)
             return True
-        negotiated = getattr(raw, "heartbeat", None)
-        print(f"       heartbeat: negotiated {negotiated}s (asked {liveness.heartbeat}s, broker "
-              f"proposed {getattr(raw, 'server_heartbeat', '?')}s); dead peer declared after "
+        print(f"       heartbeat: negotiated {_num(getattr(raw, 'heartbeat', None))}s (asked "
+              f"{_num(liveness.heartbeat)}s, broker proposed "
+              f"{_num(getattr(raw, 'server_heartbeat', None))}s); dead peer declared after "
               f"{settings.heartbeat_timeout_threshold}s of silence", file=out)
         watch = liveness.watch
         if watch is None:
@@ -374,6 +374,10 @@ def check_host(settings: Settings, host: Host, timeout: float, out: TextIO) -> b
         return True
     finally:
         conn.close()
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else "?"
 
 
 def _text(value: Any) -> str:

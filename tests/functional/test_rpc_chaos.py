@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import logging
 import statistics
 import threading
 import time
@@ -56,9 +57,11 @@ class _Endpoint:
 
     def __init__(self) -> None:
         self.casts: collections.Counter[int] = collections.Counter()
+        self.calls: set[int] = set()
         self._lock = threading.Lock()
 
     def echo(self, ctxt: dict[str, Any], n: int) -> int:
+        self.calls.add(n)
         return n
 
     def record(self, ctxt: dict[str, Any], n: int) -> None:
@@ -84,6 +87,7 @@ def _serving(url: str, topic: str, endpoint: object, recorder: ev.Recorder,
 
 @dataclasses.dataclass
 class CallRecord:
+    n: int
     started: float
     took: float
     error: str | None
@@ -111,7 +115,7 @@ class Caller:
                     error = "wrong result"
             except exc.RabbitHAError as failure:
                 error = f"{type(failure).__name__}: {failure}"
-            self.records.append(CallRecord(started, time.monotonic() - started, error))
+            self.records.append(CallRecord(n, started, time.monotonic() - started, error))
             next_at = max(next_at + CALL_INTERVAL, time.monotonic())
             self._stop.wait(next_at - time.monotonic())
 
@@ -126,9 +130,14 @@ class CallFigures:
     failed: int
     longest: float
     failures: list[str]
+    #: Failed calls whose request the server ran: their reply was lost.
+    replies_lost: int
+    #: The longest call that succeeded: how late a call made during the fault was.
+    longest_ok: float
 
     def line(self) -> str:
-        return f"{self.calls} calls, {self.failed} failed, longest {self.longest:.3f}s"
+        return (f"{self.calls} calls, {self.failed} failed, longest {self.longest:.3f}s "
+                f"(longest that succeeded {self.longest_ok:.3f}s)")
 
 
 def calls_through_fault(cluster: Any, fault: str, quorum: bool) -> CallFigures:
@@ -167,15 +176,33 @@ def calls_through_fault(cluster: Any, fault: str, quorum: bool) -> CallFigures:
             client.close()
     records = caller.records
     after = [r for r in records if r.started >= fault_at]
-    failures = [f"t={r.started - fault_at:+.2f}s took {r.took:.2f}s: {r.error}"
-                for r in records if r.error]
+    failed = [r for r in records if r.error]
+    failures = [f"t={r.started - fault_at:+.2f}s took {r.took:.2f}s, "
+                f"{'run by the server' if r.n in endpoint.calls else 'never reached the server'}: "
+                f"{r.error}" for r in failed]
     assert after and all(r.error is None for r in after[-10:]), (
         f"not serving again: {failures[-3:]}; server events: {recorder.events[-10:]}")
-    return CallFigures(len(records), len(failures), max(r.took for r in records), failures)
+    return CallFigures(len(records), len(failed), max(r.took for r in records), failures,
+                       sum(1 for r in failed if r.n in endpoint.calls),
+                       max(r.took for r in records if not r.error))
 
 
 FAULTS = [("delete", False), ("delete", True), ("kill", False), ("kill", True)]
 FAULT_IDS = ["delete-classic", "delete-quorum", "kill-classic", "kill-quorum"]
+
+
+def allowed_failures(fault: str, quorum: bool) -> int:
+    """Calls that may fail, by what the broker does with a request in the queue.
+
+    Deleting a queue drops the messages in it, and a classic queue's messages
+    die with its node; the broker had confirmed them, so nothing can tell the
+    client to send again (calls are at most once). So the one request that
+    sits in the queue at that instant (with one call at a time, at most one)
+    may be lost and its call time out. A quorum queue keeps its messages
+    through the loss of a node: there nothing may fail. A lost *reply* is
+    never allowed (replies whose confirm is lost are sent again).
+    """
+    return 0 if (fault, quorum) == ("kill", True) else 1
 
 
 @pytest.mark.parametrize(("fault", "quorum"), FAULTS, ids=FAULT_IDS)
@@ -184,10 +211,11 @@ def test_calls_every_100ms_through_a_fault_do_not_fail(cluster, fault, quorum):
     print(f"{fault} ({'quorum' if quorum else 'classic'}): {figures.line()}")
     for failure in figures.failures:
         print("  failed:", failure)
-    assert figures.failed == 0, figures.failures
-    # The caller's 3 s timeout bounds every call; the recovery must fit well
-    # inside it (CCN delay 1 s, failover a fraction of that).
-    assert figures.longest < CALL_TIMEOUT
+    assert figures.replies_lost == 0, figures.failures
+    assert figures.failed <= allowed_failures(fault, quorum), figures.failures
+    # A call made during the fault succeeds late: after the CCN delay (1 s)
+    # and a re-declare, or a failover; with a margin for a noisy machine.
+    assert figures.longest_ok < 2.5
 
 
 @pytest.mark.slow
@@ -206,7 +234,8 @@ def test_figures_calls_through_a_fault(cluster, fault, quorum):
     for run in runs:
         for failure in run.failures:
             print("  failed:", failure)
-    assert max(failed) == 0
+    assert sum(r.replies_lost for r in runs) == 0
+    assert max(failed) <= allowed_failures(fault, quorum)
 
 
 # -- casts to a quorum queue while its leader's node dies ----------------------------
@@ -219,14 +248,34 @@ class CastFigures:
     arrived: int
     duplicates: int
     missing: list[int]
+    #: Copies the server received and dropped by ``_unique_id`` (re-sent casts).
+    dropped_copies: int
 
     def line(self) -> str:
         return (f"{self.sent} casts confirmed, {self.raised} raised, {self.arrived} arrived, "
-                f"{self.duplicates} duplicates, {len(self.missing)} missing")
+                f"{self.duplicates} duplicates run, {self.dropped_copies} copies dropped, "
+                f"{len(self.missing)} missing")
+
+
+class _CountLines(logging.Handler):
+    """Counts log records whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.count += 1
 
 
 def casts_while_leader_dies(cluster: Any, kill_after: int = 200) -> CastFigures:
-    """1,000 casts to a quorum queue; its leader's node (the caster's) is killed."""
+    """1,000 casts to a quorum queue; its leader's node (the caster's) is killed.
+
+    The kill comes from another thread once ``kill_after`` casts were
+    confirmed, so it lands while casts are being written and confirmed.
+    """
     topic = unique("chaos-casts")
     settings = from_url(rotate_url(cluster, 0), rabbit_quorum_queue=True,
                         connection_name="chaos-caster")
@@ -245,25 +294,39 @@ def casts_while_leader_dies(cluster: Any, kill_after: int = 200) -> CastFigures:
     recorder = ev.Recorder()
     client = RPCClient(settings, topic, timeout=30.0)
     sent = raised = 0
-    with _serving(rotate_url(cluster, 1), topic, endpoint, recorder, rabbit_quorum_queue=True):
-        try:
-            for n in range(CASTS):
-                if n == kill_after:
-                    cluster.kill(0)
-                try:
-                    client.cast({}, "record", n=n)
-                    sent += 1
-                except exc.RabbitHAError as error:
-                    raised += 1
-                    print(f"  cast {n} raised {type(error).__name__}: {error}")
-        finally:
-            client.close()
-        wait_for(lambda: len(endpoint.casts) >= CASTS, 20, interval=0.1)
-        time.sleep(0.5)  # late duplicates, if any, arrive now
+    reached = threading.Event()
+    killer = threading.Thread(target=lambda: reached.wait(60) and cluster.kill(0), daemon=True)
+    dropped = _CountLines("dropping duplicate")
+    listener_log = logging.getLogger("rabbit_ha_driver.rpc.listener")
+    listener_log.addHandler(dropped)
+    level = listener_log.level
+    listener_log.setLevel(logging.INFO)
+    try:
+        with _serving(rotate_url(cluster, 1), topic, endpoint, recorder, rabbit_quorum_queue=True):
+            killer.start()
+            try:
+                for n in range(CASTS):
+                    if n == kill_after:
+                        reached.set()
+                    try:
+                        client.cast({}, "record", n=n)
+                        sent += 1
+                    except exc.RabbitHAError as error:
+                        raised += 1
+                        print(f"  cast {n} raised {type(error).__name__}: {error}")
+            finally:
+                client.close()
+                killer.join(30)
+            wait_for(lambda: len(endpoint.casts) >= CASTS, 20, interval=0.1)
+            time.sleep(0.5)  # late copies, if any, arrive now
+    finally:
+        listener_log.removeHandler(dropped)
+        listener_log.setLevel(level)
+    assert not killer.is_alive()
     casts = endpoint.casts
     missing = [n for n in range(CASTS) if n not in casts]
     duplicates = sum(count - 1 for count in casts.values())
-    return CastFigures(sent, raised, len(casts), duplicates, missing)
+    return CastFigures(sent, raised, len(casts), duplicates, missing, dropped.count)
 
 
 def test_casts_to_a_quorum_queue_all_arrive_when_its_leader_dies(cluster):
@@ -272,6 +335,7 @@ def test_casts_to_a_quorum_queue_all_arrive_when_its_leader_dies(cluster):
     assert figures.raised == 0
     assert figures.missing == []
     assert figures.arrived == CASTS
+    assert figures.duplicates == 0
 
 
 @pytest.mark.slow
