@@ -177,6 +177,16 @@ consumer_opts = [
         "again. Re-subscribing at once can race the broker's own leader "
         "election.",
     ),
+    cfg.FloatOpt(
+        "consumer_check_interval",
+        default=10.0,
+        min=0.0,
+        help="Seconds between checks, while a connection consumes, that its "
+        "queues still exist (a passive declare). The broker normally says when it "
+        "drops a consumer (basic.cancel), but has been seen not to when a queue "
+        "is deleted under traffic; a missing queue is then declared again and "
+        "consumed at once. 0 turns the check off.",
+    ),
     cfg.BoolOpt(
         "enable_cancel_on_failover",
         default=False,

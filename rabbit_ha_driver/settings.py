@@ -171,6 +171,7 @@ class Settings:
     tcp_keepcnt: int | None = None
     tcp_user_timeout: float | None = None
     kombu_reconnect_delay: float = 1.0
+    consumer_check_interval: float = 10.0
     enable_cancel_on_failover: bool = False
     rabbit_qos_prefetch_count: int = 64
     amqp_durable_queues: bool = False

@@ -73,6 +73,15 @@ class FakeBroker:
             self.state.queue_bindings_delete(queue)
         return cancelled
 
+    def delete_queue_silently(self, queue: str) -> None:
+        """Delete ``queue`` and forget its consumers without telling them (a lost basic.cancel)."""
+        for tag, (q, _, channel) in list(self.consumers.items()):
+            if q == queue:
+                del self.consumers[tag]
+                kombu_memory.Channel.basic_cancel(channel, tag)
+        self.queues.pop(queue, None)
+        self.state.queue_bindings_delete(queue)
+
     def _check(self, operation: str) -> None:
         self.calls.append(operation)
         pending = self.failures.get(operation)
@@ -115,6 +124,8 @@ class FakeChannel(MemoryChannel):
 
     def queue_declare(self, *args: Any, **kwargs: Any) -> Any:
         self._alive("queue.declare")
+        if kwargs.get("passive") and kwargs.get("queue") not in self.fake_broker.queues:
+            raise not_found(f"NOT_FOUND - no queue '{kwargs.get('queue')}'")
         if not kwargs.get("queue"):
             kwargs["queue"] = f"amq.gen-{self.fake_broker.prefix}-{len(self.fake_broker.calls)}"
         return super().queue_declare(*args, **kwargs)

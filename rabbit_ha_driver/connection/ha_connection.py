@@ -147,6 +147,7 @@ class Connection:
         self._confirms = False
         self._returned: list[tuple[int, str]] = []
         self._pending_cancels: dict[str, float] = {}
+        self._next_consumer_check = 0.0
         self._active_tags: set[str] = set()
         self._recovered_cancels: set[str] = set()
         self._tags = itertools.count(1)
@@ -483,6 +484,8 @@ class Connection:
             wait = deadline.remaining()
             if self._pending_cancels:
                 wait = min(wait, max(0.0, min(self._pending_cancels.values()) - self._clock.now()))
+            if self.settings.consumer_check_interval > 0 and self._topology.consumers:
+                wait = min(wait, max(0.0, self._next_consumer_check - self._clock.now()))
             try:
                 self._drain_once(wait)
             except Exception as error:
@@ -492,7 +495,38 @@ class Connection:
                 self._lost(dead or str(errors.translate(error, "basic.consume", self._addr())))
             try:
                 self._restore_cancelled(deadline)
+                self._check_consumers()
             except exc.MessagingTimeout:
+                return
+
+    def _check_consumers(self) -> None:
+        """Passively declare consumed queues now and then; re-create a vanished one.
+
+        The safety net for a consumer cancel the broker never sent: without it
+        a consumer of a deleted queue would wait for ever on a healthy
+        connection.
+        """
+        interval = self.settings.consumer_check_interval
+        now = self._clock.now()
+        if interval <= 0 or now < self._next_consumer_check or self._state not in _OPEN_STATES:
+            return
+        self._next_consumer_check = now + interval
+        keys = {c.queue_key for c in self._topology.consumers.values()} - set(self._pending_cancels)
+        for key in sorted(keys):
+            name = self._topology.queue_name(key)
+            try:
+                with self._request_deadline("queue.declare", self.settings.request_timeout):
+                    self._channel.queue_declare(queue=name, passive=True)
+            except Exception as error:
+                if errors.reply_code_of(error) != 404:
+                    self._lost(f"checking queue {name!r} failed: {error}")
+                    return
+                self.events.emit(ev.ConsumerCancelled(self.name, name, 0.0))
+                if self._reopen_channel(Deadline.after(self.settings.request_timeout, self._clock),
+                                        f"queue {name!r} vanished without a consumer cancel"):
+                    self.events.emit(ev.ConsumerRestored(self.name, self._topology.queue_name(key), True))
+                else:
+                    self._lost(f"re-creating vanished queue {name!r} failed")
                 return
 
     def _drain_once(self, wait: float) -> None:
@@ -684,6 +718,7 @@ class Connection:
     def _open_channel(self) -> None:
         channel = self._transport.create_channel(self._raw)
         self._active_tags = set()
+        self._next_consumer_check = self._clock.now() + self.settings.consumer_check_interval
         self._confirms = supports_confirms(self._transport)
         if self._confirms:
             channel.confirm_select()

@@ -233,3 +233,31 @@ def test_repr_shows_state_and_host(broker, clock, recorder):
     assert "new" in repr(conn)
     conn.connect()
     assert "connected h1:1" in repr(conn)
+
+
+def test_queue_vanished_without_cancel_is_recreated_by_the_check(broker, clock, recorder):
+    conn = make(broker, clock, recorder, consumer_check_interval=5.0)
+    got = consumer(conn)
+    broker.delete_queue_silently("q")
+    clock.advance(4.9)
+    conn.drain_events(0)
+    assert "q" not in broker.queues
+    clock.advance(0.1)
+    conn.drain_events(0)
+    assert "q" in broker.queues
+    [restored] = recorder.of(ev.ConsumerRestored)
+    assert restored.same_connection and broker.connects == ["h1:1"]
+    conn.publish(b"again", "x", "k")
+    conn.drain_events(0)
+    assert got == [b"again"]
+
+
+def test_consumer_check_can_be_turned_off(broker, clock, recorder):
+    conn = make(broker, clock, recorder, consumer_check_interval=0)
+    consumer(conn)
+    broker.delete_queue_silently("q")
+    calls_before = len(broker.calls)
+    clock.advance(100)
+    conn.drain_events(0)
+    assert "q" not in broker.queues
+    assert broker.calls[calls_before:] == []
