@@ -230,6 +230,47 @@ class RunnerSelected(Event):
         return f"heartbeat runner {self.runner} ({self.reason})"
 
 
+@dataclasses.dataclass(frozen=True)
+class CallCompleted(Event):
+    """An RPC call ended with a reply (``ok``) or an error that is not a timeout."""
+
+    host: str
+    latency: float
+    ok: bool
+    level = logging.DEBUG
+
+    def describe(self) -> str:
+        outcome = "returned" if self.ok else "failed"
+        return f"call via {self.host} {outcome} after {self.latency:.3f}s"
+
+
+@dataclasses.dataclass(frozen=True)
+class CallTimedOut(Event):
+    """An RPC call got no reply before its deadline."""
+
+    host: str
+    timeout: float
+    level = logging.DEBUG
+
+    def describe(self) -> str:
+        return f"call via {self.host} timed out after {self.timeout:g}s"
+
+
+@dataclasses.dataclass(frozen=True)
+class UnroutableRetry(Event):
+    """The broker returned a message as unroutable; it is sent again."""
+
+    host: str
+    exchange: str
+    routing_key: str
+    attempt: int
+    level = logging.DEBUG
+
+    def describe(self) -> str:
+        return (f"no queue took a message to exchange {self.exchange!r} key "
+                f"{self.routing_key!r} on {self.host}; sending it again (attempt {self.attempt})")
+
+
 Subscriber = Callable[[Event], None]
 
 

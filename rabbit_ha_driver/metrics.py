@@ -82,45 +82,10 @@ _OPEN_STATES = frozenset({"connected", "blocked"})
 # -- RPC-level events ------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class CallCompleted(ev.Event):
-    """An RPC call ended with a reply (``ok``) or an error that is not a timeout."""
-
-    host: str
-    latency: float
-    ok: bool
-    level = logging.DEBUG
-
-    def describe(self) -> str:
-        outcome = "returned" if self.ok else "failed"
-        return f"call via {self.host} {outcome} after {self.latency:.3f}s"
-
-
-@dataclasses.dataclass(frozen=True)
-class CallTimedOut(ev.Event):
-    """An RPC call got no reply before its deadline."""
-
-    host: str
-    timeout: float
-    level = logging.DEBUG
-
-    def describe(self) -> str:
-        return f"call via {self.host} timed out after {self.timeout:g}s"
-
-
-@dataclasses.dataclass(frozen=True)
-class UnroutableRetry(ev.Event):
-    """The broker returned a message as unroutable; it is sent again."""
-
-    host: str
-    exchange: str
-    routing_key: str
-    attempt: int
-    level = logging.DEBUG
-
-    def describe(self) -> str:
-        return (f"no queue took a message to exchange {self.exchange!r} key "
-                f"{self.routing_key!r} on {self.host}; sending it again (attempt {self.attempt})")
+# RPC-level events live in rabbit_ha_driver.events with the others.
+CallCompleted = ev.CallCompleted
+CallTimedOut = ev.CallTimedOut
+UnroutableRetry = ev.UnroutableRetry
 
 
 # -- the tables ------------------------------------------------------------------

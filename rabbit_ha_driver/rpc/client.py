@@ -46,7 +46,14 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.connection.ha_connection import default_connection_name
-from rabbit_ha_driver.events import EventBus
+from rabbit_ha_driver.events import (
+    CallCompleted,
+    CallTimedOut,
+    Event,
+    EventBus,
+    LogSubscriber,
+    UnroutableRetry,
+)
 from rabbit_ha_driver.rpc import envelope
 from rabbit_ha_driver.rpc.envelope import DEFAULT_EXCHANGE, ExchangeSpec, QueueSpec, durable
 from rabbit_ha_driver.rpc.replies import ClientClosed, ReplyListener, ReplyWaiters
@@ -174,6 +181,7 @@ class Publisher:
                 # was declared (an operator, a consumer cancel): declare again.
                 self._declared.difference_update(declare)
                 LOG.debug("%s: attempt %d not taken by the broker: %s", what, attempts, error)
+                self._emit(UnroutableRetry(*self.where(), exchange_name, routing_key, attempts))
             except exc.PublishNacked as error:
                 # RabbitMQ 3.10 can leave a channel that published to a quorum
                 # queue while its leader died nacking every later publish to
@@ -205,6 +213,18 @@ class Publisher:
             if pause > 0:
                 self._clock.sleep(pause)
             delay = min(delay * 2, _MAX_RETRY_DELAY)
+
+    def where(self) -> tuple[str, str]:
+        """(connection name, host) of the publishing connection, for events."""
+        conn = self._conn
+        if conn is None:
+            return (self._purpose, "-")
+        return (conn.name, conn.host.address if conn.host else "memory")
+
+    def _emit(self, event: Event) -> None:
+        """An event on the publishing connection's bus (for metrics)."""
+        if self._conn is not None:
+            self._conn.events.emit(event)
 
     def _attempt(self, body: bytes, exchange: ExchangeSpec | str, exchange_name: str,
                  routing_key: str, deadline: float, *, ttl: bool, persistent: bool,
@@ -282,6 +302,11 @@ class RPCTransport:
         self.settings = settings
         self.exchange = exchange
         self.clock = clock or REAL_CLOCK
+        if events is None:
+            events = EventBus()
+            events.subscribe(LogSubscriber())
+        #: Every connection of this transport reports here (logs, metrics).
+        self.events = events
         self._factory = connection_factory or default_connection_factory(
             settings, events=events, clock=clock)
         self.publisher = Publisher(settings, self._factory, clock=self.clock)
@@ -484,6 +509,8 @@ class RPCClient:
         pending = transport.waiters.register(
             msg_id, timeout, self.call_monitor_timeout, what=f"the reply to {what}")
         deadline = pending.deadline
+        started = transport.clock.now()
+        where = transport.publisher.where
         try:
             body = envelope.encode(
                 self._message(ctxt, method, kwargs, msg_id=msg_id, reply_q=replies.queue,
@@ -498,7 +525,16 @@ class RPCClient:
             except exc.ConnectionLost as error:
                 LOG.warning("%s: %s; the request may have arrived, waiting for its reply",
                             what, error)
-            return transport.waiters.wait(pending)
+            result = transport.waiters.wait(pending)
+        except exc.MessagingTimeout:
+            transport.events.emit(CallTimedOut(*where(), timeout))
+            raise
+        except Exception:
+            transport.events.emit(CallCompleted(*where(), transport.clock.now() - started, False))
+            raise
+        else:
+            transport.events.emit(CallCompleted(*where(), transport.clock.now() - started, True))
+            return result
         finally:
             transport.waiters.discard(msg_id)
 
