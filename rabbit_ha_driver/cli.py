@@ -402,9 +402,15 @@ def run_check(settings: Settings, *, timeout: float = 5.0, calls: int = 5,
         print(f"check failed: no host reachable ({', '.join(problems)}); no call tried", file=out)
         return 1
     topic = _private_topic("check")
+    from rabbit_ha_driver.metrics import Metrics
+    from rabbit_ha_driver.rpc import RPCTransport
+
+    metrics = Metrics()
+    transport = RPCTransport(settings)
+    metrics.attach(transport)
     try:
         with _test_server(settings, topic, timeout), \
-                RPCClient(settings, topic, timeout=timeout) as client:
+                RPCClient(transport, topic, timeout=timeout) as client:
             started = time.monotonic()
             client.call({}, "ping", n=0)
             first = time.monotonic() - started
@@ -420,6 +426,11 @@ def run_check(settings: Settings, *, timeout: float = 5.0, calls: int = 5,
         print(f"  FAIL round trip of a call on private topic {topic}: "
               f"{type(error).__name__}: {error}", file=out)
         problems.append("round trip")
+    finally:
+        transport.close()
+    print("  metrics of the client's connections:", file=out)
+    for line in metrics.summary_lines():
+        print(f"       {line}", file=out)
     if problems:
         print(f"check failed: {', '.join(problems)}", file=out)
         return 1

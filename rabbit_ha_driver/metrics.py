@@ -326,18 +326,22 @@ class Metrics:
                     host_entry["blocked_seconds"] += ongoing
             return {"connections": conns, "hosts": hosts}
 
-    def log_summary(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
-        """Log one line per connection and one per host with the counters that are not zero."""
-        log = logger or LOG
-        if not log.isEnabledFor(level):
-            return
+    def summary_lines(self) -> list[str]:
+        """One line per connection and one per host, with the counters that are not zero."""
         snap = self.snapshot()
-        for name, entry in sorted(snap["connections"].items()):
-            log.log(level, "[%s] %s on %s, heartbeat %s: %s", name, entry["state"],
-                    entry["host"] or "-", _seconds(entry["heartbeat"]), _figures(entry))
-        for host, entry in sorted(snap["hosts"].items()):
-            log.log(level, "host %s: %d connected, %d blocked: %s", host,
-                    entry["connected"], entry["blocked"], _figures(entry))
+        lines = [f"[{name}] {entry['state']} on {entry['host'] or '-'}, heartbeat "
+                 f"{_seconds(entry['heartbeat'])}: {_figures(entry)}"
+                 for name, entry in sorted(snap["connections"].items())]
+        lines += [f"host {host}: {entry['connected']} connected, {entry['blocked']} blocked: "
+                  f"{_figures(entry)}" for host, entry in sorted(snap["hosts"].items())]
+        return lines
+
+    def log_summary(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+        """Log :meth:`summary_lines`."""
+        log = logger or LOG
+        if log.isEnabledFor(level):
+            for line in self.summary_lines():
+                log.log(level, "%s", line)
 
 
 def _seconds(value: float | None) -> str:
