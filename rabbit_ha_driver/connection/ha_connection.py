@@ -477,7 +477,7 @@ class Connection:
         deadline = Deadline.after(timeout, self._clock)
         with self._lock:
             try:
-                self._ensure_open(deadline, "basic.consume")
+                self._ensure_open(deadline, "basic.consume", patient=True)
                 self._restore_cancelled(deadline)
             except exc.MessagingTimeout:
                 return
@@ -587,7 +587,7 @@ class Connection:
                             "reconnecting", self.name, self._topology.queue_name(key), error)
                 self._lost(f"re-consume after cancel failed: {error}")
                 self._recovered_cancels.add(key)
-                self._ensure_open(deadline, "basic.consume")
+                self._ensure_open(deadline, "basic.consume", patient=True)
 
     # -- internals: connecting -----------------------------------------------------
 
@@ -607,16 +607,23 @@ class Connection:
         self._state = new
         self.events.emit(ev.StateChanged(self.name, old.value, new.value))
 
-    def _ensure_open(self, deadline: Deadline, operation: str) -> None:
+    def _ensure_open(self, deadline: Deadline, operation: str, patient: bool = False) -> None:
         if self._state is State.CLOSED:
             raise exc.ConnectionLost(f"connection {self.name} is closed", operation=operation)
         if os.getpid() != self._pid:
             self._forget_after_fork()
         if self._state in _OPEN_STATES and self._channel is not None:
             return
-        self._establish(deadline)
+        self._establish(deadline, patient)
 
-    def _establish(self, deadline: Deadline) -> None:
+    def _establish(self, deadline: Deadline, patient: bool = False) -> None:
+        """Connect to the first host that answers and replay the topology.
+
+        ``patient`` (a consumer's drain loop, which has no caller waiting on
+        it): an attempt that starts before the deadline gets its full connect
+        and request timeouts, however little of the deadline is left, so a
+        replay that takes longer than one drain slice still completes.
+        """
         recovering = self._last_host is not None
         self._set_state(State.RECOVERING if recovering else State.CONNECTING)
         failed_passes = 0
@@ -636,7 +643,7 @@ class Connection:
             self.events.emit(ev.Connecting(self.name, host.address if host else "memory", attempts))
             phase = ["connection.open"]
             try:
-                self._open(host, deadline, phase)
+                self._open(host, deadline, phase, patient)
             except Exception as error:
                 self._teardown()
                 action = errors.classify(error, phase[0], recovering=True)
@@ -682,7 +689,10 @@ class Connection:
         self.events.emit(ev.RetryScheduled(self.name, failed_passes, delay))
         self._clock.sleep(deadline.cap(delay))
 
-    def _open(self, host: Host | None, deadline: Deadline, phase: list[str]) -> None:
+    def _open(self, host: Host | None, deadline: Deadline, phase: list[str], patient: bool = False) -> None:
+        if patient:  # this attempt's own budget; no new attempt starts past the caller's
+            deadline = Deadline.after(self.settings.connect_timeout + self.settings.request_timeout,
+                                      self._clock)
         budget = max(0.05, deadline.cap(self.settings.connect_timeout))
         if host is None:
             kconn = kombu.Connection("memory://", transport=self._transport_cls,

@@ -205,8 +205,17 @@ def allowed_failures(fault: str, quorum: bool) -> int:
     may be lost and its call time out. A quorum queue keeps its messages
     through the loss of a node: there nothing may fail. A lost *reply* is
     never allowed (replies whose confirm is lost are sent again).
+
+    Deleting a quorum queue under traffic is rougher on RabbitMQ 3.10: it has
+    been seen to hold a publisher confirm back for seconds, answer another
+    node's publish with INTERNAL_ERROR, and skip the consumer cancel (the
+    consumer check then finds the queue gone). The request in flight then
+    times out too, so CI allows two failures there; ``tox -e figures`` reports
+    the real distribution.
     """
-    return 0 if (fault, quorum) == ("kill", True) else 1
+    if (fault, quorum) == ("kill", True):
+        return 0
+    return 2 if (fault, quorum) == ("delete", True) else 1
 
 
 @pytest.mark.parametrize(("fault", "quorum"), FAULTS, ids=FAULT_IDS)
