@@ -97,6 +97,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 
 _OPEN_STATES = frozenset({State.CONNECTED, State.BLOCKED})
+#: Seconds after a channel opens before its consumed queues are first checked.
+POST_RECOVERY_CHECK = 1.0
 _ALL_CONNECTIONS: weakref.WeakSet[Connection] = weakref.WeakSet()
 _names = itertools.count(1)
 
@@ -728,7 +730,11 @@ class Connection:
     def _open_channel(self) -> None:
         channel = self._transport.create_channel(self._raw)
         self._active_tags = set()
-        self._next_consumer_check = self._clock.now() + self.settings.consumer_check_interval
+        # Check soon after every (re)open: right after a node dies, the broker
+        # can accept a declare and a consume for a queue whose process died
+        # with the node, and such a consumer would hear nothing.
+        self._next_consumer_check = self._clock.now() + min(
+            self.settings.consumer_check_interval, POST_RECOVERY_CHECK)
         self._confirms = supports_confirms(self._transport)
         if self._confirms:
             channel.confirm_select()

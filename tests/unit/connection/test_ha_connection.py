@@ -238,6 +238,8 @@ def test_repr_shows_state_and_host(broker, clock, recorder):
 def test_queue_vanished_without_cancel_is_recreated_by_the_check(broker, clock, recorder):
     conn = make(broker, clock, recorder, consumer_check_interval=5.0)
     got = consumer(conn)
+    clock.advance(1.0)
+    conn.drain_events(0)      # the first check, soon after the channel opened
     broker.delete_queue_silently("q")
     clock.advance(4.9)
     conn.drain_events(0)
@@ -261,3 +263,16 @@ def test_consumer_check_can_be_turned_off(broker, clock, recorder):
     conn.drain_events(0)
     assert "q" not in broker.queues
     assert broker.calls[calls_before:] == []
+
+
+def test_queues_are_checked_soon_after_a_reconnect(broker, clock, recorder):
+    conn = make(broker, clock, recorder, consumer_check_interval=30.0)
+    consumer(conn)
+    broker.drop_connections()
+    conn.drain_events(0)
+    conn.drain_events(0)                     # reconnected, topology replayed
+    broker.delete_queue_silently("q")        # a queue that died with its node
+    clock.advance(1.0)
+    conn.drain_events(0)
+    assert "q" in broker.queues
+    assert recorder.of(ev.ConsumerRestored)
