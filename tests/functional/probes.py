@@ -127,6 +127,39 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.01) -> Any:
     return predicate()
 
 
+class Caller(threading.Thread):
+    """Calls ``echo(value=n)`` back to back until stopped, ``pause`` seconds apart.
+
+    Records (start, end, error class name or None) for every call; works with
+    any client whose ``call(ctxt, method, **kwargs)`` returns the result
+    (this library's and oslo.messaging's).
+    """
+
+    def __init__(self, client: Any, pause: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.pause = pause
+        self.done: list[tuple[float, float, str | None]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            n += 1
+            started = time.monotonic()
+            try:
+                assert self.client.call({}, "echo", value=n) == n
+                outcome = None
+            except Exception as error:
+                outcome = type(error).__name__
+            self.done.append((started, time.monotonic(), outcome))
+            self.stopping.wait(self.pause)
+
+    @property
+    def answered(self) -> int:
+        return sum(1 for d in self.done if d[2] is None)
+
+
 def report(title: str, figures: list[float], bound: float) -> str:
     line = (f"{title}: n={len(figures)} min={min(figures):.3f}s median={statistics.median(figures):.3f}s "
             f"max={max(figures):.3f}s (bound {bound:.3f}s) runs={[round(f, 3) for f in figures]}")

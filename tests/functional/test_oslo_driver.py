@@ -35,6 +35,8 @@ from oslo_messaging import conffixture
 
 from rabbit_ha_driver.oslo import RabbitHADriver
 
+from .probes import Caller
+
 
 def _load_runner() -> ModuleType:
     name = "run_oslo_functional"
@@ -317,33 +319,6 @@ class Figures:
         return (f"{self.fault:<12} {self.scheme + '://':<12} calls {self.calls:3d}  "
                 f"failed {self.failed:2d} (started after the fault: {self.failed_later:2d})  "
                 f"answered again after {answered}  errors: {errors}")
-
-
-class Caller(threading.Thread):
-    """Calls ``echo`` back to back until stopped; records when each call ran and how it ended."""
-
-    def __init__(self, client: Any) -> None:
-        super().__init__(daemon=True)
-        self.client = client
-        self.done: list[tuple[float, float, str | None]] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        while not self.stopping.is_set():
-            n += 1
-            started = time.monotonic()
-            try:
-                assert self.client.call({}, "echo", value=n) == n
-                outcome = None
-            except Exception as error:
-                outcome = type(error).__name__
-            self.done.append((started, time.monotonic(), outcome))
-            self.stopping.wait(0.05)
-
-    @property
-    def answered(self) -> int:
-        return sum(1 for d in self.done if d[2] is None)
 
 
 def figures(callers: list[Caller], scheme: str, fault: str, began: float,

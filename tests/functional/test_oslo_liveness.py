@@ -51,6 +51,7 @@ from oslo_config import cfg
 from oslo_messaging import conffixture
 
 from .faults import wait_until
+from .probes import Caller
 
 T = 3
 SCHEMES = ("rabbit-ha", "rabbit")
@@ -148,32 +149,6 @@ class DropFigures:
                 f"{self.unclosed_sockets}  errors: {errors}")
 
 
-class Caller(threading.Thread):
-    """Calls ``echo`` back to back; records (start, end, error name or None)."""
-
-    def __init__(self, client: Any) -> None:
-        super().__init__(daemon=True)
-        self.client = client
-        self.done: list[tuple[float, float, str | None]] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        n = 0
-        while not self.stopping.is_set():
-            n += 1
-            started = time.monotonic()
-            try:
-                assert self.client.call({}, "echo", value=n) == n
-                outcome = None
-            except Exception as error:
-                outcome = type(error).__name__
-            self.done.append((started, time.monotonic(), outcome))
-            self.stopping.wait(0.02)
-
-    def answered(self) -> int:
-        return sum(1 for d in self.done if d[2] is None)
-
-
 def drop_figures(caller: Caller, scheme: str, dropped_at: float, until: float) -> DropFigures:
     result = DropFigures(scheme)
     answers = [end for _, end, error in caller.done if error is None]
@@ -215,7 +190,7 @@ def through_silent_drop(cluster: Any, silent_drop: Any, scheme: str) -> DropFigu
         server.start()
         client = om.get_rpc_client(client_transport, om.Target(topic=topic),
                                    timeout=CALL_TIMEOUT)
-        caller = Caller(client)
+        caller = Caller(client, pause=0.02)
         caller.start()
         wait_until(lambda: caller is not None and caller.answered() >= 20, 15,
                    "calls answered before the drop")
