@@ -704,10 +704,31 @@ class Cluster:
         self._start_nodes(self.nodes)
 
     def _start_nodes(self, nodes: list[Node]) -> None:
-        dead = [n for n in nodes if n.pid is None]
-        for node in dead:
-            self._spawn(node)
-        _parallel(lambda n: self._await_boot(n, spawned=n in dead), nodes)
+        for attempt in (1, 2):
+            dead = [n for n in nodes if n.pid is None]
+            for node in dead:
+                self._spawn(node)
+            spawned = set(map(id, dead))
+
+            def boot(node: Node, spawned: set[int] = spawned) -> None:
+                self._await_boot(node, spawned=id(node) in spawned)
+
+            try:
+                _parallel(boot, nodes)
+                break
+            except ClusterError as error:
+                if attempt == 2 or len(nodes) < 2:
+                    raise
+                # RabbitMQ 3.10 nodes started together can wait on each other's
+                # Mnesia tables until they give up when one of them fails to
+                # boot: kill the lot and start them over, once.
+                LOG.warning("nodes did not boot together (%s); starting them over",
+                            str(error).splitlines()[0])
+                markers = {n.marker for n in nodes}
+                _kill([pid for pid, (marker, _) in _marked_processes().items() if marker in markers],
+                      15.0)
+                for node in nodes:
+                    self._wait_down(node, 15.0)
         for node in nodes:
             self._ensure_member(node)
         self.wait_healthy(self.settings.start_timeout)

@@ -192,7 +192,7 @@ def through_silent_drop(cluster: Any, silent_drop: Any, scheme: str) -> DropFigu
                                    timeout=CALL_TIMEOUT)
         caller = Caller(client, pause=0.02)
         caller.start()
-        wait_until(lambda: caller is not None and caller.answered() >= 20, 15,
+        wait_until(lambda: caller is not None and caller.answered >= 20, 15,
                    "calls answered before the drop")
         time.sleep(0.5)
         server_connections = broker_connections(cluster, me) - client_connections
