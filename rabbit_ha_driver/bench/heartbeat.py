@@ -1,0 +1,308 @@
+"""CPU cost of keeping idle connections alive: the library against bare py-amqp.
+
+Usage::
+
+    python -m rabbit_ha_driver.bench.heartbeat --url amqp://guest:guest@127.0.0.1:5672// \\
+        [--connections 200] [--threshold 10] [--seconds 60] [--settle SECONDS] \\
+        [--windows 1] [--no-classic] [--json]
+
+(``python -m benchmarks.heartbeat_cpu`` from a checkout runs the same.)
+
+How it works. Two phases run one after the other in this process, against the
+same broker:
+
+1. *baseline*: ``N`` bare py-amqp connections with heartbeats off
+   (``heartbeat=0``): what N open sockets cost when nothing runs for them;
+2. *library*: ``N`` :class:`rabbit_ha_driver.connection.Connection` objects
+   with ``heartbeat_timeout_threshold = T`` (so ``H = T // 2`` negotiated and
+   ``rate / H`` heartbeat frames a second per connection), served by the one
+   native heartbeat scheduler of the process.
+
+A third phase, *classic* (skip it with ``--no-classic``), shows what the
+usual design costs for comparison: ``N`` py-amqp connections with the same
+``H``, each with its own thread that every ``H / (2 rate)`` seconds reads what
+arrived (a 1 ms ``drain_events``) and calls py-amqp's ``heartbeat_tick``.
+
+Nobody reads the first two sets of connections: an idle service connection spends its
+time in one blocking read, which costs nothing, so what remains is the
+heartbeat machinery itself (the scheduler thread's wake-ups, its frames and
+its look at each socket's unread bytes). After opening the connections, each
+phase waits ``--settle`` seconds so that connecting and the first deadlines
+are not measured, then measures the CPU time of the whole process
+(``resource.getrusage``, user + system) over ``--windows`` back-to-back
+windows of ``--seconds`` of wall time each and prints the median window as a
+percentage of one core. The library phase also reports the heartbeat frames
+sent and any connection declared dead (there should be none). The ratios of
+the percentages are printed last; on a shared machine the absolute figures
+move with the load, which is why both phases run in the same process and the
+same run.
+
+``--json`` runs the library phase alone and prints one JSON object: the
+median (``heartbeat_cpu_percent``), every window's percentage, the heartbeat
+frames sent, and the connections declared dead or lost. ``rabbit-ha bench``
+runs it that way for its ``heartbeat_cpu_percent`` figure (200 connections,
+T = 10 s, one window a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+import amqp
+
+from rabbit_ha_driver import events as ev
+from rabbit_ha_driver.connection import Connection, Deadline
+from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.settings import from_url, parse_transport_url
+
+#: Under this share of one core the library's heartbeats count as cheap.
+TARGET_PERCENT = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """CPU time used by this process over a stretch of wall time."""
+
+    wall: float
+    user: float
+    system: float
+
+    @property
+    def percent(self) -> float:
+        """CPU time (user + system) as a percentage of one core."""
+        return 100.0 * (self.user + self.system) / self.wall if self.wall > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.percent:.3f}% of one core (user {self.user:.3f}s + system {self.system:.3f}s "
+                f"over {self.wall:.1f}s)")
+
+
+def measure(seconds: float, sleep: Callable[[float], Any] = time.sleep) -> Measurement:
+    """The process's CPU use while the calling thread sleeps for ``seconds``."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.monotonic()
+    sleep(seconds)
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return Measurement(wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+
+
+def measure_windows(seconds: float, windows: int,
+                    measure_one: Callable[[float], Measurement] = measure) -> list[Measurement]:
+    """``windows`` back-to-back measurements of ``seconds`` each."""
+    if windows < 1:
+        raise ValueError(f"windows must be at least 1, not {windows}")
+    return [measure_one(seconds) for _ in range(windows)]
+
+
+def median_window(windows: Sequence[Measurement]) -> Measurement:
+    """The window of median CPU share (the lower middle one of an even count)."""
+    if not windows:
+        raise ValueError("no windows")
+    ordered = sorted(windows, key=lambda m: m.percent)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def open_bare(url: str, count: int, heartbeat: int = 0, name: str = "bench-bare") -> list[amqp.Connection]:
+    """``count`` py-amqp connections to the URL's first host with interval ``heartbeat``."""
+    parsed = parse_transport_url(url)
+    host = parsed.hosts[0]
+    conns = []
+    for i in range(count):
+        conn = amqp.Connection(host.address, userid=host.username, password=host.password,
+                               virtual_host=parsed.virtual_host or "/", heartbeat=heartbeat,
+                               connect_timeout=10, client_properties={"connection_name": f"{name}-{i}"})
+        conn.connect()
+        conns.append(conn)
+    return conns
+
+
+class ClassicHeartbeats:
+    """A thread per py-amqp connection: read what arrived, then ``heartbeat_tick``."""
+
+    def __init__(self, conns: Sequence[amqp.Connection], rate: float) -> None:
+        self.failures = 0
+        self._rate = rate
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._serve, args=(conn,), daemon=True) for conn in conns]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self, conn: amqp.Connection) -> None:
+        period = conn.heartbeat / self._rate / 2.0
+        while not self._stop.wait(period):
+            try:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.001)
+                conn.heartbeat_tick(rate=self._rate)
+            except Exception:
+                self.failures += 1
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def open_library(url: str, count: int, threshold: int, recorder: ev.Recorder) -> list[Connection]:
+    """``count`` library connections with ``T = threshold``, connected."""
+    bus = ev.EventBus()
+    bus.subscribe(recorder)
+    conns = []
+    for i in range(count):
+        conn = Connection(from_url(url, heartbeat_timeout_threshold=threshold), name=f"bench-rha-{i}",
+                          events=bus)
+        conn.connect(Deadline.after(30))
+        conns.append(conn)
+    return conns
+
+
+def heartbeats_sent(conns: Sequence[Connection]) -> int:
+    total = 0
+    for conn in conns:
+        link = conn.liveness.link if conn.liveness is not None else None
+        total += link.heartbeats_sent if link is not None else 0
+    return total
+
+
+def ratio(a: Measurement, b: Measurement) -> str:
+    return f"{a.percent / b.percent:.2f}x" if b.percent > 0 else "n/a (nothing measured)"
+
+
+@dataclasses.dataclass(frozen=True)
+class LibraryPhase:
+    """What the library phase measured."""
+
+    windows: list[Measurement]
+    frames: int
+    declared_dead: int
+    lost: int
+
+    @property
+    def median(self) -> Measurement:
+        return median_window(self.windows)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"heartbeat_cpu_percent": statistics.median(m.percent for m in self.windows),
+                "windows_percent": [m.percent for m in self.windows],
+                "seconds_per_window": statistics.median(m.wall for m in self.windows),
+                "heartbeat_frames": self.frames, "declared_dead": self.declared_dead,
+                "lost": self.lost}
+
+
+def library_phase(url: str, connections: int, threshold: int, seconds: float, settle: float,
+                  windows: int) -> LibraryPhase:
+    """Open ``connections`` library connections, settle, measure, close them."""
+    recorder = ev.Recorder()
+    library = open_library(url, connections, threshold, recorder)
+    try:
+        time.sleep(settle)
+        frames_before = heartbeats_sent(library)
+        measured = measure_windows(seconds, windows)
+        frames = heartbeats_sent(library) - frames_before
+    finally:
+        for conn in library:
+            conn.close()
+    return LibraryPhase(measured, frames, len(recorder.of(ev.DeclaredDead)),
+                        len(recorder.of(ev.ConnectionLost)))
+
+
+def run(url: str, connections: int, threshold: int, seconds: float, settle: float,
+        classic: bool = True, windows: int = 1) -> int:
+    """Every phase; prints the figures; returns 0 if under :data:`TARGET_PERCENT`."""
+    print(f"{connections} idle connections, T={threshold}s, measured for {windows} x {seconds:g}s "
+          f"after {settle:g}s to settle", flush=True)
+
+    bare = open_bare(url, connections)
+    time.sleep(settle)
+    baseline = median_window(measure_windows(seconds, windows))
+    for conn in bare:
+        conn.close()
+    print(f"baseline (bare py-amqp, heartbeats off): {baseline}", flush=True)
+
+    phase = library_phase(url, connections, threshold, seconds, settle, windows)
+    ours = phase.median
+    wall = sum(m.wall for m in phase.windows)
+    print(f"library (rabbit_ha_driver Connection, native scheduler): {ours}; "
+          f"{phase.frames} heartbeat frames ({phase.frames / wall:.1f}/s), "
+          f"{phase.declared_dead} declared dead, {phase.lost} lost", flush=True)
+
+    if classic:
+        policy = HeartbeatPolicy(threshold)
+        bare = open_bare(url, connections, policy.negotiated_interval, name="bench-classic")
+        ticking = ClassicHeartbeats(bare, policy.rate)
+        time.sleep(settle)
+        theirs = median_window(measure_windows(seconds, windows))
+        ticking.stop()
+        for conn in bare:
+            conn.close()
+        print(f"classic (py-amqp, a heartbeat_tick thread per connection, H={policy.negotiated_interval}s): "
+              f"{theirs}; {ticking.failures} failed", flush=True)
+
+    overhead = ours.percent - baseline.percent
+    verdict = "under" if ours.percent < TARGET_PERCENT else "OVER"
+    print(f"library / baseline: {ratio(ours, baseline)}; difference {overhead:+.3f} points; "
+          f"library {verdict} the {TARGET_PERCENT:g}% target")
+    if classic:
+        print(f"library / classic: {ratio(ours, theirs)}")
+    healthy = phase.declared_dead == 0 and phase.lost == 0
+    return 0 if ours.percent < TARGET_PERCENT and healthy else 1
+
+
+def run_json(url: str, connections: int, threshold: int, seconds: float, settle: float,
+             windows: int, out: TextIO | None = None) -> int:
+    """The library phase alone, printed as one JSON line; 0 once measured."""
+    phase = library_phase(url, connections, threshold, seconds, settle, windows)
+    out = out or sys.stdout
+    json.dump(phase.as_json(), out)
+    out.write("\n")
+    out.flush()
+    return 0
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be at least 1")
+    return number
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m rabbit_ha_driver.bench.heartbeat") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=(__doc__ or "").split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True,
+                        help="broker URL, amqp://user:pass@host:port// (the first host is used)")
+    parser.add_argument("--connections", type=_positive_int, default=200,
+                        help="connections per phase (200)")
+    parser.add_argument("--threshold", type=_positive_int, default=10,
+                        help="heartbeat_timeout_threshold T (10)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds measured per window (60)")
+    parser.add_argument("--windows", type=_positive_int, default=1,
+                        help="windows measured per phase; the median one is reported (1)")
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds to wait after connecting before measuring (default: T)")
+    parser.add_argument("--no-classic", dest="classic", action="store_false",
+                        help="skip the phase with a heartbeat thread per py-amqp connection")
+    parser.add_argument("--json", action="store_true",
+                        help="measure the library phase only and print it as one JSON object")
+    args = parser.parse_args(argv)
+    settle = float(args.threshold) if args.settle is None else args.settle
+    if args.json:
+        return run_json(args.url, args.connections, args.threshold, args.seconds, settle, args.windows)
+    return run(args.url, args.connections, args.threshold, args.seconds, settle, args.classic,
+               args.windows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
