@@ -198,6 +198,53 @@ class WriteGuard:
         return bool(writable)
 
 
+#: Bytes asked of the kernel per read when a frame is not yet buffered whole.
+READ_CHUNK = 65536
+
+
+def buffered_reader(transport: Any) -> Callable[..., bytes]:
+    """A replacement for py-amqp's ``TCPTransport._read`` that reads ahead.
+
+    py-amqp asks the socket for exactly the bytes it needs next: three reads
+    per frame (header, payload, end octet), so a message costs nine system
+    calls. This reader asks for up to :data:`READ_CHUNK` bytes and keeps the
+    rest in the transport's ``_read_buffer``, where py-amqp already keeps
+    what a timed-out read left behind; a frame that is buffered whole is
+    parsed without touching the socket. Its contract is py-amqp's: return
+    exactly ``n`` bytes, raise ``socket.timeout`` (data kept) or OSError.
+    Nothing else reads the socket or waits for it to become readable, so
+    bytes held here are never missed.
+    """
+    retry = (errno.EAGAIN, errno.EINTR)
+
+    def read(n: int, initial: bool = False) -> bytes:
+        buf = transport._read_buffer
+        if len(buf) >= n:
+            transport._read_buffer = buf[n:]
+            return bytes(buf[:n])
+        recv = transport._quick_recv
+        try:
+            while len(buf) < n:
+                try:
+                    data = recv(max(n - len(buf), READ_CHUNK))
+                except OSError as error:
+                    if error.errno in retry:
+                        if initial and transport.raise_on_initial_eintr:
+                            raise socket.timeout() from None
+                        continue
+                    raise
+                if not data:
+                    raise OSError("Server unexpectedly closed connection")
+                buf += data
+        except BaseException:
+            transport._read_buffer = buf
+            raise
+        transport._read_buffer = buf[n:]
+        return bytes(buf[:n])
+
+    return read
+
+
 class AmqpLink:
     """One py-amqp connection seen by a runner (implements ``runners.Monitored``).
 
@@ -252,6 +299,8 @@ class AmqpLink:
                 return data
 
             self._replace("_quick_recv", observed_recv)
+            if not self.tls and callable(getattr(t, "_read", None)):
+                self._replace("_read", buffered_reader(t))
         self._last_out = clock.now()
         return self
 
@@ -302,7 +351,11 @@ class AmqpLink:
         return (getattr(self.connection, "bytes_recv", 0), self.pending_bytes())
 
     def pending_bytes(self) -> int | None:
-        """Bytes received by the kernel and not read yet (None if unknown)."""
+        """Bytes received and not parsed yet (None if unknown).
+
+        Those waiting in the kernel plus those read ahead into the
+        transport's buffer (:func:`buffered_reader`).
+        """
         fd = self._raw.fileno()
         if fd < 0 or _FIONREAD is None:
             return None
@@ -310,7 +363,7 @@ class AmqpLink:
             raw = fcntl.ioctl(fd, _FIONREAD, b"\0\0\0\0")
         except OSError:
             return None
-        return int(struct.unpack("i", raw)[0])
+        return int(struct.unpack("i", raw)[0]) + len(getattr(self._transport, "_read_buffer", b""))
 
     def send_heartbeat(self, native: bool) -> bool:
         """Write one heartbeat frame.

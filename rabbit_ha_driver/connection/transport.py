@@ -26,6 +26,11 @@ from rabbit_ha_driver.connection.errors import RequestTimeout
 from rabbit_ha_driver.exceptions import Unroutable
 
 
+def _frame_size(header: bytes) -> int:
+    """Payload size of the AMQP frame whose header starts ``header``."""
+    return int.from_bytes(header[3:7], "big")
+
+
 class DeadlineConnection(kombu_pyamqp.Connection):
     """py-amqp connection whose blocking waits honour an absolute deadline."""
 
@@ -49,6 +54,12 @@ class DeadlineConnection(kombu_pyamqp.Connection):
             if now >= drain:
                 raise TimeoutError("timed out")
             timeout = drain - now if timeout is None else min(timeout, drain - now)
+        transport = self.transport
+        buffered = transport._read_buffer
+        if len(buffered) >= 8 and len(buffered) >= 8 + _frame_size(buffered):
+            # A whole frame is already read ahead (see amqp_io.buffered_reader):
+            # parse it without touching the socket or its timeout.
+            return self.on_inbound_frame(transport.read_frame())
         try:
             return super().blocking_read(timeout)
         except TimeoutError:

@@ -29,6 +29,7 @@ import enum
 import logging
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
@@ -50,6 +51,10 @@ class ClientClosed(RabbitHAError):
 #: Seconds one drain of the reply connection may take; bounds how long
 #: :meth:`ReplyListener.stop` waits for the draining thread.
 DRAIN_SLICE = 0.1
+
+#: After this many seconds without a call the reply queue's own thread reads
+#: the connection; while calls are made, their callers read it.
+IDLE_READ_AFTER = 0.5
 
 #: How many recent ``_unique_id`` values are remembered to drop duplicates.
 DUPLICATE_WINDOW = 1024
@@ -97,6 +102,11 @@ class ReplyWaiters:
         self._clock = clock
         self._cond = threading.Condition()
         self._calls: dict[str, PendingCall] = {}
+        #: Reads the reply connection for up to the given seconds, delivering
+        #: what arrives (set by the :class:`ReplyListener` once it consumes).
+        self._drain: Callable[[float], None] | None = None
+        self._draining = False
+        self._last_call_at = -math.inf
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
 
@@ -113,6 +123,7 @@ class ReplyWaiters:
                            what or f"a reply to message {msg_id}")
         with self._cond:
             self._calls[msg_id] = call
+            self._last_call_at = now
         return call
 
     def discard(self, msg_id: str) -> None:
@@ -120,6 +131,7 @@ class ReplyWaiters:
         with self._cond:
             if self._calls.pop(msg_id, None) is not None:
                 self._remember(self._finished, msg_id)
+            self._last_call_at = self._clock.now()
 
     def _remember(self, seen: collections.OrderedDict[str, None], key: str) -> None:
         seen[key] = None
@@ -190,15 +202,74 @@ class ReplyWaiters:
         Returns the result; raises the remote error, or MessagingTimeout
         saying what it waited for.
         """
-        with self._cond:
-            while not call.done:
+        cond = self._cond
+        while True:
+            with cond:
+                if call.done:
+                    break
                 now = self._clock.now()
                 if now >= call.expires_at():
                     raise self._timeout(call, now)
-                self._cond.wait(call.expires_at() - now)
+                left = call.expires_at() - now
+                drain = self._drain
+                if drain is None or self._draining:
+                    cond.wait(left)
+                    continue
+                self._draining = True
+            self._drain_as(drain, min(left, DRAIN_SLICE))
         if call.error is not None:
             raise call.error
         return call.result
+
+    def attach(self, drain: Callable[[float], None] | None) -> None:
+        """Let waiting callers read replies themselves with ``drain``.
+
+        A caller waiting for its reply reads the reply connection itself
+        while nobody else does, and delivers whatever arrives, its own reply
+        and others'; the others wait for a delivery or for the reader's turn
+        to end. So one caller at a time needs no thread to hand it its
+        reply. ``None`` detaches (the client is closing).
+        """
+        with self._cond:
+            self._drain = drain
+            self._cond.notify_all()
+
+    def drain_when_idle(self, seconds: float, idle_for: float) -> float:
+        """Read replies for up to ``seconds`` if no call was made for ``idle_for``.
+
+        The reply queue's own thread calls this: it reads what callers do
+        not, while none is waiting (late replies, a consumer cancel, a
+        reconnect). Returns 0 after its turn, or else how long to wait
+        before asking again; it does not wait itself, so the callers' turns
+        never wake it.
+        """
+        with self._cond:
+            drain = self._drain
+            quiet = self._clock.now() - self._last_call_at
+            if drain is None or self._draining or self._calls or quiet < idle_for:
+                return min(seconds, max(idle_for - quiet, 0.001))
+            self._draining = True
+        self._drain_as(drain, seconds)
+        return 0.0
+
+    def _drain_as(self, drain: Callable[[float], None], seconds: float) -> None:
+        """Be the one reader of the reply connection for up to ``seconds``."""
+        try:
+            drain(seconds)
+        except Exception:
+            LOG.debug("reading replies failed", exc_info=True)
+            failed = True
+        else:
+            failed = False
+        finally:
+            with self._cond:
+                self._draining = False
+                self._cond.notify_all()
+        if failed:
+            # The connection is broken beyond what drain_events recovers
+            # from within this turn; let the time pass instead of spinning.
+            with self._cond:
+                self._cond.wait(min(seconds, 0.05))
 
     def _timeout(self, call: PendingCall, now: float) -> MessagingTimeout:
         waited = now - call.started
@@ -259,6 +330,7 @@ class ReplyListener:
         self._started = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failures = 0
 
     def __repr__(self) -> str:
         state = "running" if self._started else "idle"
@@ -296,6 +368,7 @@ class ReplyListener:
                     f"{what}: could not set up reply queue {self.queue} within "
                     f"{waited:.1f}s: {error}", waited=waited,
                     last_error=error.last_error) from error
+            self.waiters.attach(self._read)
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name=f"rpc-replies-{self.queue[-8:]}")
             self._thread.start()
@@ -307,23 +380,30 @@ class ReplyListener:
     def _on_message(self, message: Any) -> None:
         handle_reply_message(self.waiters, message, self.settings.rpc_max_message_size)
 
+    def _read(self, seconds: float) -> None:
+        """One turn of reading the reply connection (a caller's or this thread's)."""
+        if self._stopping.is_set():
+            return
+        try:
+            self._conn.drain_events(seconds)
+            self._failures = 0
+        except Exception:
+            self._failures += 1
+            LOG.log(logging.ERROR if self._failures == 1 else logging.DEBUG,
+                    "reply queue %s: draining failed (%d in a row)", self.queue,
+                    self._failures, exc_info=True)
+            raise
+
     def _run(self) -> None:
-        failures = 0
         while not self._stopping.is_set():
-            try:
-                self._conn.drain_events(DRAIN_SLICE)
-                failures = 0
-            except Exception:
-                failures += 1
-                pause = min(DRAIN_SLICE * 2 ** min(failures, 6), 5.0)
-                LOG.log(logging.ERROR if failures == 1 else logging.DEBUG,
-                        "reply queue %s: draining failed (%d in a row); trying again in "
-                        "%.1fs", self.queue, failures, pause, exc_info=True)
+            pause = self.waiters.drain_when_idle(DRAIN_SLICE, IDLE_READ_AFTER)
+            if pause > 0:
                 self._stopping.wait(pause)
 
     def stop(self) -> None:
         """Stop draining and close the connection; never hangs."""
         self._stopping.set()
+        self.waiters.attach(None)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(DRAIN_SLICE * 4)
@@ -341,4 +421,5 @@ class ReplyListener:
     def abandon(self) -> None:
         """Forget this listener without touching its connection (after a fork)."""
         self._stopping.set()
+        self.waiters.attach(None)
         self._thread = None

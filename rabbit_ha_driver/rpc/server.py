@@ -106,6 +106,10 @@ class Dispatcher:
         if not endpoints:
             raise ValueError("an RPC server needs at least one endpoint")
         self.endpoints = list(endpoints)
+        # What a (namespace, version, method) resolves to and each method's
+        # signature, found once: endpoints are fixed when the server starts.
+        self._found: dict[tuple[str | None, str, str], Callable[..., Any]] = {}
+        self._signatures: dict[Callable[..., Any], inspect.Signature | None] = {}
 
     @staticmethod
     def _target(endpoint: object) -> tuple[list[str | None], str | None]:
@@ -134,6 +138,13 @@ class Dispatcher:
     def lookup(self, request: envelope.Request) -> Callable[..., Any]:
         """The method to call; raises NoSuchMethod or UnsupportedVersion."""
         version = request.version or "1.0"
+        key = (request.namespace, version, request.method)
+        found = self._found.get(key)
+        if found is None:
+            found = self._found[key] = self._lookup(request, version)
+        return found
+
+    def _lookup(self, request: envelope.Request, version: str) -> Callable[..., Any]:
         compatible = False
         for endpoint in self.endpoints:
             namespaces, implemented = self._target(endpoint)
@@ -151,9 +162,13 @@ class Dispatcher:
         """Call the method with ``(ctxt, **args)``; its errors propagate."""
         method = self.lookup(request)
         try:
-            signature = inspect.signature(method)
-        except (TypeError, ValueError):
-            signature = None
+            signature = self._signatures[method]
+        except KeyError:
+            try:
+                signature = inspect.signature(method)
+            except (TypeError, ValueError):
+                signature = None
+            self._signatures[method] = signature
         if signature is not None:
             try:
                 signature.bind(request.context, **request.args)
