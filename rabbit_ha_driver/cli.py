@@ -1,7 +1,7 @@
 """The ``rabbit-ha`` command.
 
 How this works: :func:`main` builds one argparse parser with a subcommand per
-entry of :data:`COMMANDS`. Every subcommand shares the oslo.config-style
+entry of :data:`COMMANDS`. ``demo``, ``check`` and ``drill`` share the oslo.config-style
 options (``--config-file``, ``--config-dir``) and ``--url``: the files are
 read by oslo.config, the ``[rabbit_ha]`` group becomes frozen
 :class:`~rabbit_ha_driver.settings.Settings`, and ``--url`` (when given)
@@ -28,6 +28,12 @@ runs of failed calls, with when each started and how long it lasted (until a
 call succeeded again). Its bookkeeping (:class:`DrillStats`) is a pure value
 fed with results and times, and its loop takes a clock, so both are tested
 without waiting.
+
+``bench`` compares this library with oslo.messaging's rabbit driver, its fake
+driver and bare py-amqp on one broker (by default the first node of the test
+cluster ``tools/rabbit_cluster.py`` starts); :mod:`rabbit_ha_driver.bench`
+explains how. It takes ``--url`` but no configuration file: every subject
+runs with its defaults, so they are compared on equal terms.
 """
 
 from __future__ import annotations
@@ -658,19 +664,105 @@ def _drill_from_args(args: argparse.Namespace) -> int:
                              duration=args.duration)
 
 
-#: Subcommands: each adds its parser (with the shared options as a parent)
-#: and sets ``run(args) -> exit status``.
-COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [_add_demo, _add_check, _add_drill]
+# -- bench ----------------------------------------------------------------------------
+
+
+def _subjects(value: str) -> tuple[str, ...]:
+    """argparse type: comma-separated subject names."""
+    from rabbit_ha_driver.bench.command import parse_subjects
+
+    try:
+        return parse_subjects(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _runs(value: str) -> int:
+    """argparse type: a number of runs, at least 1."""
+    try:
+        runs = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if runs < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: at least 1 run")
+    return runs
+
+
+def _seconds_or_zero(value: str) -> float:
+    """argparse type: 0 (skip) or a positive number of seconds."""
+    try:
+        if float(value) == 0:
+            return 0.0
+    except ValueError:
+        pass  # _seconds names the problem
+    return _seconds(value)
+
+
+def _add_bench(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    from rabbit_ha_driver.bench.command import DEFAULT_BASE_PORT
+    from rabbit_ha_driver.bench.subjects import SUBJECTS
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="compare calls, casts, memory and heartbeat cost with oslo.messaging and py-amqp",
+        description="Benchmark this library (rabbit_ha), its oslo.messaging driver "
+        "(rabbit_ha_oslo), oslo.messaging's rabbit driver (oslo_rabbit), bare py-amqp "
+        "(bare_amqp) and oslo.messaging's in-process fake driver (oslo_fake) on one "
+        "broker. Every run of a subject is a process of its own; --runs rounds run "
+        "every subject once, in an order rotated each round, and each figure is the "
+        "median of the runs. Then the heartbeat CPU of 200 idle connections of this "
+        "library. Prints a table of the medians and the ratios against the targets "
+        "(PASS/MISS). Progress goes to stderr. Exits 1 if a run failed; a missed "
+        "target does not change the exit status.")
+    parser.add_argument(
+        "--url", metavar="URL",
+        help="the broker, e.g. rabbit://user:pass@host:5672/ (only its first host is "
+        "used by bare_amqp and the heartbeat figure; default: the first node of the test "
+        f"cluster, rabbit://guest:guest@127.0.0.1:{DEFAULT_BASE_PORT}/, or the port in "
+        "RHA_TEST_BASE_PORT)")
+    parser.add_argument("--runs", type=_runs, default=5, metavar="N",
+                        help="rounds, and heartbeat windows (default: 5; the targets need 5 or more)")
+    parser.add_argument("--seconds", type=_seconds, default=2.0, metavar="SECONDS",
+                        help="length of each timed phase of a run (default: 2)")
+    parser.add_argument("--heartbeat-seconds", type=_seconds_or_zero, default=60.0, metavar="SECONDS",
+                        help="length of each heartbeat window (default: 60; 0 skips the "
+                        "heartbeat figure)")
+    parser.add_argument("--subjects", type=_subjects, default=SUBJECTS, metavar="A,B,...",
+                        help=f"the subjects to run (default: all: {','.join(SUBJECTS)})")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of the table: each subject's "
+                        "figure medians under the subject's name")
+    parser.add_argument("--output", metavar="FILE",
+                        help="also write every run's figures, the spread, the ratios, the "
+                        "date and the versions of the clients to FILE as JSON")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log this process's activity to stderr (-vv: debug)")
+    parser.set_defaults(run=_bench_from_args)
+
+
+def _bench_from_args(args: argparse.Namespace) -> int:
+    from rabbit_ha_driver.bench.command import BenchOptions, default_url, run_bench
+
+    options = BenchOptions(url=args.url or default_url(), runs=args.runs, seconds=args.seconds,
+                           heartbeat_seconds=args.heartbeat_seconds, subjects=tuple(args.subjects),
+                           json=args.json, output=args.output)
+    return run_bench(options)
+
+
+#: Subcommands: each adds its parser (demo, check and drill with the shared
+#: options as a parent) and sets ``run(args) -> exit status``.
+COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
+    _add_demo, _add_check, _add_drill, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Tools for rabbit_ha_driver, a RabbitMQ RPC transport. Every "
-        "command reads its configuration like other oslo.config programs: "
+        description="Tools for rabbit_ha_driver, a RabbitMQ RPC transport. demo, "
+        "check and drill read their configuration like other oslo.config programs: "
         "--config-file/--config-dir files with a [rabbit_ha] section, and --url "
-        "for the transport URL.")
+        "for the transport URL. bench takes --url only.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(subparsers, common)
