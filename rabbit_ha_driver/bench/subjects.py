@@ -3,7 +3,9 @@
 Each subject runs RPC servers of one topic and a client in this process:
 
 * ``rabbit_ha``: this library's own API (:class:`~rabbit_ha_driver.rpc.RPCClient`,
-  :class:`~rabbit_ha_driver.rpc.RPCServer`);
+  :class:`~rabbit_ha_driver.rpc.RPCServer`); casts with
+  :meth:`~rabbit_ha_driver.rpc.RPCClient.cast_async`, each one confirmed
+  before the figure's clock stops;
 * ``rabbit_ha_oslo``: oslo.messaging's API on this library (``rabbit-ha://``);
 * ``oslo_rabbit``: oslo.messaging's API on its own rabbit driver (``rabbit://``);
 * ``oslo_fake``: oslo.messaging's API on its in-process ``fake://`` driver, the
@@ -105,6 +107,9 @@ class Subject(abc.ABC):
     def caster(self, fanout: bool = False) -> Callable[[int], None]:
         """A function casting ``record(n)`` (to all servers if ``fanout``)."""
 
+    def settle(self) -> None:  # noqa: B027 - optional hook
+        """Wait until every cast made so far is confirmed, where casts are pipelined."""
+
     @abc.abstractmethod
     def open_connection(self) -> Any:
         """One more connection as the framework makes them (kept until close)."""
@@ -130,6 +135,7 @@ class RabbitHA(Subject):
         self.events = EventBus()  # quiet: no log subscriber
         self.transport = RPCTransport(self.settings, events=self.events)
         self.defer(self.transport.close)
+        self._receipts: list[Any] = []
 
     def start_servers(self, names: list[str], *, fanout_only: bool = False) -> None:
         from rabbit_ha_driver.rpc import RPCServer
@@ -154,7 +160,19 @@ class RabbitHA(Subject):
         from rabbit_ha_driver.rpc import RPCClient
 
         client = RPCClient(self.transport, self.topic, timeout=30).prepare(fanout=fanout)
-        return lambda n: client.cast({}, "record", n=n)
+        receipts = self._receipts
+
+        def cast(n: int) -> None:
+            receipts.append(client.cast_async({}, "record", n=n))
+
+        return cast
+
+    def settle(self) -> None:
+        """Every cast confirmed by the broker (receipts raise if one failed)."""
+        receipts, self._receipts[:] = list(self._receipts), []
+        for receipt in receipts:
+            if not receipt.result():
+                raise RuntimeError(f"{receipt.what} reached no queue")
 
     def open_connection(self) -> Any:
         from rabbit_ha_driver.connection import Connection

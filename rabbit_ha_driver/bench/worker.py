@@ -133,6 +133,7 @@ def casts(subject: Subject, cast: Callable[[int], None], receivers: list[str],
     """Casts a second, counted until each receiver got every one."""
     for n in range(WARM_UP):
         cast(n)
+    subject.settle()
     if not subject.counter.wait({r: WARM_UP for r in receivers}, DRAIN_TIMEOUT):
         raise RuntimeError(f"warm-up casts did not all arrive: {subject.counter.counts}")
     subject.counter.reset()
@@ -143,6 +144,7 @@ def casts(subject: Subject, cast: Callable[[int], None], receivers: list[str],
     while clock() < end:
         cast(sent)
         sent += 1
+    subject.settle()
     if not subject.counter.wait({r: sent for r in receivers}, DRAIN_TIMEOUT):
         raise RuntimeError(f"{sent} casts sent but only {subject.counter.counts} arrived "
                            f"within {DRAIN_TIMEOUT:.0f}s")

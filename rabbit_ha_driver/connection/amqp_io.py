@@ -230,7 +230,7 @@ def buffered_reader(transport: Any) -> Callable[..., bytes]:
                 except OSError as error:
                     if error.errno in retry:
                         if initial and transport.raise_on_initial_eintr:
-                            raise socket.timeout() from None
+                            raise TimeoutError() from None
                         continue
                     raise
                 if not data:

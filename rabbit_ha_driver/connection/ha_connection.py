@@ -45,13 +45,13 @@ from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import kombu
-from amqp import spec as amqp_spec
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import errors
 from rabbit_ha_driver.connection.amqp_io import Liveness
+from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome, Pending, settled
 from rabbit_ha_driver.connection.hosts import HostRing
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
 from rabbit_ha_driver.connection.topology import (
@@ -147,7 +147,7 @@ class Connection:
         self._last_host: Host | None = None
         self._pid = os.getpid()
         self._confirms = False
-        self._returned: list[tuple[int, str]] = []
+        self._tracker = ConfirmTracker()
         self._pending_cancels: dict[str, float] = {}
         self._next_consumer_check = 0.0
         self._active_tags: set[str] = set()
@@ -380,61 +380,104 @@ class Connection:
         :class:`~rabbit_ha_driver.exceptions.ConnectionLost` is raised.
         """
         deadline = deadline or self._default_deadline()
-        base_props = dict(properties or {})
-        written = False
+        while True:
+            pending = self.publish_nowait(body, exchange, routing_key, headers=headers,
+                                          properties=properties, mandatory=mandatory,
+                                          deadline=deadline)
+            self.wait_confirm(pending, deadline)
+            if pending.outcome is Outcome.LOST and retry_uncertain:
+                continue
+            self.raise_for(pending, exchange, routing_key)
+            return
 
-        def attempt(channel: Any) -> None:
-            nonlocal written
-            if written and not retry_uncertain:
-                raise exc.ConnectionLost(
-                    f"publish to {exchange!r}/{routing_key!r}: connection lost after the "
-                    "message was written and before the broker confirmed it; not sent again",
-                    host=self._addr(), operation="basic.publish")
+    def publish_nowait(self, body: bytes, exchange: str, routing_key: str, *,
+                       headers: dict[str, Any] | None = None,
+                       properties: dict[str, Any] | None = None,
+                       mandatory: bool = True, deadline: Deadline | None = None) -> Pending:
+        """Write a message without waiting for its confirm; returns its :class:`Pending`.
+
+        The confirm is read by whoever reads this connection next
+        (:meth:`wait_confirm`, another publish's wait, a drain). Messages
+        written one after the other this way are confirmed together, a
+        round trip for many instead of one each. Recovers the connection
+        before writing, like every operation.
+        """
+        deadline = deadline or self._default_deadline()
+        base_props = properties or {}
+
+        def attempt(channel: Any) -> Pending:
             self._wait_unblocked(deadline)
-            props = dict(base_props)  # a retry needs them all again
+            props = dict(base_props)
+            tracker = self._tracker if self._confirms else None
+            message_id = None
+            if tracker is not None and mandatory:
+                message_id = props.setdefault("message_id", tracker.next_message_id())
             message = channel.prepare_message(
                 body, props.pop("priority", None), props.pop("content_type", None),
                 props.pop("content_encoding", None), headers, props)
-            self._returned.clear()
             channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
                                   mandatory=mandatory)
-            written = True
-            if self._confirms:
-                self._wait_confirm(channel, deadline)
-            if self._returned:
-                code, text = self._returned[-1]
-                self._returned.clear()
-                raise exc.Unroutable(f"broker returned message for {exchange!r}/{routing_key!r}: "
-                                     f"{code} {text}", host=self._addr(), reply_code=code,
-                                     operation="basic.publish")
+            if tracker is None:
+                return settled(Outcome.ACKED)  # memory: refused at once if unroutable
+            return tracker.published(message_id)
 
-        self.ensure(attempt, operation="basic.publish", deadline=deadline)
+        return self.ensure(attempt, operation="basic.publish", deadline=deadline)
 
-    def _wait_confirm(self, channel: Any, deadline: Deadline) -> None:
-        outcome: list[str] = []
+    def wait_confirm(self, pending: Pending, deadline: Deadline | None = None) -> None:
+        """Read this connection until ``pending`` is settled (see :class:`Outcome`).
 
-        def on_confirm(method: Any, *args: Any) -> None:
-            outcome.append("nack" if method == amqp_spec.Basic.Nack else "ack")
-
-        while True:
-            try:
-                with self._request_deadline("basic.publish", deadline.cap(self.settings.request_timeout)):
-                    channel.wait([amqp_spec.Basic.Ack, amqp_spec.Basic.Nack], callback=on_confirm)
-                break
-            except errors.RequestTimeout:
-                # A broker under a resource alarm holds confirms back on
-                # purpose: that is not a dead channel. Wait up to the
-                # publish's own deadline instead.
-                if self._state is not State.BLOCKED:
-                    raise
-                if deadline.expired():
+        A connection that dies or stays silent past ``request_timeout``
+        settles it as LOST (and recovers on the next operation). Raises
+        MessagingTimeout when ``deadline`` passes first.
+        """
+        if pending.done:
+            return
+        deadline = deadline or self._default_deadline()
+        with self._locked(deadline, "basic.publish"):
+            budget = self.settings.request_timeout
+            while not pending.done:
+                try:
+                    with self._request_deadline("basic.publish", deadline.cap(budget)):
+                        self._drain_once(deadline.cap(budget))
+                except errors.RequestTimeout as error:
+                    # A broker under a resource alarm holds confirms back on
+                    # purpose: that is not a dead channel. Wait up to the
+                    # publish's own deadline instead.
+                    if self._state is not State.BLOCKED:
+                        self._lost(f"no publisher confirm within {error.timeout:g}s")
+                        continue
+                    if deadline.expired():
+                        raise exc.MessagingTimeout(
+                            f"broker {self._addr()} kept publishing blocked (resource alarm) past "
+                            "the deadline; the message may still be delivered when it unblocks",
+                            waited=0.0) from None
+                except Exception as error:
+                    if errors.classify(error, "basic.publish") is errors.Action.RAISE:
+                        raise errors.translate(error, "basic.publish", self._addr()) from error
+                    self._lost(str(errors.translate(error, "basic.publish", self._addr())))
+                    continue
+                if not pending.done and deadline.expired():
                     raise exc.MessagingTimeout(
-                        f"broker {self._addr()} kept publishing blocked (resource alarm) past the "
-                        "deadline; the message may still be delivered when it unblocks",
-                        waited=0.0) from None
-        if outcome and outcome[0] == "nack":
+                        f"broker {self._addr()} did not confirm the message before the deadline",
+                        waited=0.0)
+
+    def raise_for(self, pending: Pending, exchange: str, routing_key: str) -> None:
+        """Raise what a settled publish that was not acked means; return if acked."""
+        outcome = pending.outcome
+        if outcome is Outcome.ACKED:
+            return
+        if outcome is Outcome.RETURNED:
+            raise exc.Unroutable(
+                f"broker returned message for {exchange!r}/{routing_key!r}: "
+                f"{pending.reply_code} {pending.reply_text}", host=self._addr(),
+                reply_code=pending.reply_code, operation="basic.publish")
+        if outcome is Outcome.NACKED:
             raise exc.PublishNacked("broker nacked the message", host=self._addr(),
                                     operation="basic.publish")
+        raise exc.ConnectionLost(
+            f"publish to {exchange!r}/{routing_key!r}: connection lost after the "
+            "message was written and before the broker confirmed it; not sent again",
+            host=self._addr(), operation="basic.publish")
 
     def _wait_unblocked(self, deadline: Deadline) -> None:
         while self._state is State.BLOCKED:
@@ -736,9 +779,16 @@ class Connection:
         self._next_consumer_check = self._clock.now() + min(
             self.settings.consumer_check_interval, POST_RECOVERY_CHECK)
         self._confirms = supports_confirms(self._transport)
+        self._tracker.lose_all()
         if self._confirms:
             channel.confirm_select()
-            channel.events["basic_return"].add(self._on_return)
+            tracker = self._tracker = ConfirmTracker()
+            channel.events["basic_ack"].add(tracker.on_ack)
+            channel.events["basic_nack"].add(tracker.on_nack)
+            channel.events["basic_return"].add(
+                lambda error, exchange, key, message: tracker.on_return(
+                    getattr(error, "reply_code", 312), getattr(error, "reply_text", ""),
+                    getattr(message, "properties", None) or {}))
         self._channel = channel
 
     def _reopen_channel(self, deadline: Deadline, reason: str) -> bool:
@@ -788,6 +838,7 @@ class Connection:
         self._teardown()
 
     def _teardown(self) -> None:
+        self._tracker.lose_all()
         raw, transport = self._raw, self._transport
         self._channel = None
         self._raw = None
@@ -851,13 +902,6 @@ class Connection:
             yield
 
     # -- internals: broker callbacks --------------------------------------------
-
-    def _on_return(self, exc_or_code: Any, *args: Any) -> None:
-        code = getattr(exc_or_code, "reply_code", None)
-        text = getattr(exc_or_code, "reply_text", "")
-        if code is None and isinstance(exc_or_code, int):
-            code, text = exc_or_code, (args[0] if args else "")
-        self._returned.append((int(code or 312), str(text)))
 
     def _on_blocked(self, reason: str = "") -> None:
         if self.liveness is not None:

@@ -62,7 +62,7 @@ cast, fanout and notify each other both ways. The differences:
   dropped.
 """
 
-from rabbit_ha_driver.rpc.client import Publisher, RPCClient, RPCTransport, Target
+from rabbit_ha_driver.rpc.client import Publisher, Receipt, RPCClient, RPCTransport, Target
 from rabbit_ha_driver.rpc.envelope import DEFAULT_EXCHANGE, PRIORITIES
 from rabbit_ha_driver.rpc.executors import EventletExecutor, Executor, ThreadingExecutor
 from rabbit_ha_driver.rpc.listener import (
@@ -105,6 +105,7 @@ __all__ = [
     "RPCClient",
     "RPCServer",
     "RPCTransport",
+    "Receipt",
     "RpcIncomingMessage",
     "Target",
     "ThreadingExecutor",

@@ -35,16 +35,19 @@ Wire format and names are oslo.messaging's rabbit driver's (see
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Connection, Deadline
+from rabbit_ha_driver.connection.confirms import Outcome, Pending
 from rabbit_ha_driver.connection.ha_connection import default_connection_name
 from rabbit_ha_driver.events import (
     CallCompleted,
@@ -63,6 +66,15 @@ LOG = logging.getLogger(__name__)
 
 _FIRST_RETRY_DELAY = 0.05
 _MAX_RETRY_DELAY = 0.5
+
+#: Receipts of :meth:`Publisher.publish_async` that may wait for their confirm
+#: at once; beyond it the oldest half is settled before the next write.
+CONFIRM_WINDOW = 512
+#: The keeper thread settles waiting receipts once no message was written
+#: for this many seconds.
+KEEPER_IDLE = 0.02
+#: Seconds a closing publisher gives its waiting receipts.
+CLOSE_SETTLE = 5.0
 
 
 class ConnectionFactory(Protocol):
@@ -119,6 +131,11 @@ class Publisher:
         self._conn: Connection | None = None
         self._declared: set[ExchangeSpec | QueueSpec] = set()
         self._closed = False
+        self._outstanding: collections.deque[Receipt] = collections.deque()
+        self._outstanding_lock = threading.Lock()
+        self._last_async = 0.0
+        self._keeper: threading.Thread | None = None
+        self._keeper_wake = threading.Event()
 
     def __repr__(self) -> str:
         return f"<Publisher {self._purpose} {self._conn!r}>"
@@ -226,11 +243,10 @@ class Publisher:
         if self._conn is not None:
             self._conn.events.emit(event)
 
-    def _attempt(self, body: bytes, exchange: ExchangeSpec | str, exchange_name: str,
-                 routing_key: str, deadline: float, *, ttl: bool, persistent: bool,
-                 declare: tuple[QueueSpec, ...], retry_uncertain: bool) -> None:
-        conn = self._connection()
-        dl = Deadline(deadline, self._clock)
+    def _prepare(self, conn: Connection, exchange: ExchangeSpec | str, dl: Deadline,
+                 deadline: float, *, ttl: bool, persistent: bool,
+                 declare: tuple[QueueSpec, ...]) -> dict[str, Any]:
+        """Declare what the message needs (once per connection); its properties."""
         if isinstance(exchange, ExchangeSpec) and exchange not in self._declared:
             conn.declare_exchange(exchange.name, exchange.type, durable=exchange.durable,
                                   auto_delete=exchange.auto_delete, deadline=dl)
@@ -249,8 +265,113 @@ class Publisher:
         if ttl:
             left_ms = int((deadline - self._clock.now()) * 1000)
             properties["expiration"] = str(max(1, left_ms))
+        return properties
+
+    def _attempt(self, body: bytes, exchange: ExchangeSpec | str, exchange_name: str,
+                 routing_key: str, deadline: float, *, ttl: bool, persistent: bool,
+                 declare: tuple[QueueSpec, ...], retry_uncertain: bool) -> None:
+        conn = self._connection()
+        dl = Deadline(deadline, self._clock)
+        properties = self._prepare(conn, exchange, dl, deadline, ttl=ttl, persistent=persistent,
+                                   declare=declare)
         conn.publish(body, exchange_name, routing_key, properties=properties,
                      mandatory=True, deadline=dl, retry_uncertain=retry_uncertain)
+
+    def publish_async(
+        self,
+        body: bytes,
+        exchange: ExchangeSpec | str,
+        routing_key: str,
+        *,
+        deadline: float,
+        what: str,
+        ttl: bool = False,
+        persistent: bool = False,
+        declare: tuple[QueueSpec, ...] = (),
+        retry_unroutable: float | None = None,
+        retry_uncertain: bool = False,
+    ) -> Receipt:
+        """Write ``body`` now and learn later whether the broker confirmed it.
+
+        Takes what :meth:`publish` takes. Returns a :class:`Receipt` at
+        once, without waiting for the confirm: messages sent one after the
+        other are confirmed in batches. The receipt reports the message sent
+        only once the broker confirmed it; one that was returned, nacked or
+        whose confirm was lost with the connection is sent again by
+        :meth:`publish`'s rules when the receipt is settled. At most
+        :data:`CONFIRM_WINDOW` receipts wait at a time: beyond that the
+        oldest are settled before the next write, and a keeper thread
+        settles the rest once publishing pauses.
+        """
+        exchange_name = exchange.name if isinstance(exchange, ExchangeSpec) else exchange
+
+        def resend() -> bool:
+            return self.publish(body, exchange, routing_key, deadline=deadline, what=what,
+                                ttl=ttl, persistent=persistent, declare=declare,
+                                retry_unroutable=retry_unroutable,
+                                retry_uncertain=retry_uncertain)
+
+        conn: Connection | None = None
+        pending: Pending | None = None
+        if _acquire(self._lock, deadline - self._clock.now()):
+            try:
+                conn = self._connection()
+                dl = Deadline(deadline, self._clock)
+                properties = self._prepare(conn, exchange, dl, deadline, ttl=ttl,
+                                           persistent=persistent, declare=declare)
+                pending = conn.publish_nowait(body, exchange_name, routing_key,
+                                              properties=properties, deadline=dl)
+            except exc.RabbitHAError as error:
+                # Not written: the receipt sends it by publish()'s rules.
+                LOG.debug("%s: not written at once (%s); sent when settled", what, error)
+                conn = pending = None
+            finally:
+                self._lock.release()
+        receipt = Receipt(what, conn, pending, resend, deadline=deadline, clock=self._clock,
+                          retry_uncertain=retry_uncertain)
+        self._keep(receipt)
+        return receipt
+
+    def _keep(self, receipt: Receipt) -> None:
+        with self._outstanding_lock:
+            outstanding = self._outstanding
+            outstanding.append(receipt)
+            while outstanding and outstanding[0].settled_ok():
+                outstanding.popleft()
+            overflow = ([outstanding.popleft() for _ in range(len(outstanding) // 2)]
+                        if len(outstanding) > CONFIRM_WINDOW else [])
+            self._last_async = self._clock.now()
+            if self._keeper is None and not self._closed:
+                self._keeper = threading.Thread(target=self._keep_settling, daemon=True,
+                                                name=f"confirms-{self._purpose}")
+                self._keeper.start()
+        for old in overflow:
+            old.settle_quietly()
+
+    def _keep_settling(self) -> None:
+        """The keeper thread: settle receipts nobody settled once publishing pauses."""
+        while not self._closed:
+            with self._outstanding_lock:
+                idle = self._clock.now() - self._last_async
+                batch = list(self._outstanding) if idle >= KEEPER_IDLE else []
+                if batch:
+                    self._outstanding.clear()
+            if not batch:
+                self._keeper_wake.wait(KEEPER_IDLE)
+                continue
+            for receipt in batch:
+                receipt.settle_quietly()
+
+    def settle_all(self, timeout: float | None = None) -> list[Receipt]:
+        """Settle every outstanding receipt; returns those that failed."""
+        with self._outstanding_lock:
+            batch = list(self._outstanding)
+            self._outstanding.clear()
+        failed = []
+        for receipt in batch:
+            if not receipt.settle_quietly(timeout):
+                failed.append(receipt)
+        return failed
 
     def _connection(self) -> Connection:
         if self._closed:
@@ -268,8 +389,16 @@ class Publisher:
             conn.close()
 
     def close(self) -> None:
-        """Close the connection; never blocks for more than a few seconds."""
+        """Settle outstanding receipts, close the connection; never blocks for long.
+
+        Receipts still waiting get up to :data:`CLOSE_SETTLE` seconds; any
+        that fail are logged, naming the message.
+        """
+        for receipt in self.settle_all(CLOSE_SETTLE):
+            LOG.error("%s: not confirmed by the broker before the publisher closed: %s",
+                      receipt.what, receipt.error)
         self._closed = True
+        self._keeper_wake.set()
         acquired = self._lock.acquire(timeout=2.0)
         try:
             conn, self._conn = self._conn, None
@@ -278,6 +407,88 @@ class Publisher:
                 self._lock.release()
         if conn is not None:
             conn.close()
+
+
+class Receipt:
+    """The fate of a message written by :meth:`Publisher.publish_async`.
+
+    :meth:`result` waits for the broker's confirm and, if the message was
+    returned, nacked or its confirm was lost, sends it again by
+    :meth:`Publisher.publish`'s rules. It reports the message sent only
+    after a confirm. Thread-safe; settling happens once.
+    """
+
+    def __init__(self, what: str, conn: Connection | None, pending: Pending | None,
+                 resend: Callable[[], bool], *, deadline: float, clock: Clock,
+                 retry_uncertain: bool) -> None:
+        self.what = what
+        self.deadline = deadline
+        self._clock = clock
+        self._conn = conn
+        self._pending = pending
+        self._resend = resend
+        self._retry_uncertain = retry_uncertain
+        self._lock = threading.Lock()
+        self._settled = False
+        self._sent = False
+        #: Why it failed, once settled (None if sent).
+        self.error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        state = ("sent" if self._sent else f"failed: {self.error}") if self._settled else "waiting"
+        return f"<Receipt {self.what} {state}>"
+
+    def settled_ok(self) -> bool:
+        """True once confirmed (without waiting, without reading)."""
+        if self._settled:
+            return self._sent
+        pending = self._pending
+        return pending is not None and pending.outcome is Outcome.ACKED
+
+    def result(self, timeout: float | None = None) -> bool:
+        """Wait until settled; True if confirmed, False if a fanout reached nobody.
+
+        Raises what :meth:`Publisher.publish` raises when it fails.
+        """
+        with self._lock:
+            if not self._settled:
+                try:
+                    self._sent = self._settle(timeout)
+                except BaseException as error:
+                    self.error = error
+                    raise
+                finally:
+                    self._settled = True
+                    self._conn = self._pending = None
+            elif self.error is not None:
+                raise self.error
+            return self._sent
+
+    def settle_quietly(self, timeout: float | None = None) -> bool:
+        """:meth:`result` that logs instead of raising; True if sent."""
+        try:
+            self.result(timeout)
+            return True
+        except Exception as error:
+            LOG.error("%s: failed after it was written: %s", self.what, error)
+            return False
+
+    def _settle(self, timeout: float | None) -> bool:
+        conn, pending = self._conn, self._pending
+        if conn is not None and pending is not None:
+            until = self.deadline
+            if timeout is not None:
+                until = min(until, self._clock.now() + timeout)
+            conn.wait_confirm(pending, Deadline(until, self._clock))
+            if pending.outcome is Outcome.ACKED:
+                return True
+            if pending.outcome is Outcome.LOST and not self._retry_uncertain:
+                raise exc.ConnectionLost(
+                    f"{self.what}: connection lost after the message was written and before "
+                    "the broker confirmed it; not sent again", operation="basic.publish")
+            LOG.debug("%s: %s; sending it again", self.what,
+                      pending.outcome.value if pending.outcome else "unsettled")
+        return self._resend()
 
 
 # -- transport -----------------------------------------------------------------
@@ -546,6 +757,30 @@ class RPCClient:
         To a topic (one server takes it), ``prepare(server=...)`` (that
         server) or ``prepare(fanout=True)`` (every server of the topic).
         """
+        what, body, exchange, key, options = self._cast_message(ctxt, method, kwargs)
+        if not self.transport.publisher.publish(body, exchange, key, **options):
+            LOG.warning("%s reached no listener: no queue is bound to exchange %r",
+                        what, exchange.name)
+
+    def cast_async(self, ctxt: Any, method: str, **kwargs: Any) -> Receipt:
+        """Like :meth:`cast`, but returns once written, with a :class:`Receipt`.
+
+        Casts sent one after the other this way are confirmed by the broker
+        in batches instead of one round trip each, which multiplies the rate
+        of a single sender. ``receipt.result()`` reports the cast sent only
+        once confirmed (False: a fanout that reached no listener) and raises
+        what :meth:`cast` would; a cast that was returned, nacked or whose
+        confirm was lost is sent again by :meth:`cast`'s rules first.
+        Receipts nobody waits for are settled in the background once
+        sending pauses, and failures are logged; closing the client settles
+        the rest.
+        """
+        _, body, exchange, key, options = self._cast_message(ctxt, method, kwargs)
+        return self.transport.publisher.publish_async(body, exchange, key, **options)
+
+    def _cast_message(self, ctxt: Any, method: str, kwargs: dict[str, Any],
+                      ) -> tuple[str, bytes, ExchangeSpec, str, dict[str, Any]]:
+        """What a cast sends and how: ``(what, body, exchange, key, publish options)``."""
         transport = self.transport
         settings, clock = transport.settings, transport.clock
         seconds = self.timeout if self.timeout is not None else settings.publish_timeout
@@ -555,17 +790,12 @@ class RPCClient:
                                settings.rpc_max_message_size, f"request of {what}")
         exchange, key = self._route()
         LOG.debug("CAST %s", what)
+        options: dict[str, Any] = {"deadline": deadline, "what": what}
         if self.target.fanout:
-            grace = settings.kombu_reconnect_delay + 1.0
-            if not transport.publisher.publish(body, exchange, key, deadline=deadline, what=what,
-                                               retry_unroutable=grace):
-                LOG.warning("%s reached no listener: no queue is bound to exchange %r",
-                            what, exchange.name)
-            return
-        # A durable cast must survive a node failure, so one whose confirm
-        # was lost is sent again; a transient one would die with its queue's
-        # node anyway, so it stays at-most-once.
-        transport.publisher.publish(body, exchange, key, deadline=deadline, what=what,
-                                    persistent=durable(settings),
-                                    retry_uncertain=durable(settings))
-
+            options["retry_unroutable"] = settings.kombu_reconnect_delay + 1.0
+        else:
+            # A durable cast must survive a node failure, so one whose confirm
+            # was lost is sent again; a transient one would die with its
+            # queue's node anyway, so it stays at-most-once.
+            options["persistent"] = options["retry_uncertain"] = durable(settings)
+        return what, body, exchange, key, options

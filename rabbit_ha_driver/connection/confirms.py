@@ -1,0 +1,138 @@
+"""Publisher confirms of one channel, kept by sequence number.
+
+How this works. After ``confirm.select`` the broker numbers the messages
+published on a channel 1, 2, 3... and answers each with ``basic.ack`` or
+``basic.nack`` carrying that number, possibly for several at once
+(``multiple``: every number up to it). A mandatory message that no queue
+takes comes back first as ``basic.return``, then is acked. So a publisher
+need not wait for each confirm before sending the next message: it writes,
+gets a :class:`Pending` for the message's number, and learns its fate when
+the confirm is read, whoever reads it.
+
+A returned message is told apart from the others by its ``message_id``
+property, which :class:`ConfirmTracker` hands out (``<channel prefix>.<n>``)
+when the publisher did not set one. When the channel or connection goes,
+every message still waiting is marked :attr:`Outcome.LOST`: it may or may not
+have reached a queue.
+
+Nothing here reads or writes: the connection feeds the broker's answers in
+(:meth:`ConfirmTracker.on_ack`, ``on_nack``, ``on_return``) and reads frames
+until the pendings it waits for are settled.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import uuid
+from typing import Any
+
+_channel_ids = itertools.count(1)
+
+
+class Outcome(enum.Enum):
+    """What became of a published message."""
+
+    ACKED = "acked"
+    """The broker took responsibility for it."""
+    RETURNED = "returned"
+    """No queue took it (``basic.return``, then acked)."""
+    NACKED = "nacked"
+    """The broker refused it."""
+    LOST = "lost"
+    """The channel closed before the confirm: it may or may not have arrived."""
+
+
+class Pending:
+    """One published message waiting for its confirm."""
+
+    __slots__ = ("message_id", "outcome", "reply_code", "reply_text", "seq")
+
+    def __init__(self, seq: int, message_id: str | None) -> None:
+        self.seq = seq
+        self.message_id = message_id
+        self.outcome: Outcome | None = None
+        self.reply_code = 0
+        self.reply_text = ""
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def __repr__(self) -> str:
+        return f"<Pending #{self.seq} {self.outcome.value if self.outcome else 'waiting'}>"
+
+
+def settled(outcome: Outcome) -> Pending:
+    """A pending that is already decided (a transport without confirms)."""
+    pending = Pending(0, None)
+    pending.outcome = outcome
+    return pending
+
+
+class ConfirmTracker:
+    """The unconfirmed messages of one channel, oldest first."""
+
+    def __init__(self) -> None:
+        self._prefix = f"rha{next(_channel_ids)}-{uuid.uuid4().hex[:8]}"
+        self._seq = 0
+        self._waiting: dict[int, Pending] = {}
+        self._by_id: dict[str, Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def next_message_id(self) -> str:
+        """The ``message_id`` the next message should carry to be recognised if returned."""
+        return f"{self._prefix}.{self._seq + 1}"
+
+    def published(self, message_id: str | None) -> Pending:
+        """Record the message just written; its confirm number is the next one."""
+        self._seq += 1
+        pending = Pending(self._seq, message_id)
+        self._waiting[self._seq] = pending
+        if message_id is not None:
+            self._by_id[message_id] = pending
+        return pending
+
+    def on_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self._settle(delivery_tag, multiple, Outcome.ACKED)
+
+    def on_nack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self._settle(delivery_tag, multiple, Outcome.NACKED)
+
+    def on_return(self, reply_code: int, reply_text: str, properties: dict[str, Any]) -> bool:
+        """Note that the message with these properties came back; False if not ours."""
+        pending = self._by_id.get(properties.get("message_id") or "")
+        if pending is None or pending.done:
+            return False
+        pending.reply_code, pending.reply_text = int(reply_code or 312), str(reply_text)
+        pending.outcome = Outcome.RETURNED  # final once its ack arrives
+        return True
+
+    def _settle(self, tag: int, multiple: bool, outcome: Outcome) -> None:
+        waiting = self._waiting
+        if multiple:
+            tags = list(itertools.takewhile(lambda seq: seq <= tag, waiting))
+        else:
+            tags = [tag] if tag in waiting else []
+        for seq in tags:
+            pending = waiting.pop(seq)
+            if pending.message_id is not None:
+                self._by_id.pop(pending.message_id, None)
+            # A nack overrides a return; an ack leaves a return standing.
+            if pending.outcome is None or outcome is Outcome.NACKED:
+                pending.outcome = outcome
+
+    def lose_all(self) -> int:
+        """The channel is gone: every waiting message's fate is unknown.
+
+        A message already returned stays returned (the broker did not take
+        it, so it is safe to send again). Returns how many were lost.
+        """
+        lost = [p for p in self._waiting.values() if p.outcome is None]
+        for pending in lost:
+            pending.outcome = Outcome.LOST
+        self._waiting.clear()
+        self._by_id.clear()
+        return len(lost)
