@@ -255,6 +255,24 @@ rpc_opts = [
         help="Deadline, in seconds, for a cast or notification to be confirmed "
         "by the broker, retries included. 0 means retry forever.",
     ),
+    cfg.StrOpt(
+        "cast_confirm",
+        default="background",
+        choices=[
+            ("background", "cast() returns once the message is written; its confirm is "
+             "read later, together with those of the casts that follow"),
+            ("wait", "cast() returns once the broker confirmed the message"),
+        ],
+        help="How casts and fanout casts sent through the oslo.messaging driver "
+        "(rabbit-ha://) wait for the broker's publisher confirm. With background, "
+        "a cast that the broker returns, nacks or whose confirm is lost with the "
+        "connection is sent again until publish_timeout, and one that still fails "
+        "is logged as an error naming it; a cast that cannot even be written "
+        "raises at once, as with wait. With wait, cast() raises when the message "
+        "could not be delivered; a cast with a retry limit, or with the "
+        "at_least_once transport option, always waits. The library's own RPCClient.cast() always waits; "
+        "RPCClient.cast_async() returns a receipt instead.",
+    ),
     cfg.IntOpt(
         "rpc_max_message_size",
         default=16 * 1024 * 1024,

@@ -184,6 +184,7 @@ class Settings:
     ssl_enforce_hostname_verification: bool = True
     rpc_response_timeout: int = 60
     publish_timeout: float = 30.0
+    cast_confirm: str = "background"
     rpc_max_message_size: int = 16 * 1024 * 1024
     metrics_http_port: int | None = None
 

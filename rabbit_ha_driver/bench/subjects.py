@@ -79,6 +79,9 @@ class Subject(abc.ABC):
     name = ""
     #: Whether a figure applies (``oslo_fake`` has no connections).
     has_connections = True
+    #: Servers must run in the client's process (the fake driver's broker is
+    #: a Python object); others run them in a process of their own.
+    in_process_only = False
 
     def __init__(self, url: str, topic: str) -> None:
         self.url = url
@@ -283,6 +286,7 @@ class OsloFake(OsloSubject):
     name = "oslo_fake"
     scheme = "fake://"
     has_connections = False
+    in_process_only = True
 
     def open_connection(self) -> Any:
         raise NotImplementedError("the fake driver has no connections")

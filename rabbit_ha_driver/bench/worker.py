@@ -26,9 +26,12 @@ queues declared, code paths run once).
 
 from __future__ import annotations
 
+import abc
 import argparse
+import contextlib
 import gc
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -45,6 +48,8 @@ FANOUT_SERVERS = 3
 WARM_UP = 20
 #: How long the runner waits for every cast to arrive before failing the run.
 DRAIN_TIMEOUT = 60.0
+#: Seconds a server process gets to stop before it is killed.
+SERVER_EXIT_WAIT = 15.0
 
 
 def rss_kb() -> int:
@@ -128,15 +133,146 @@ def concurrent_calls(callers: list[Callable[[], Any]], seconds: float) -> float:
     return sum(counts) / elapsed
 
 
-def casts(subject: Subject, cast: Callable[[int], None], receivers: list[str],
-          seconds: float) -> float:
+class Servers(abc.ABC):
+    """The RPC servers of one measurement and what they received."""
+
+    @abc.abstractmethod
+    def wait(self, expected: dict[str, int], timeout: float) -> bool:
+        """True once each named server received at least that many casts."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Start counting from zero."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """What each server received since the last reset."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop the servers."""
+
+
+class LocalServers(Servers):
+    """Servers in this process (``oslo_fake``, whose broker lives in the process)."""
+
+    def __init__(self, subject: Subject, names: list[str], fanout_only: bool) -> None:
+        self._subject = subject
+        subject.start_servers(names, fanout_only=fanout_only)
+
+    def wait(self, expected: dict[str, int], timeout: float) -> bool:
+        return self._subject.counter.wait(expected, timeout)
+
+    def reset(self) -> None:
+        self._subject.counter.reset()
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._subject.counter.counts)
+
+    def close(self) -> None:
+        pass  # closed with the subject
+
+
+class RemoteServers(Servers):
+    """Servers in a process of their own, driven over its stdin and stdout.
+
+    Clients and servers of a real deployment are different processes; in
+    one process they would take turns on one interpreter lock and every
+    figure would mostly measure that.
+    """
+
+    def __init__(self, name: str, url: str, topic: str, names: list[str],
+                 fanout_only: bool) -> None:
+        command = [sys.executable, "-m", "rabbit_ha_driver.bench.worker", name, url,
+                   "--serve", topic, "--names", ",".join(names)]
+        if fanout_only:
+            command.append("--fanout")
+        self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, bufsize=1)
+        ready = self._read()
+        if ready != "ready":
+            self.close()
+            raise RuntimeError(f"the {name} server process did not start (said {ready!r})")
+
+    def _read(self) -> str:
+        assert self._proc.stdout is not None
+        return self._proc.stdout.readline().strip()
+
+    def _ask(self, command: str) -> str:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(command + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def wait(self, expected: dict[str, int], timeout: float) -> bool:
+        return self._ask(f"wait {timeout} {json.dumps(expected)}") == "ok"
+
+    def reset(self) -> None:
+        self._ask("reset")
+
+    def counts(self) -> dict[str, int]:
+        answer: dict[str, int] = json.loads(self._ask("counts") or "{}")
+        return answer
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self._ask("quit")
+            try:
+                self._proc.wait(SERVER_EXIT_WAIT)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def start_servers(subject: Subject, url: str, names: list[str], *,
+                  fanout_only: bool = False) -> Servers:
+    """Servers of ``subject``'s topic: in another process unless it is in-process only."""
+    if subject.in_process_only:
+        return LocalServers(subject, names, fanout_only)
+    return RemoteServers(subject.name, url, subject.topic, names, fanout_only)
+
+
+def serve(name: str, url: str, topic: str, names: list[str], fanout_only: bool) -> int:
+    """The server process: start the servers, then answer the runner's commands.
+
+    ``wait SECONDS {"server": count, ...}`` answers ``ok`` or ``timeout``;
+    ``reset``, ``counts`` (JSON) and ``quit``.
+    """
+    subject = make(name, url, topic)
+    try:
+        subject.start_servers(names, fanout_only=fanout_only)
+        print("ready", flush=True)
+        for line in sys.stdin:
+            command, _, rest = line.strip().partition(" ")
+            if command == "wait":
+                seconds, _, expected = rest.partition(" ")
+                done = subject.counter.wait(json.loads(expected), float(seconds))
+                print("ok" if done else "timeout", flush=True)
+            elif command == "reset":
+                subject.counter.reset()
+                print("ok", flush=True)
+            elif command == "counts":
+                print(json.dumps(subject.counter.counts), flush=True)
+            elif command == "quit":
+                print("bye", flush=True)
+                break
+            else:
+                print(f"unknown command {command!r}", flush=True)
+    finally:
+        subject.close()
+    return 0
+
+
+def casts(subject: Subject, servers: Servers, cast: Callable[[int], None],
+          receivers: list[str], seconds: float) -> float:
     """Casts a second, counted until each receiver got every one."""
     for n in range(WARM_UP):
         cast(n)
     subject.settle()
-    if not subject.counter.wait({r: WARM_UP for r in receivers}, DRAIN_TIMEOUT):
-        raise RuntimeError(f"warm-up casts did not all arrive: {subject.counter.counts}")
-    subject.counter.reset()
+    if not servers.wait({r: WARM_UP for r in receivers}, DRAIN_TIMEOUT):
+        raise RuntimeError(f"warm-up casts did not all arrive: {servers.counts()}")
+    servers.reset()
     clock = time.perf_counter
     started = clock()
     end = started + seconds
@@ -145,8 +281,8 @@ def casts(subject: Subject, cast: Callable[[int], None], receivers: list[str],
         cast(sent)
         sent += 1
     subject.settle()
-    if not subject.counter.wait({r: sent for r in receivers}, DRAIN_TIMEOUT):
-        raise RuntimeError(f"{sent} casts sent but only {subject.counter.counts} arrived "
+    if not servers.wait({r: sent for r in receivers}, DRAIN_TIMEOUT):
+        raise RuntimeError(f"{sent} casts sent but only {servers.counts()} arrived "
                            f"within {DRAIN_TIMEOUT:.0f}s")
     return sent / (clock() - started)
 
@@ -156,8 +292,9 @@ def run(name: str, url: str, seconds: float, *, memory: bool = True) -> dict[str
     figures: dict[str, float] = {}
     topic = f"rha-bench-{name}-{uuid.uuid4().hex[:8]}"
     subject = make(name, url, topic)
+    servers: Servers | None = None
     try:
-        subject.start_servers(["s0"])
+        servers = start_servers(subject, url, ["s0"])
         call = subject.caller()
         call()  # the reply queue and its thread, before memory is measured
         if memory:
@@ -171,16 +308,22 @@ def run(name: str, url: str, seconds: float, *, memory: bool = True) -> dict[str
         figures.update(sequential_calls(call, seconds))
         callers = [subject.caller() for _ in range(CLIENT_THREADS)]
         figures["concurrent_calls_per_s"] = concurrent_calls(callers, seconds)
-        figures["casts_per_s"] = casts(subject, subject.caster(), ["s0"], seconds)
+        figures["casts_per_s"] = casts(subject, servers, subject.caster(), ["s0"], seconds)
     finally:
+        if servers is not None:
+            servers.close()
         subject.close()
     fanout_topic = f"{topic}-fanout"
     subject = make(name, url, fanout_topic)
+    servers = None
     try:
         receivers = [f"f{i}" for i in range(FANOUT_SERVERS)]
-        subject.start_servers(receivers, fanout_only=True)
-        figures["fanout_per_s"] = casts(subject, subject.caster(fanout=True), receivers, seconds)
+        servers = start_servers(subject, url, receivers, fanout_only=True)
+        figures["fanout_per_s"] = casts(subject, servers, subject.caster(fanout=True),
+                                        receivers, seconds)
     finally:
+        if servers is not None:
+            servers.close()
         subject.close()
     return figures
 
@@ -191,7 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url")
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--serve", metavar="TOPIC",
+                        help="be the server process of a run (see RemoteServers)")
+    parser.add_argument("--names", default="s0", help="with --serve: server names, comma-separated")
+    parser.add_argument("--fanout", action="store_true", help="with --serve: fanout queues only")
     args = parser.parse_args(argv)
+    if args.serve:
+        return serve(args.subject, args.url, args.serve, args.names.split(","), args.fanout)
     figures = run(args.subject, args.url, args.seconds, memory=not args.no_memory)
     json.dump(figures, sys.stdout)
     sys.stdout.write("\n")

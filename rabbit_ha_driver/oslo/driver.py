@@ -34,6 +34,7 @@ from rabbit_ha_driver.rpc import envelope
 from rabbit_ha_driver.rpc.client import (
     ConnectionFactory,
     Publisher,
+    Receipt,
     RPCTransport,
     default_connection_factory,
 )
@@ -110,8 +111,45 @@ class RabbitHADriver(base.BaseDriver):
             return self._call(ctxt, message, exchange, key, budget, call_monitor_timeout, what)
         LOG.debug("CAST %s", what)
         body = self._encode(with_context(message, ctxt), what)
-        self._publish(body, exchange, key, budget, what, persistent=not fanout)
+        if (self.settings.cast_confirm == "background" and retry is None
+                and not budget.undeliverable):
+            # A sender that bounds the retries or asked to learn of
+            # undeliverable messages (at_least_once) waits for the outcome.
+            self._publish_async(body, exchange, key, budget, what, persistent=not fanout)
+        else:
+            self._publish(body, exchange, key, budget, what, persistent=not fanout)
         return None
+
+    def _publish_async(self, body: bytes, exchange: ExchangeSpec, key: str, budget: SendBudget,
+                       what: str, *, persistent: bool) -> None:
+        """A cast written now and confirmed later (``cast_confirm = background``).
+
+        Raises like :meth:`_publish` when it cannot be written; once written,
+        a cast the broker returns, nacks or whose confirm is lost is sent
+        again by the same rules (at least once: receivers drop a copy by its
+        ``_unique_id``) until the budget runs out, and a failure is logged.
+        """
+        durable = persistent and envelope.durable(self.settings)
+
+        def settled(receipt: Receipt) -> None:
+            if receipt.error is not None:
+                LOG.error("%s: not delivered: %s", what, receipt.error)
+            elif not receipt.sent and exchange.type == "fanout":
+                LOG.warning("%s reached no listener: no queue is bound to exchange %r",
+                            what, exchange.name)
+            elif not receipt.sent:
+                LOG.error("%s: not delivered: no queue is bound to exchange %r with key %r",
+                          what, exchange.name, key)
+
+        try:
+            self._transport.publisher.publish_async(
+                body, exchange, key, deadline=budget.send_by, what=what, persistent=durable,
+                retry_unroutable=budget.unroutable_for, retry_uncertain=True,
+                on_settled=settled)
+        except exc.MessagingTimeout as error:
+            raise self._gave_up(error, budget) from error
+        except exc.RabbitHAError as error:
+            raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
 
     def _call(self, ctxt: Any, message: Mapping[str, Any], exchange: ExchangeSpec, key: str,
               budget: SendBudget, call_monitor_timeout: float | None, what: str) -> Any:

@@ -290,6 +290,7 @@ class Publisher:
         declare: tuple[QueueSpec, ...] = (),
         retry_unroutable: float | None = None,
         retry_uncertain: bool = False,
+        on_settled: Callable[[Receipt], None] | None = None,
     ) -> Receipt:
         """Write ``body`` now and learn later whether the broker confirmed it.
 
@@ -301,7 +302,8 @@ class Publisher:
         :meth:`publish`'s rules when the receipt is settled. At most
         :data:`CONFIRM_WINDOW` receipts wait at a time: beyond that the
         oldest are settled before the next write, and a keeper thread
-        settles the rest once publishing pauses.
+        settles the rest once publishing pauses. ``on_settled(receipt)`` is
+        called once it is settled, in whichever thread settled it.
         """
         exchange_name = exchange.name if isinstance(exchange, ExchangeSpec) else exchange
 
@@ -328,8 +330,13 @@ class Publisher:
             finally:
                 self._lock.release()
         receipt = Receipt(what, conn, pending, resend, deadline=deadline, clock=self._clock,
-                          retry_uncertain=retry_uncertain)
-        self._keep(receipt)
+                          retry_uncertain=retry_uncertain, on_settled=on_settled)
+        if pending is None:
+            receipt.result()  # not written: publish() now, raising as it does
+        elif not pending.done:
+            self._keep(receipt)
+        else:
+            receipt.settle_quietly()  # settled already (no confirms, e.g. memory://)
         return receipt
 
     def _keep(self, receipt: Receipt) -> None:
@@ -420,8 +427,10 @@ class Receipt:
 
     def __init__(self, what: str, conn: Connection | None, pending: Pending | None,
                  resend: Callable[[], bool], *, deadline: float, clock: Clock,
-                 retry_uncertain: bool) -> None:
+                 retry_uncertain: bool,
+                 on_settled: Callable[[Receipt], None] | None = None) -> None:
         self.what = what
+        self._on_settled = on_settled
         self.deadline = deadline
         self._clock = clock
         self._conn = conn
@@ -437,6 +446,11 @@ class Receipt:
     def __repr__(self) -> str:
         state = ("sent" if self._sent else f"failed: {self.error}") if self._settled else "waiting"
         return f"<Receipt {self.what} {state}>"
+
+    @property
+    def sent(self) -> bool:
+        """Settled and confirmed (False while waiting, failed, or a fanout to nobody)."""
+        return self._settled and self._sent
 
     def settled_ok(self) -> bool:
         """True once confirmed (without waiting, without reading)."""
@@ -460,18 +474,29 @@ class Receipt:
                 finally:
                     self._settled = True
                     self._conn = self._pending = None
+                    self._report()
             elif self.error is not None:
                 raise self.error
             return self._sent
 
     def settle_quietly(self, timeout: float | None = None) -> bool:
-        """:meth:`result` that logs instead of raising; True if sent."""
+        """:meth:`result` that logs instead of raising (unless a callback
+        handles the outcome); True if sent."""
         try:
-            self.result(timeout)
-            return True
+            return self.result(timeout)
         except Exception as error:
-            LOG.error("%s: failed after it was written: %s", self.what, error)
+            if self._on_settled is None:
+                LOG.error("%s: failed after it was written: %s", self.what, error)
             return False
+
+    def _report(self) -> None:
+        callback, self._on_settled = self._on_settled, None
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception:
+                LOG.exception("%s: handling its outcome failed", self.what)
+        self._on_settled = callback
 
     def _settle(self, timeout: float | None) -> bool:
         conn, pending = self._conn, self._pending

@@ -32,6 +32,7 @@ a timeout.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import math
@@ -43,7 +44,7 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Connection, Deadline, State
 from rabbit_ha_driver.rpc import envelope
-from rabbit_ha_driver.rpc.client import Publisher
+from rabbit_ha_driver.rpc.client import Publisher, Receipt
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
 from rabbit_ha_driver.settings import Settings
 
@@ -491,7 +492,8 @@ class PollListener:
         while self._rejections:
             msg_id, reply_q, failure = self._rejections.popleft()
             self._publish_reply(
-                envelope.build_reply(msg_id, None, failure), reply_q,
+                envelope.encode(envelope.build_reply(msg_id, None, failure),
+                                self.settings.rpc_max_message_size, "refusal"), reply_q,
                 deadline=self._clock.now() + REJECTION_REPLY_TIMEOUT,
                 what=f"refusal of request {msg_id}", retry=False)
 
@@ -500,16 +502,17 @@ class PollListener:
         """Send a reply; replaces one that cannot be encoded by a failure."""
         assert incoming.msg_id and incoming.reply_q
         message = envelope.build_reply(incoming.msg_id, result, failure)
+        what = f"reply to {incoming.request.method} {incoming.msg_id}"
         try:
-            envelope.encode(message, self.settings.rpc_max_message_size, "reply")
+            body = envelope.encode(message, self.settings.rpc_max_message_size, "reply")
         except exc.InvalidMessage as error:
             LOG.warning("%r: cannot send the result of %s: %s", self,
                         incoming.request.method, error)
             message = envelope.build_reply(
                 incoming.msg_id, None,
                 envelope.encode_failure(exc.InvalidMessage(f"the result was not sent: {error}")))
-        self._publish_reply(message, incoming.reply_q, deadline=incoming.reply_deadline,
-                            what=f"reply to {incoming.request.method} {incoming.msg_id}")
+            body = envelope.encode(message, self.settings.rpc_max_message_size, what)
+        self._publish_reply(body, incoming.reply_q, deadline=incoming.reply_deadline, what=what)
 
     def send_heartbeat(self, incoming: RpcIncomingMessage) -> None:
         assert incoming.msg_id and incoming.reply_q
@@ -524,30 +527,39 @@ class PollListener:
             raise exc.Unroutable(f"reply queue {incoming.reply_q} is gone",
                                  operation="basic.publish")
 
-    def _publish_reply(self, message: dict[str, Any], reply_q: str, *, deadline: float,
+    def _publish_reply(self, body: bytes, reply_q: str, *, deadline: float,
                        what: str, retry: bool = True) -> None:
+        """Send a reply without waiting for its confirm; the outcome is handled when it comes.
+
+        The handler's thread is free once the reply is written; confirms of
+        replies sent one after the other are read together (see
+        :meth:`Publisher.publish_async`). A reply whose confirm was lost
+        with the connection is sent again: the caller drops a second copy
+        (by ``_unique_id``, or as a reply to a finished call), while a lost
+        one fails the call.
+        """
         now = self._clock.now()
         if self._gone_reply_queues.contains(reply_q, now):
             retry = False
-        try:
-            body = envelope.encode(message, self.settings.rpc_max_message_size, what)
-            # A reply whose confirm was lost with the connection is sent
-            # again: the caller drops a second copy (by _unique_id, or as a
-            # reply to a finished call), while a lost one fails the call.
-            sent = self._publisher.publish(
-                body, "", reply_q, deadline=max(deadline, now + 0.001), what=what,
-                retry_unroutable=None if retry else 0.0, retry_uncertain=True)
-        except exc.MessagingTimeout as error:
-            if isinstance(error.last_error, exc.Unroutable):
+
+        def settled(receipt: Receipt) -> None:
+            error = receipt.error
+            if isinstance(error, exc.MessagingTimeout):
+                if isinstance(error.last_error, exc.Unroutable):
+                    self._gone_reply_queues.add(reply_q, self._clock.now())
+                LOG.error("%s abandoned: %s", what, error)
+            elif error is not None:
+                LOG.error("%s failed: %s", what, error)
+            elif not receipt.sent:
                 self._gone_reply_queues.add(reply_q, self._clock.now())
-            LOG.error("%s abandoned: %s", what, error)
-            return
-        except exc.RabbitHAError as error:
-            LOG.error("%s failed: %s", what, error)
-            return
-        if not sent:
-            self._gone_reply_queues.add(reply_q, self._clock.now())
-            LOG.warning("%s dropped: reply queue %s does not exist", what, reply_q)
+                LOG.warning("%s dropped: reply queue %s does not exist", what, reply_q)
+
+        # Raises only when not even written, after settled() reported it.
+        with contextlib.suppress(exc.RabbitHAError):
+            self._publisher.publish_async(
+                body, "", reply_q, deadline=max(deadline, now + 0.001), what=what,
+                retry_unroutable=None if retry else 0.0, retry_uncertain=True,
+                on_settled=settled)
 
 
 # -- building listeners ----------------------------------------------------------
