@@ -77,7 +77,9 @@ class ConfirmTracker:
         self._prefix = f"rha{next(_channel_ids)}-{uuid.uuid4().hex[:8]}"
         self._seq = 0
         self._waiting: dict[int, Pending] = {}
-        self._by_id: dict[str, Pending] = {}
+        # Waiting messages by message_id, oldest first (an id set by the
+        # publisher may repeat; RabbitMQ returns messages in publish order).
+        self._by_id: dict[str, list[Pending]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -92,7 +94,7 @@ class ConfirmTracker:
         pending = Pending(self._seq, message_id)
         self._waiting[self._seq] = pending
         if message_id is not None:
-            self._by_id[message_id] = pending
+            self._by_id.setdefault(message_id, []).append(pending)
         return pending
 
     def on_ack(self, delivery_tag: int, multiple: bool = False) -> None:
@@ -103,8 +105,9 @@ class ConfirmTracker:
 
     def on_return(self, reply_code: int, reply_text: str, properties: dict[str, Any]) -> bool:
         """Note that the message with these properties came back; False if not ours."""
-        pending = self._by_id.get(properties.get("message_id") or "")
-        if pending is None or pending.done:
+        same_id = self._by_id.get(properties.get("message_id") or "", ())
+        pending = next((p for p in same_id if not p.done), None)
+        if pending is None:
             return False
         pending.reply_code, pending.reply_text = int(reply_code or 312), str(reply_text)
         pending.outcome = Outcome.RETURNED  # final once its ack arrives
@@ -119,10 +122,19 @@ class ConfirmTracker:
         for seq in tags:
             pending = waiting.pop(seq)
             if pending.message_id is not None:
-                self._by_id.pop(pending.message_id, None)
+                self._forget_id(pending)
             # A nack overrides a return; an ack leaves a return standing.
             if pending.outcome is None or outcome is Outcome.NACKED:
                 pending.outcome = outcome
+
+    def _forget_id(self, pending: Pending) -> None:
+        assert pending.message_id is not None
+        same_id = self._by_id.get(pending.message_id)
+        if same_id is None:
+            return
+        same_id.remove(pending)
+        if not same_id:
+            del self._by_id[pending.message_id]
 
     def lose_all(self) -> int:
         """The channel is gone: every waiting message's fate is unknown.

@@ -307,8 +307,8 @@ class Publisher:
         """
         exchange_name = exchange.name if isinstance(exchange, ExchangeSpec) else exchange
 
-        def resend() -> bool:
-            return self.publish(body, exchange, routing_key, deadline=deadline, what=what,
+        def resend(until: float) -> bool:
+            return self.publish(body, exchange, routing_key, deadline=until, what=what,
                                 ttl=ttl, persistent=persistent, declare=declare,
                                 retry_unroutable=retry_unroutable,
                                 retry_uncertain=retry_uncertain)
@@ -426,7 +426,7 @@ class Receipt:
     """
 
     def __init__(self, what: str, conn: Connection | None, pending: Pending | None,
-                 resend: Callable[[], bool], *, deadline: float, clock: Clock,
+                 resend: Callable[[float], bool], *, deadline: float, clock: Clock,
                  retry_uncertain: bool,
                  on_settled: Callable[[Receipt], None] | None = None) -> None:
         self.what = what
@@ -499,11 +499,11 @@ class Receipt:
         self._on_settled = callback
 
     def _settle(self, timeout: float | None) -> bool:
+        until = self.deadline
+        if timeout is not None:
+            until = min(until, self._clock.now() + timeout)
         conn, pending = self._conn, self._pending
         if conn is not None and pending is not None:
-            until = self.deadline
-            if timeout is not None:
-                until = min(until, self._clock.now() + timeout)
             conn.wait_confirm(pending, Deadline(until, self._clock))
             if pending.outcome is Outcome.ACKED:
                 return True
@@ -513,7 +513,7 @@ class Receipt:
                     "the broker confirmed it; not sent again", operation="basic.publish")
             LOG.debug("%s: %s; sending it again", self.what,
                       pending.outcome.value if pending.outcome else "unsettled")
-        return self._resend()
+        return self._resend(until)
 
 
 # -- transport -----------------------------------------------------------------

@@ -53,6 +53,8 @@ LOG = logging.getLogger(__name__)
 
 #: How long :meth:`MessageHandlingServer.stop` waits for the loop to end.
 STOP_TIMEOUT = 5.0
+#: How often :meth:`MessageHandlingServer.stop` looks whether polling ended.
+TOKEN_WAIT = 0.05
 
 
 class NoSuchMethod(exc.RabbitHAError, AttributeError):
@@ -205,6 +207,11 @@ class MessageHandlingServer(abc.ABC):
         self._publisher: Publisher | None = None
         self._join: Callable[[float | None], bool] | None = None
         self._state = "new"
+        # Leader/followers: whoever holds the token polls; the worker that
+        # receives a message hands the token on and handles the message
+        # itself. Once polling has ended the token stays taken.
+        self._token = threading.Lock()
+        self._loop_done = threading.Event()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self._state}>"
@@ -255,27 +262,52 @@ class MessageHandlingServer(abc.ABC):
                             "background", self, self._start_timeout)
             self._listener, self._publisher = listener, publisher
             self._state = "running"
-            self._join = self._executor.spawn(self._loop, name=f"rpc-server-{self.name}")
+            self._join = self._loop_done.wait
+            if not self._executor.reserve(self._start_timeout):
+                raise RuntimeError(f"{self!r}: no free worker to poll with")
+            self._executor.submit(self._lead)
             LOG.info("%r: started (%s executor, %d workers)", self, self._executor.name,
                      self._executor.max_workers)
 
-    def _loop(self) -> None:
+    def _lead(self) -> None:
+        """On a worker: poll while holding the token; hand it on, handle the message.
+
+        A worker that gets a message passes the polling to a free worker (or,
+        when none is free, polls again itself once done) and handles the
+        message on its own thread, so a request is handled by the thread that
+        read it and no hand-over lies between them. A worker that finds the
+        token taken has nothing to do.
+        """
         listener, executor = self._listener, self._executor
         assert listener is not None
-        while not listener.stopped:
-            if not executor.reserve(DRAIN_SLICE):
-                listener.poll(timeout=0, batch_size=0)  # carry out queued acks
-                continue
+        while self._token.acquire(blocking=False):
+            incoming: IncomingMessage | None = None
+            while incoming is None:
+                if listener.stopped or self._loop_done.is_set():
+                    self._end_polling(listener)
+                    return  # the token stays taken: nobody polls any more
+                try:
+                    batch = listener.poll(timeout=DRAIN_SLICE, batch_size=1)
+                except Exception:
+                    LOG.exception("%r: polling failed", self)
+                    batch = []
+                if batch:
+                    incoming = batch[0]
+            self._token.release()
+            if executor.reserve(0):
+                executor.submit(self._lead)
+                self._handle(incoming)
+                return
+            self._handle(incoming)
+            # Every worker was busy: lead again unless one that finished since did.
+
+    def _end_polling(self, listener: PollListener) -> None:
+        """With the token held: stop consuming, give back what was not handed out."""
+        if not self._loop_done.is_set():
             try:
-                batch = listener.poll(timeout=DRAIN_SLICE, batch_size=1)
-            except Exception:
-                LOG.exception("%r: polling failed", self)
-                batch = []
-            if not batch:
-                executor.release()
-                continue
-            executor.submit(functools.partial(self._handle, batch[0]))
-        listener.poll(timeout=0)  # stop consuming, give back what was not handed out
+                listener.poll(timeout=0)
+            finally:
+                self._loop_done.set()
 
     def stop(self) -> None:
         """Stop taking messages; returns once the loop ended (never hangs)."""
@@ -286,6 +318,14 @@ class MessageHandlingServer(abc.ABC):
             listener, join = self._listener, self._join
         assert listener is not None and join is not None
         listener.stop()
+        # A polling worker ends within a drain slice. If every worker is busy
+        # handling, nobody polls: end the polling here instead.
+        for _ in range(int(STOP_TIMEOUT / TOKEN_WAIT)):
+            if self._loop_done.is_set():
+                break
+            if self._token.acquire(timeout=TOKEN_WAIT):
+                self._end_polling(listener)
+                break
         if not join(STOP_TIMEOUT):
             LOG.warning("%r: the polling loop did not end within %ss", self, STOP_TIMEOUT)
         LOG.info("%r: stopped taking messages", self)
