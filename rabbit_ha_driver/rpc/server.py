@@ -27,7 +27,6 @@ its monitor timeout while the method runs.
 from __future__ import annotations
 
 import abc
-import functools
 import inspect
 import logging
 import threading
