@@ -49,7 +49,7 @@ import kombu
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection import errors
+from rabbit_ha_driver.connection import errors, frames
 from rabbit_ha_driver.connection.amqp_io import Liveness
 from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome, Pending, settled
 from rabbit_ha_driver.connection.hosts import HostRing
@@ -412,6 +412,16 @@ class Connection:
             message_id = None
             if tracker is not None and mandatory:
                 message_id = props.setdefault("message_id", tracker.next_message_id())
+            if tracker is not None:
+                raw = self._raw
+                data = frames.publish(channel.channel_id, raw.frame_max, exchange, routing_key,
+                                      body, {**props, "headers": headers}, mandatory=mandatory)
+                if data is not None:
+                    self._read_waiting()
+                    self._wait_unblocked(deadline)
+                    raw.transport.write(data)
+                    raw.bytes_sent += 1
+                    return tracker.published(message_id)
             message = channel.prepare_message(
                 body, props.pop("priority", None), props.pop("content_type", None),
                 props.pop("content_encoding", None), headers, props)
@@ -422,6 +432,17 @@ class Connection:
             return tracker.published(message_id)
 
         return self.ensure(attempt, operation="basic.publish", deadline=deadline)
+
+    def _read_waiting(self) -> None:
+        """Dispatch the frames that already arrived (confirms, a blocked notice).
+
+        What py-amqp's own publish does first; here only when the socket or
+        the read-ahead buffer holds something, so nothing waits and no
+        timeout is set for nothing.
+        """
+        liveness = self.liveness
+        if liveness is not None and liveness.link is not None and liveness.link.pending_bytes():
+            self._drain_once(0.0)
 
     def wait_confirm(self, pending: Pending, deadline: Deadline | None = None) -> None:
         """Read this connection until ``pending`` is settled (see :class:`Outcome`).
@@ -491,11 +512,22 @@ class Connection:
 
     def ack(self, message: Any) -> bool:
         """Acknowledge ``message``; False if its channel is gone (the broker redelivers)."""
-        return self._settle(message, "basic.ack", lambda m: m.ack())
+        return self._settle(message, "basic.ack", self._write_ack if self._confirms
+                            else lambda m: m.ack())
 
     def reject(self, message: Any, requeue: bool = False) -> bool:
         """Reject (and maybe requeue) ``message``; False if its channel is gone."""
         return self._settle(message, "basic.reject", lambda m: m.reject(requeue=requeue))
+
+    def _write_ack(self, message: Any) -> None:
+        """``basic.ack`` written directly (see :mod:`frames`), the delivery marked acked."""
+        if not hasattr(message, "_state"):
+            message.ack()
+            return
+        raw = self._raw
+        raw.transport.write(frames.ack(message.channel.channel_id, message.delivery_tag))
+        raw.bytes_sent += 1
+        message._state = "ACK"  # what kombu's Message.ack() records
 
     def _settle(self, message: Any, operation: str, fn: Callable[[Any], None]) -> bool:
         with self._lock:

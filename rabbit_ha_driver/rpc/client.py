@@ -73,6 +73,8 @@ CONFIRM_WINDOW = 512
 #: The keeper thread settles waiting receipts once no message was written
 #: for this many seconds.
 KEEPER_IDLE = 0.02
+#: The keeper thread ends after this many seconds with nothing to settle.
+KEEPER_EXIT = 1.0
 #: Seconds a closing publisher gives its waiting receipts.
 CLOSE_SETTLE = 5.0
 
@@ -136,6 +138,7 @@ class Publisher:
         self._last_async = 0.0
         self._keeper: threading.Thread | None = None
         self._keeper_wake = threading.Event()
+        self._closing = False
 
     def __repr__(self) -> str:
         return f"<Publisher {self._purpose} {self._conn!r}>"
@@ -153,11 +156,13 @@ class Publisher:
         declare: tuple[QueueSpec, ...] = (),
         retry_unroutable: float | None = None,
         retry_uncertain: bool = False,
+        expires_at: float | None = None,
     ) -> bool:
         """Publish ``body`` before ``deadline`` (a time on the clock).
 
         ``exchange`` is declared first unless it is the default exchange
-        (``""``). With ``ttl`` the message expires when the deadline passes.
+        (``""``). With ``ttl`` the message expires when the deadline passes
+        (or at ``expires_at``, when given).
         Unroutable messages are retried until the deadline, or for
         ``retry_unroutable`` seconds, after which False is returned. With
         ``retry_uncertain`` a message whose confirm was lost with the
@@ -190,7 +195,8 @@ class Publisher:
                 attempts += 1
                 self._attempt(body, exchange, exchange_name, routing_key, deadline,
                               ttl=ttl, persistent=persistent, declare=declare,
-                              retry_uncertain=retry_uncertain)
+                              retry_uncertain=retry_uncertain,
+                              expires_at=expires_at or deadline)
                 return True
             except exc.Unroutable as error:
                 last_error = error
@@ -269,11 +275,12 @@ class Publisher:
 
     def _attempt(self, body: bytes, exchange: ExchangeSpec | str, exchange_name: str,
                  routing_key: str, deadline: float, *, ttl: bool, persistent: bool,
-                 declare: tuple[QueueSpec, ...], retry_uncertain: bool) -> None:
+                 declare: tuple[QueueSpec, ...], retry_uncertain: bool,
+                 expires_at: float) -> None:
         conn = self._connection()
         dl = Deadline(deadline, self._clock)
-        properties = self._prepare(conn, exchange, dl, deadline, ttl=ttl, persistent=persistent,
-                                   declare=declare)
+        properties = self._prepare(conn, exchange, dl, expires_at, ttl=ttl,
+                                   persistent=persistent, declare=declare)
         conn.publish(body, exchange_name, routing_key, properties=properties,
                      mandatory=True, deadline=dl, retry_uncertain=retry_uncertain)
 
@@ -308,7 +315,8 @@ class Publisher:
         exchange_name = exchange.name if isinstance(exchange, ExchangeSpec) else exchange
 
         def resend(until: float) -> bool:
-            return self.publish(body, exchange, routing_key, deadline=until, what=what,
+            return self.publish(body, exchange, routing_key, deadline=until, expires_at=deadline,
+                                what=what,
                                 ttl=ttl, persistent=persistent, declare=declare,
                                 retry_unroutable=retry_unroutable,
                                 retry_uncertain=retry_uncertain)
@@ -348,7 +356,7 @@ class Publisher:
             overflow = ([outstanding.popleft() for _ in range(len(outstanding) // 2)]
                         if len(outstanding) > CONFIRM_WINDOW else [])
             self._last_async = self._clock.now()
-            if self._keeper is None and not self._closed:
+            if self._keeper is None and not self._closing:
                 self._keeper = threading.Thread(target=self._keep_settling, daemon=True,
                                                 name=f"confirms-{self._purpose}")
                 self._keeper.start()
@@ -356,18 +364,33 @@ class Publisher:
             old.settle_quietly()
 
     def _keep_settling(self) -> None:
-        """The keeper thread: settle receipts nobody settled once publishing pauses."""
-        while not self._closed:
+        """The keeper thread: settle receipts nobody settled once publishing pauses.
+
+        It looks every :data:`KEEPER_IDLE` seconds and ends after
+        :data:`KEEPER_EXIT` seconds with nothing to settle (the next
+        :meth:`publish_async` starts another), so an idle publisher costs no
+        wake-ups.
+        """
+        empty_since = self._clock.now()
+        while not self._closing:
             with self._outstanding_lock:
-                idle = self._clock.now() - self._last_async
+                now = self._clock.now()
+                idle = now - self._last_async
                 batch = list(self._outstanding) if idle >= KEEPER_IDLE else []
                 if batch:
                     self._outstanding.clear()
+                if batch or self._outstanding:
+                    empty_since = now
+                elif now - empty_since >= KEEPER_EXIT:
+                    self._keeper = None
+                    return
             if not batch:
                 self._keeper_wake.wait(KEEPER_IDLE)
                 continue
             for receipt in batch:
                 receipt.settle_quietly()
+        with self._outstanding_lock:
+            self._keeper = None
 
     def settle_all(self, timeout: float | None = None) -> list[Receipt]:
         """Settle every outstanding receipt; returns those that failed."""
@@ -401,11 +424,15 @@ class Publisher:
         Receipts still waiting get up to :data:`CLOSE_SETTLE` seconds; any
         that fail are logged, naming the message.
         """
+        self._closing = True
+        self._keeper_wake.set()
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(CLOSE_SETTLE)  # it finishes the batch it took
         for receipt in self.settle_all(CLOSE_SETTLE):
             LOG.error("%s: not confirmed by the broker before the publisher closed: %s",
                       receipt.what, receipt.error)
         self._closed = True
-        self._keeper_wake.set()
         acquired = self._lock.acquire(timeout=2.0)
         try:
             conn, self._conn = self._conn, None

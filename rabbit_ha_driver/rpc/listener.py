@@ -345,6 +345,10 @@ class PollListener:
                 return out
             self._drain(min(left, DRAIN_SLICE))
 
+    def has_waiting(self) -> bool:
+        """Whether messages were received that :meth:`poll` has not handed out yet."""
+        return bool(self._incoming)
+
     def _take(self, incoming: IncomingMessage) -> bool:
         """Acknowledge a request before it runs; False if it must not run."""
         uid = incoming.unique_id

@@ -30,6 +30,7 @@ import abc
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +55,11 @@ LOG = logging.getLogger(__name__)
 STOP_TIMEOUT = 5.0
 #: How often :meth:`MessageHandlingServer.stop` looks whether polling ended.
 TOKEN_WAIT = 0.05
+#: A message handled by the worker that polled holds up the next one at most
+#: this long (seconds) before another worker takes over the polling.
+PROMOTE_AFTER = 0.005
+#: Seconds without handling after which the watcher stops looking regularly.
+WATCH_IDLE = 1.0
 
 
 class NoSuchMethod(exc.RabbitHAError, AttributeError):
@@ -211,6 +217,10 @@ class MessageHandlingServer(abc.ABC):
         # itself. Once polling has ended the token stays taken.
         self._token = threading.Lock()
         self._loop_done = threading.Event()
+        #: When the last leader let go of the token to handle a message
+        #: itself (None: someone polls, or nobody handles).
+        self._freed_at: float | None = None
+        self._watcher_wake = threading.Event()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self._state}>"
@@ -265,21 +275,27 @@ class MessageHandlingServer(abc.ABC):
             if not self._executor.reserve(self._start_timeout):
                 raise RuntimeError(f"{self!r}: no free worker to poll with")
             self._executor.submit(self._lead)
+            self._executor.spawn(self._watch, name=f"rpc-watch-{self.name}")
             LOG.info("%r: started (%s executor, %d workers)", self, self._executor.name,
                      self._executor.max_workers)
 
     def _lead(self) -> None:
-        """On a worker: poll while holding the token; hand it on, handle the message.
+        """On a worker: poll while holding the token, then handle what came.
 
-        A worker that gets a message passes the polling to a free worker (or,
-        when none is free, polls again itself once done) and handles the
-        message on its own thread, so a request is handled by the thread that
-        read it and no hand-over lies between them. A worker that finds the
+        Leader/followers: the worker that reads a message handles it itself,
+        so no hand-over between threads lies between reading a request and
+        running it. Before handling, it hands the polling on to a free worker
+        when more messages are already waiting; otherwise it handles first
+        and polls again after, and the server's watcher hands the polling on
+        if the handling takes longer than :data:`PROMOTE_AFTER`. So a slow
+        handler never holds up the next request for long, and a stream of
+        quick ones costs no thread switch each. A worker that finds the
         token taken has nothing to do.
         """
         listener, executor = self._listener, self._executor
         assert listener is not None
         while self._token.acquire(blocking=False):
+            self._freed_at = None
             incoming: IncomingMessage | None = None
             while incoming is None:
                 if listener.stopped or self._loop_done.is_set():
@@ -292,13 +308,41 @@ class MessageHandlingServer(abc.ABC):
                     batch = []
                 if batch:
                     incoming = batch[0]
-            self._token.release()
-            if executor.reserve(0):
+            if listener.has_waiting() and executor.reserve(0):
+                self._token.release()
                 executor.submit(self._lead)
                 self._handle(incoming)
                 return
+            self._freed_at = time.monotonic()
+            self._token.release()
+            self._watcher_wake.set()
             self._handle(incoming)
-            # Every worker was busy: lead again unless one that finished since did.
+
+    def _watch(self) -> None:
+        """Hand the polling to a free worker when the leader's handling runs long.
+
+        While messages keep coming it looks every :data:`PROMOTE_AFTER`
+        seconds; after :data:`WATCH_IDLE` seconds without handling it waits
+        for the next one instead.
+        """
+        idle_since = time.monotonic()
+        while not self._loop_done.is_set():
+            freed = self._freed_at
+            now = time.monotonic()
+            if freed is None:
+                if now - idle_since >= WATCH_IDLE:
+                    self._watcher_wake.clear()
+                    if self._freed_at is None:
+                        self._watcher_wake.wait(WATCH_IDLE)
+                    idle_since = time.monotonic()
+                    continue
+            else:
+                idle_since = now
+                if (now - freed >= PROMOTE_AFTER and not self._token.locked()
+                        and self._executor.reserve(0)):
+                    self._freed_at = None
+                    self._executor.submit(self._lead)
+            self._loop_done.wait(PROMOTE_AFTER)
 
     def _end_polling(self, listener: PollListener) -> None:
         """With the token held: stop consuming, give back what was not handed out."""
