@@ -49,6 +49,7 @@ from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import amqp.transport
+from amqp.exceptions import UnexpectedFrame
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
@@ -245,6 +246,30 @@ def buffered_reader(transport: Any) -> Callable[..., bytes]:
     return read
 
 
+def buffered_frame_reader(transport: Any, read_frame: Callable[[], Any]) -> Callable[..., Any]:
+    """``read_frame`` that takes a frame read ahead whole in one slice.
+
+    A frame is a 7-byte header (type, channel, payload size), the payload
+    and the end octet ``0xCE``. When all of it is in the transport's
+    buffer it is cut out directly; otherwise py-amqp's ``read_frame``
+    (reading through :func:`buffered_reader`) does the work.
+    """
+
+    def read(*args: Any) -> Any:
+        buf = transport._read_buffer
+        if len(buf) >= 8:
+            end = int.from_bytes(buf[3:7], "big") + 8
+            if len(buf) >= end:
+                transport._read_buffer = buf[end:]
+                if buf[end - 1] != 0xCE:
+                    raise UnexpectedFrame(
+                        f"Received frame_end {buf[end - 1]:#04x} while expecting 0xce")
+                return buf[0], int.from_bytes(buf[1:3], "big"), bytes(buf[7:end - 1])
+        return read_frame()
+
+    return read
+
+
 class AmqpLink:
     """One py-amqp connection seen by a runner (implements ``runners.Monitored``).
 
@@ -301,6 +326,7 @@ class AmqpLink:
             self._replace("_quick_recv", observed_recv)
             if not self.tls and callable(getattr(t, "_read", None)):
                 self._replace("_read", buffered_reader(t))
+                self._replace("read_frame", buffered_frame_reader(t, t.read_frame))
         self._last_out = clock.now()
         return self
 
