@@ -121,18 +121,24 @@ class RabbitHADriver(base.BaseDriver):
         return None
 
     def _publish_async(self, body: bytes, exchange: ExchangeSpec, key: str, budget: SendBudget,
-                       what: str, *, persistent: bool) -> None:
-        """A cast written now and confirmed later (``cast_confirm = background``).
+                       what: str, *, persistent: bool, call: bool = False) -> None:
+        """A message written now and confirmed later.
 
-        Raises like :meth:`_publish` when it cannot be written; once written,
-        a cast the broker returns, nacks or whose confirm is lost is sent
-        again by the same rules (at least once: receivers drop a copy by its
-        ``_unique_id``) until the budget runs out, and a failure is logged.
+        Casts (``cast_confirm = background``) and call requests, whose reply
+        says more than the confirm. Raises like :meth:`_publish` when it
+        cannot be written; once written, a message the broker returns or
+        nacks is sent again by the same rules until the budget runs out, and
+        a failure is logged. A cast whose confirm is lost with the connection
+        is sent again (at least once: receivers drop a copy by its
+        ``_unique_id``); a call's request is not, and its reply is awaited.
         """
         durable = persistent and envelope.durable(self.settings)
 
         def settled(receipt: Receipt) -> None:
-            if receipt.error is not None:
+            if call and isinstance(receipt.error, exc.ConnectionLost):
+                LOG.warning("%s: %s; the request may have arrived, waiting for its reply",
+                            what, receipt.error)
+            elif receipt.error is not None:
                 LOG.error("%s: not delivered: %s", what, receipt.error)
             elif not receipt.sent and exchange.type == "fanout":
                 LOG.warning("%s reached no listener: no queue is bound to exchange %r",
@@ -144,8 +150,12 @@ class RabbitHADriver(base.BaseDriver):
         try:
             self._transport.publisher.publish_async(
                 body, exchange, key, deadline=budget.send_by, what=what, persistent=durable,
-                retry_unroutable=budget.unroutable_for, retry_uncertain=True,
+                ttl=call, retry_unroutable=budget.unroutable_for, retry_uncertain=not call,
                 on_settled=settled)
+        except exc.ConnectionLost as error:
+            if not call:
+                raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
+            # A call's request that may have arrived: settled() logged it.
         except exc.MessagingTimeout as error:
             raise self._gave_up(error, budget) from error
         except exc.RabbitHAError as error:
@@ -170,7 +180,10 @@ class RabbitHADriver(base.BaseDriver):
             except exc.RabbitHAError as error:
                 raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
             LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)
-            self._publish(body, exchange, key, budget, what, ttl=True, outcome_unknown_ok=True)
+            if budget.undeliverable:
+                self._publish(body, exchange, key, budget, what, ttl=True, outcome_unknown_ok=True)
+            else:
+                self._publish_async(body, exchange, key, budget, what, persistent=True, call=True)
             try:
                 return waiters.wait(pending)
             except exc.MessagingTimeout as error:

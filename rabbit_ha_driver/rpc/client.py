@@ -36,6 +36,7 @@ Wire format and names are oslo.messaging's rabbit driver's (see
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import math
@@ -665,6 +666,16 @@ def as_target(target: Target | str | Any, server: str | None = None) -> Target:
 _UNSET: Any = object()
 
 
+def _request_settled(receipt: Receipt) -> None:
+    """How a call's request fared with the broker, once known (logged only)."""
+    error = receipt.error
+    if isinstance(error, exc.ConnectionLost):
+        LOG.warning("%s: %s; the request may have arrived, waiting for its reply",
+                    receipt.what, error)
+    elif error is not None:
+        LOG.error("%s: the request was not delivered: %s", receipt.what, error)
+
+
 class RPCClient:
     """Calls and casts to a target; safe to share between (green) threads.
 
@@ -782,12 +793,14 @@ class RPCClient:
             replies.ensure_started(deadline, what)
             exchange, key = self._route()
             LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)
-            try:
-                transport.publisher.publish(body, exchange, key, deadline=deadline, what=what,
-                                            ttl=True, persistent=durable(settings))
-            except exc.ConnectionLost as error:
-                LOG.warning("%s: %s; the request may have arrived, waiting for its reply",
-                            what, error)
+            # The reply tells more than the confirm: wait for it straight
+            # away. A request the broker returns or nacks is sent again by
+            # whoever reads its confirm; one whose confirm was lost with the
+            # connection may have arrived, so its reply is awaited.
+            with contextlib.suppress(exc.ConnectionLost):  # logged by _request_settled
+                transport.publisher.publish_async(
+                    body, exchange, key, deadline=deadline, what=what, ttl=True,
+                    persistent=durable(settings), on_settled=_request_settled)
             result = transport.waiters.wait(pending)
         except exc.MessagingTimeout:
             transport.events.emit(CallTimedOut(*where(), timeout))
