@@ -453,6 +453,11 @@ class Receipt:
     after a confirm. Thread-safe; settling happens once.
     """
 
+    #: What was sent, for logs (``cast 'method' to topic``).
+    what: str
+    #: Why it failed, once settled (None if sent).
+    error: BaseException | None
+
     def __init__(self, what: str, conn: Connection | None, pending: Pending | None,
                  resend: Callable[[float], bool], *, deadline: float, clock: Clock,
                  retry_uncertain: bool,
@@ -468,8 +473,7 @@ class Receipt:
         self._lock = threading.Lock()
         self._settled = False
         self._sent = False
-        #: Why it failed, once settled (None if sent).
-        self.error: BaseException | None = None
+        self.error = None
 
     def __repr__(self) -> str:
         state = ("sent" if self._sent else f"failed: {self.error}") if self._settled else "waiting"
