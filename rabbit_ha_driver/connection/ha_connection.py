@@ -73,6 +73,10 @@ LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+#: Seconds a read of frames that already arrived may wait for the rest of one.
+WAITING_READ = 0.001
+
+
 class State(enum.Enum):
     """Lifecycle of a connection."""
 
@@ -404,6 +408,11 @@ class Connection:
         """
         deadline = deadline or self._default_deadline()
         base_props = properties or {}
+        if self._confirms and self._state is State.CONNECTED:
+            written = self._publish_open(body, exchange, routing_key, headers, base_props,
+                                         mandatory, deadline)
+            if written is not None:
+                return written
 
         def attempt(channel: Any) -> Pending:
             self._wait_unblocked(deadline)
@@ -417,11 +426,17 @@ class Connection:
                 data = frames.publish(channel.channel_id, raw.frame_max, exchange, routing_key,
                                       body, {**props, "headers": headers}, mandatory=mandatory)
                 if data is not None:
-                    self._read_waiting()
-                    self._wait_unblocked(deadline)
                     raw.transport.write(data)
                     raw.bytes_sent += 1
-                    return tracker.published(message_id)
+                    pending = tracker.published(message_id)
+                    # After the write, not before: the message is on its way
+                    # while the confirms (or a blocked notice) are read. It
+                    # was written, so a failure here must not send it again.
+                    try:
+                        self._read_waiting()
+                    except Exception as error:
+                        self._lost(f"reading after a publish failed: {error}")
+                    return pending
             message = channel.prepare_message(
                 body, props.pop("priority", None), props.pop("content_type", None),
                 props.pop("content_encoding", None), headers, props)
@@ -433,16 +448,66 @@ class Connection:
 
         return self.ensure(attempt, operation="basic.publish", deadline=deadline)
 
+    def _publish_open(self, body: bytes, exchange: str, routing_key: str,
+                      headers: dict[str, Any] | None, base_props: dict[str, Any],
+                      mandatory: bool, deadline: Deadline) -> Pending | None:
+        """The common case of :meth:`publish_nowait`, without :meth:`ensure`'s machinery.
+
+        On an open, unblocked AMQP connection nothing can need recovering
+        before the write, and a write needs no request deadline. Returns
+        None, having written nothing, whenever :meth:`ensure` must decide
+        (busy lock, state changed, a property left to py-amqp, a failed
+        write).
+        """
+        wait = deadline.remaining()
+        if not self._lock.acquire(timeout=-1 if wait == float("inf") else max(0.0, wait)):
+            return None
+        try:
+            channel, raw = self._channel, self._raw
+            if self._state is not State.CONNECTED or channel is None or os.getpid() != self._pid:
+                return None
+            tracker = self._tracker
+            props = dict(base_props)
+            message_id = None
+            if mandatory:
+                message_id = props.setdefault("message_id", tracker.next_message_id())
+            data = frames.publish(channel.channel_id, raw.frame_max, exchange, routing_key, body,
+                                  {**props, "headers": headers}, mandatory=mandatory)
+            if data is None:
+                return None
+            try:
+                raw.transport.write(data)
+            except Exception as error:
+                # Nothing of it reached the broker as a whole message:
+                # ensure() reconnects and sends it.
+                self._lost(str(errors.translate(error, "basic.publish", self._addr())))
+                return None
+            raw.bytes_sent += 1
+            pending = tracker.published(message_id)
+            try:
+                self._read_waiting()
+            except Exception as error:  # written: never sent again from here
+                self._lost(f"reading after a publish failed: {error}")
+            return pending
+        finally:
+            self._lock.release()
+
     def _read_waiting(self) -> None:
         """Dispatch the frames that already arrived (confirms, a blocked notice).
 
-        What py-amqp's own publish does first; here only when the socket or
-        the read-ahead buffer holds something, so nothing waits and no
-        timeout is set for nothing.
+        What py-amqp's own publish does first; here after the write, only
+        when the socket or the read-ahead buffer holds something (so nothing
+        waits and no timeout is set for nothing), and every frame already
+        read ahead whole, so confirms never pile up.
         """
         liveness = self.liveness
-        if liveness is not None and liveness.link is not None and liveness.link.pending_bytes():
-            self._drain_once(0.0)
+        link = liveness.link if liveness is not None else None
+        if link is None or not link.pending_bytes():
+            return
+        raw = self._raw
+        self._drain_once(WAITING_READ)
+        while raw is self._raw and isinstance(raw, DeadlineConnection) and raw.frame_buffered():
+            self._drain_once(WAITING_READ)
 
     def wait_confirm(self, pending: Pending, deadline: Deadline | None = None) -> None:
         """Read this connection until ``pending`` is settled (see :class:`Outcome`).

@@ -44,6 +44,13 @@ class DeadlineConnection(kombu_pyamqp.Connection):
         # py-amqp's drain_events() calls this once per frame and loops past
         # heartbeat frames with the same timeout, so both deadlines are
         # applied here, to every single read.
+        transport = self.transport
+        buffered = transport._read_buffer
+        if len(buffered) >= 8 and len(buffered) >= 8 + _frame_size(buffered):
+            # A whole frame is already read ahead (see amqp_io.buffered_reader):
+            # parse it without touching the socket or its timeout; it needs
+            # no waiting, so no deadline applies.
+            return self.on_inbound_frame(transport.read_frame())
         now = time.monotonic()
         request, drain = self.request_deadline, self.drain_deadline
         if request is not None:
@@ -54,18 +61,17 @@ class DeadlineConnection(kombu_pyamqp.Connection):
             if now >= drain:
                 raise TimeoutError("timed out")
             timeout = drain - now if timeout is None else min(timeout, drain - now)
-        transport = self.transport
-        buffered = transport._read_buffer
-        if len(buffered) >= 8 and len(buffered) >= 8 + _frame_size(buffered):
-            # A whole frame is already read ahead (see amqp_io.buffered_reader):
-            # parse it without touching the socket or its timeout.
-            return self.on_inbound_frame(transport.read_frame())
         try:
             return super().blocking_read(timeout)
         except TimeoutError:
             if request is not None and time.monotonic() >= request:
                 raise RequestTimeout(self.request_operation, self.request_budget) from None
             raise
+
+    def frame_buffered(self) -> bool:
+        """Whether a whole frame waits in the read-ahead buffer."""
+        buffered = self.transport._read_buffer if self.transport is not None else b""
+        return len(buffered) >= 8 and len(buffered) >= 8 + _frame_size(buffered)
 
     def drain_for(self, seconds: float) -> Any:
         """Dispatch incoming frames for at most ``seconds``, heartbeats included."""
