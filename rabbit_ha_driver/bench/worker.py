@@ -194,6 +194,11 @@ class RemoteServers(Servers):
             self.close()
             raise RuntimeError(f"the {name} server process did not start (said {ready!r})")
 
+    @property
+    def pid(self) -> int:
+        """The server process's id."""
+        return self._proc.pid
+
     def _read(self) -> str:
         assert self._proc.stdout is not None
         return self._proc.stdout.readline().strip()
