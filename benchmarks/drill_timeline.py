@@ -65,10 +65,11 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from tests.functional.faults import SilentDropper, rabbit_cluster
+from tests.functional import faults
+from tests.functional.faults import SilentDropper, rabbit_cluster, wait_until
 
 LOG = logging.getLogger(__name__)
 
@@ -300,18 +301,9 @@ class Caller(threading.Thread):
 
 
 def broker_connections(pid: int, brokers: set[tuple[str, int]]) -> set[tuple[int, int]]:
-    """(local port, broker port) of the established TCP connections of ``pid`` to ``brokers``."""
-    out = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True,
-                         text=True, check=True, timeout=10).stdout
-    found = set()
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) < 5 or f"pid={pid}," not in fields[4]:
-            continue
-        remote_host, _, remote_port = fields[3].rpartition(":")
-        if (remote_host, int(remote_port)) in brokers:
-            found.add((int(fields[2].rpartition(":")[2]), int(remote_port)))
-    return found
+    """(local port, broker port) of the established TCP connections of ``pid`` to ``brokers``
+    (loopback only, see :func:`check_loopback`, so the port tells them apart)."""
+    return faults.broker_connections(pid, {port for _, port in brokers})
 
 
 def new_conf(threshold: int) -> Any:
@@ -322,14 +314,6 @@ def new_conf(threshold: int) -> Any:
     conffixture.ConfFixture(conf)  # registers oslo.messaging's options, the rabbit group's too
     conf.set_override("heartbeat_timeout_threshold", threshold, group="oslo_messaging_rabbit")
     return conf
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.05)
 
 
 def run_driver(driver: str, plan: Plan, dropper: SilentDropper) -> dict[str, Any]:

@@ -417,34 +417,19 @@ class Connection:
         def attempt(channel: Any) -> Pending:
             self._wait_unblocked(deadline)
             props = dict(base_props)
-            tracker = self._tracker if self._confirms else None
-            message_id = None
-            if tracker is not None and mandatory:
-                message_id = props.setdefault("message_id", tracker.next_message_id())
-            if tracker is not None:
-                raw = self._raw
-                data = frames.publish(channel.channel_id, raw.frame_max, exchange, routing_key,
-                                      body, {**props, "headers": headers}, mandatory=mandatory)
-                if data is not None:
-                    raw.transport.write(data)
-                    raw.bytes_sent += 1
-                    pending = tracker.published(message_id)
-                    # After the write, not before: the message is on its way
-                    # while the confirms (or a blocked notice) are read. It
-                    # was written, so a failure here must not send it again.
-                    try:
-                        self._read_waiting()
-                    except Exception as error:
-                        self._lost(f"reading after a publish failed: {error}")
-                    return pending
+            if self._confirms:
+                encoded = self._encode_publish(channel, body, exchange, routing_key, headers,
+                                               props, mandatory)
+                if encoded is not None:
+                    return self._write_recorded(*encoded)
             message = channel.prepare_message(
                 body, props.pop("priority", None), props.pop("content_type", None),
                 props.pop("content_encoding", None), headers, props)
             channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
                                   mandatory=mandatory)
-            if tracker is None:
+            if not self._confirms:
                 return settled(Outcome.ACKED)  # memory: refused at once if unroutable
-            return tracker.published(message_id)
+            return self._tracker.published(props.get("message_id"))
 
         return self.ensure(attempt, operation="basic.publish", deadline=deadline)
 
@@ -463,34 +448,51 @@ class Connection:
         if not self._lock.acquire(timeout=-1 if wait == float("inf") else max(0.0, wait)):
             return None
         try:
-            channel, raw = self._channel, self._raw
+            channel = self._channel
             if self._state is not State.CONNECTED or channel is None or os.getpid() != self._pid:
                 return None
-            tracker = self._tracker
-            props = dict(base_props)
-            message_id = None
-            if mandatory:
-                message_id = props.setdefault("message_id", tracker.next_message_id())
-            data = frames.publish(channel.channel_id, raw.frame_max, exchange, routing_key, body,
-                                  {**props, "headers": headers}, mandatory=mandatory)
-            if data is None:
+            encoded = self._encode_publish(channel, body, exchange, routing_key, headers,
+                                           dict(base_props), mandatory)
+            if encoded is None:
                 return None
             try:
-                raw.transport.write(data)
+                return self._write_recorded(*encoded)
             except Exception as error:
                 # Nothing of it reached the broker as a whole message:
                 # ensure() reconnects and sends it.
                 self._lost(str(errors.translate(error, "basic.publish", self._addr())))
                 return None
-            raw.bytes_sent += 1
-            pending = tracker.published(message_id)
-            try:
-                self._read_waiting()
-            except Exception as error:  # written: never sent again from here
-                self._lost(f"reading after a publish failed: {error}")
-            return pending
         finally:
             self._lock.release()
+
+    def _encode_publish(self, channel: Any, body: bytes, exchange: str, routing_key: str,
+                        headers: dict[str, Any] | None, props: dict[str, Any],
+                        mandatory: bool) -> tuple[bytes, str | None] | None:
+        """The frames of a publish on ``channel`` and the ``message_id`` that tells
+        a return apart (set in ``props``); None if a property is left to py-amqp."""
+        message_id = (props.setdefault("message_id", self._tracker.next_message_id())
+                      if mandatory else None)
+        data = frames.publish(channel.channel_id, self._raw.frame_max, exchange, routing_key,
+                              body, {**props, "headers": headers}, mandatory=mandatory)
+        return None if data is None else (data, message_id)
+
+    def _write_recorded(self, data: bytes, message_id: str | None) -> Pending:
+        """Write encoded publish frames and record the message for its confirm.
+
+        A failed write raises with nothing recorded. After the write, not
+        before, the frames that arrived meanwhile are read (confirms, a
+        blocked notice); the message was written, so a failure there must
+        not send it again: the connection is only marked lost.
+        """
+        raw = self._raw
+        raw.transport.write(data)
+        raw.bytes_sent += 1
+        pending = self._tracker.published(message_id)
+        try:
+            self._read_waiting()
+        except Exception as error:
+            self._lost(f"reading after a publish failed: {error}")
+        return pending
 
     def _read_waiting(self) -> None:
         """Dispatch the frames that already arrived (confirms, a blocked notice).

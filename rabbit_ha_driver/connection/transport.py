@@ -44,13 +44,11 @@ class DeadlineConnection(kombu_pyamqp.Connection):
         # py-amqp's drain_events() calls this once per frame and loops past
         # heartbeat frames with the same timeout, so both deadlines are
         # applied here, to every single read.
-        transport = self.transport
-        buffered = transport._read_buffer
-        if len(buffered) >= 8 and len(buffered) >= 8 + _frame_size(buffered):
+        if self.frame_buffered():
             # A whole frame is already read ahead (see amqp_io.buffered_reader):
             # parse it without touching the socket or its timeout; it needs
             # no waiting, so no deadline applies.
-            return self.on_inbound_frame(transport.read_frame())
+            return self.on_inbound_frame(self.transport.read_frame())
         now = time.monotonic()
         request, drain = self.request_deadline, self.drain_deadline
         if request is not None:

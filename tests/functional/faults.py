@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -151,3 +152,18 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, message: str =
         if time.monotonic() >= deadline:
             raise AssertionError(f"not true within {timeout}s: {message or predicate}")
         time.sleep(interval)
+
+
+def broker_connections(pid: int, ports: Collection[int]) -> set[tuple[int, int]]:
+    """(local port, broker port) of the established TCP connections of ``pid`` to ``ports``."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True,
+                         text=True, check=True, timeout=10).stdout
+    found = set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or f"pid={pid}," not in fields[4]:
+            continue
+        local, remote = (int(f.rsplit(":", 1)[1]) for f in fields[2:4])
+        if remote in ports:
+            found.add((local, remote))
+    return found

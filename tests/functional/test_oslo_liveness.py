@@ -50,6 +50,7 @@ import oslo_messaging as om
 from oslo_config import cfg
 from oslo_messaging import conffixture
 
+from . import faults
 from .faults import wait_until
 from .probes import Caller
 
@@ -86,18 +87,7 @@ def unique(prefix: str) -> str:
 
 def broker_connections(cluster: Any, pid: int) -> set[tuple[int, int]]:
     """(local port, broker port) of the established connections of ``pid`` to an AMQP port."""
-    amqp_ports = {n.port for n in cluster.nodes}
-    out = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True,
-                         text=True, check=True, timeout=10).stdout
-    found = set()
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) < 5 or f"pid={pid}," not in fields[4]:
-            continue
-        local, remote = (int(f.rsplit(":", 1)[1]) for f in fields[2:4])
-        if remote in amqp_ports:
-            found.add((local, remote))
-    return found
+    return faults.broker_connections(pid, {n.port for n in cluster.nodes})
 
 
 def close_transports(*items: Any) -> None:
