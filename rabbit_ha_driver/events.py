@@ -158,6 +158,34 @@ class ConsumerRestored(Event):
 
 
 @dataclasses.dataclass(frozen=True)
+class ChannelClosedByBroker(Event):
+    """The broker closed the channel and kept the connection."""
+
+    host: str
+    reply_code: int
+    reason: str
+    lost_confirms: int
+    level = logging.WARNING
+
+    def describe(self) -> str:
+        return (f"broker {self.host} closed the channel: {self.reason}; "
+                f"{self.lost_confirms} message(s) were waiting for a confirm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelRestored(Event):
+    """A new channel replaced one the broker closed: confirm mode, QoS and consumers restored."""
+
+    host: str
+    consumers: int
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"channel restored on {self.host} in {self.seconds:.3f}s "
+                f"(confirm mode, QoS, {self.consumers} consumer(s))")
+
+
+@dataclasses.dataclass(frozen=True)
 class Blocked(Event):
     """The broker blocked publishing (a resource alarm)."""
 

@@ -26,6 +26,7 @@ import amqp.exceptions
 from kombu.transport import memory as kombu_memory
 from kombu.transport.virtual import BrokerState
 
+from rabbit_ha_driver.connection.channel import method_sig
 from rabbit_ha_driver.connection.transport import MemoryChannel
 
 _broker_ids = itertools.count(1)
@@ -86,7 +87,11 @@ class FakeBroker:
         self.calls.append(operation)
         pending = self.failures.get(operation)
         if pending:
-            raise pending.popleft()
+            error = pending.popleft()
+            if isinstance(error, amqp.exceptions.AMQPError) and not getattr(error, "method_sig", None):
+                # RabbitMQ names the method it refuses, as py-amqp reports it.
+                error.method_sig = method_sig(operation)
+            raise error
 
 
 def not_found(text: str = "NOT_FOUND - home node of queue is down") -> amqp.exceptions.NotFound:

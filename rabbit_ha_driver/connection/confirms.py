@@ -13,7 +13,10 @@ A returned message is told apart from the others by its ``message_id``
 property, which :class:`ConfirmTracker` hands out (``<channel prefix>.<n>``)
 when the publisher did not set one. When the channel or connection goes,
 every message still waiting is marked :attr:`Outcome.LOST`: it may or may not
-have reached a queue.
+have reached a queue. When the *broker* closed the channel over a publish (a
+missing exchange), the oldest message still waiting is the one it refused
+(:attr:`Outcome.REFUSED`): the broker handles a channel's methods in order
+and drops everything after the one it refused.
 
 Nothing here reads or writes: the connection feeds the broker's answers in
 (:meth:`ConfirmTracker.on_ack`, ``on_nack``, ``on_return``) and reads frames
@@ -41,12 +44,14 @@ class Outcome(enum.Enum):
     """The broker refused it."""
     LOST = "lost"
     """The channel closed before the confirm: it may or may not have arrived."""
+    REFUSED = "refused"
+    """The broker closed the channel over this publish (404: no such exchange)."""
 
 
 class Pending:
     """One published message waiting for its confirm."""
 
-    __slots__ = ("message_id", "outcome", "reply_code", "reply_text", "seq")
+    __slots__ = ("closed_by", "message_id", "outcome", "reply_code", "reply_text", "seq")
 
     def __init__(self, seq: int, message_id: str | None) -> None:
         self.seq = seq
@@ -54,6 +59,8 @@ class Pending:
         self.outcome: Outcome | None = None
         self.reply_code = 0
         self.reply_text = ""
+        #: The broker's reason when it closed the channel before the confirm.
+        self.closed_by: Any = None
 
     @property
     def done(self) -> bool:
@@ -136,15 +143,23 @@ class ConfirmTracker:
         if not same_id:
             del self._by_id[pending.message_id]
 
-    def lose_all(self) -> int:
+    def lose_all(self, close: Any = None) -> int:
         """The channel is gone: every waiting message's fate is unknown.
 
         A message already returned stays returned (the broker did not take
-        it, so it is safe to send again). Returns how many were lost.
+        it, so it is safe to send again). ``close`` is the broker's reason
+        when the broker closed the channel (a :class:`~.channel.BrokerClose`);
+        if it blames ``basic.publish``, the oldest waiting message is the
+        refused one. Returns how many were lost.
         """
         lost = [p for p in self._waiting.values() if p.outcome is None]
         for pending in lost:
             pending.outcome = Outcome.LOST
+            pending.closed_by = close
+        if lost and close is not None and getattr(close, "method", None) == "basic.publish":
+            refused = lost[0]
+            refused.outcome = Outcome.REFUSED
+            refused.reply_code, refused.reply_text = close.reply_code, close.reply_text
         self._waiting.clear()
         self._by_id.clear()
         return len(lost)

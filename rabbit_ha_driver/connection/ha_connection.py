@@ -23,6 +23,14 @@ to send again. A publish whose frame was never written is sent again after
 recovery; one that was written but not confirmed before the connection died
 is sent again only when the caller allows it (``retry_uncertain``).
 
+A channel the broker closes while the connection stays up (a consumer
+acknowledgement timeout, a publish to a missing exchange, a refused
+request) is replaced by a new one with confirm mode, QoS and the recorded
+topology restored, by whichever thread reads the close (see
+:mod:`~rabbit_ha_driver.connection.channel`); messages waiting for a confirm
+on it are settled as lost, and deliveries of the old channel are never
+acknowledged on the new one.
+
 One connection is meant to be driven by one thread at a time (a consumer's
 drain loop, or publishers taking turns); the lock makes sharing safe, not
 concurrent.
@@ -51,6 +59,7 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import errors, frames
 from rabbit_ha_driver.connection.amqp_io import Liveness
+from rabbit_ha_driver.connection.channel import BrokerClose, ChannelLife, ChannelState, close_of, concerns
 from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome, Pending, settled
 from rabbit_ha_driver.connection.hosts import HostRing
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
@@ -158,6 +167,7 @@ class Connection:
         self._recovered_cancels: set[str] = set()
         self._tags = itertools.count(1)
         self._tag_prefix = f"rha-{uuid.uuid4().hex[:12]}"
+        self._life = ChannelLife(self.name)
         # Heartbeats, dead-peer detection and socket tuning (AMQP only). Its
         # times come from the real clock shared with the heartbeat scheduler.
         self.liveness: Liveness | None = None if settings.is_memory else Liveness(
@@ -192,9 +202,15 @@ class Connection:
         except OSError:
             return None
 
+    @property
+    def channel_state(self) -> ChannelState:
+        """The lifecycle state of the connection's channel."""
+        return self._life.state
+
     def __repr__(self) -> str:
         where = self._host.address if self._host else "-"
-        return f"<Connection {self.name} {self._state.value} {where}>"
+        return (f"<Connection {self.name} {self._state.value} {where} "
+                f"channel {self._life.state.value}#{self._life.generation}>")
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -257,8 +273,23 @@ class Connection:
 
     def _on_failure(self, error: BaseException, operation: str, recovering: bool,
                     deadline: Deadline, failures: int) -> None:
-        action = errors.classify(error, operation, recovering)
         host = self._host.address if self._host else None
+        close = close_of(error)
+        if close is not None and self._state in _OPEN_STATES and not concerns(close, operation):
+            # The broker closed the channel over something else (a consumer
+            # timeout, another thread's publish or ack): not this caller's
+            # fault. Restore the channel and run the operation again.
+            self._channel_closed(close)
+            if failures > 1:
+                self._clock.sleep(deadline.cap(self._backoff.delay(failures - 1)))
+            if self._restore_channel(deadline):
+                return
+            # ensure() reconnects next, within the caller's deadline.
+            self._lost(f"restoring the channel after the broker closed it ({close}) failed")
+            return
+        if close is not None and self._state in _OPEN_STATES:
+            self._channel_closed(close)
+        action = errors.classify(error, operation, recovering)
         if action is errors.Action.RAISE:
             if errors.closes_channel(error) and self._state in _OPEN_STATES:
                 # The broker closed the channel: give the next caller a fresh one.
@@ -353,6 +384,10 @@ class Connection:
                 with self._request_deadline("basic.cancel", self.settings.request_timeout):
                     self._channel.basic_cancel(tag)
             except Exception as error:
+                close = close_of(error)
+                if close is not None:
+                    self._restore_after_close(close)
+                    return
                 action = errors.classify(error, "basic.cancel")
                 if action is errors.Action.RAISE:
                     raise errors.translate(error, "basic.cancel", self._addr()) from error
@@ -491,7 +526,11 @@ class Connection:
         try:
             self._read_waiting()
         except Exception as error:
-            self._lost(f"reading after a publish failed: {error}")
+            close = close_of(error)
+            if close is not None:
+                self._restore_after_close(close)
+            else:
+                self._lost(f"reading after a publish failed: {error}")
         return pending
 
     def _read_waiting(self) -> None:
@@ -540,6 +579,11 @@ class Connection:
                             "the deadline; the message may still be delivered when it unblocks",
                             waited=0.0) from None
                 except Exception as error:
+                    close = close_of(error)
+                    if close is not None:
+                        # Settles every waiting message of the closed channel.
+                        self._restore_after_close(close)
+                        continue
                     if errors.classify(error, "basic.publish") is errors.Action.RAISE:
                         raise errors.translate(error, "basic.publish", self._addr()) from error
                     self._lost(str(errors.translate(error, "basic.publish", self._addr())))
@@ -562,6 +606,16 @@ class Connection:
         if outcome is Outcome.NACKED:
             raise exc.PublishNacked("broker nacked the message", host=self._addr(),
                                     operation="basic.publish")
+        if outcome is Outcome.REFUSED:
+            raise exc.IrrecoverableError(
+                f"publish to {exchange!r}/{routing_key!r}: the broker closed the channel over it: "
+                f"{pending.reply_code} {pending.reply_text}", host=self._addr(),
+                reply_code=pending.reply_code, operation="basic.publish")
+        if pending.closed_by is not None:
+            raise exc.ConnectionLost(
+                f"publish to {exchange!r}/{routing_key!r}: the broker closed the channel "
+                f"({pending.closed_by}) after the message was written and before it was "
+                "confirmed; not sent again", host=self._addr(), operation="basic.publish")
         raise exc.ConnectionLost(
             f"publish to {exchange!r}/{routing_key!r}: connection lost after the "
             "message was written and before the broker confirmed it; not sent again",
@@ -633,6 +687,10 @@ class Connection:
             try:
                 self._drain_once(wait)
             except Exception as error:
+                close = close_of(error)
+                if close is not None:
+                    self._restore_after_close(close)
+                    return
                 if errors.classify(error, "basic.consume") is errors.Action.RAISE:
                     raise errors.translate(error, "basic.consume", self._addr()) from error
                 dead = self.liveness.dead_reason if self.liveness is not None else None
@@ -662,6 +720,11 @@ class Connection:
                 with self._request_deadline("queue.declare", self.settings.request_timeout):
                     self._channel.queue_declare(queue=name, passive=True)
             except Exception as error:
+                close = close_of(error)
+                if close is not None and close.reply_code != 404:
+                    # Closed over something else (a consumer timeout) while checking.
+                    self._restore_after_close(close)
+                    return
                 if errors.reply_code_of(error) != 404:
                     self._lost(f"checking queue {name!r} failed: {error}")
                     return
@@ -697,6 +760,10 @@ class Connection:
 
         def deliver(raw_message: Any) -> None:
             message = to_python(raw_message) if to_python is not None else raw_message
+            if decl.no_ack and hasattr(message, "_state"):
+                # The broker counts it acknowledged on delivery: an ack
+                # written for it would name an unknown tag and close the channel.
+                message._state = "ACK"
             try:
                 decl.callback(message)
             except Exception:
@@ -758,6 +825,10 @@ class Connection:
             self._forget_after_fork()
         if self._state in _OPEN_STATES and self._channel is not None:
             return
+        if self._state in _OPEN_STATES and self._life.state is ChannelState.BROKER_CLOSED:
+            if self._restore_channel(deadline if not patient else self._request_budget()):
+                return
+            self._lost(f"restoring the channel the broker closed ({self._life.last_close}) failed")
         self._establish(deadline, patient)
 
     def _establish(self, deadline: Deadline, patient: bool = False) -> None:
@@ -865,12 +936,16 @@ class Connection:
         phase[0] = "queue.declare"
         with self._request_deadline("queue.declare", deadline.cap(self.settings.request_timeout)):
             self._topology.replay(self._declarer(self._channel))
+        self._life.move(ChannelState.OPEN)
         if self._topology.queues or self._topology.consumers:
             self.events.emit(ev.TopologyRestored(self.name, host.address if host else "memory",
                                                  len(self._topology.queues), len(self._topology.consumers)))
 
     def _open_channel(self) -> None:
+        self._life.move(ChannelState.OPENING)
         channel = self._transport.create_channel(self._raw)
+        # The channel tells us first when the broker closes it (see channel.py).
+        channel.on_broker_close = self._on_broker_close
         self._active_tags = set()
         # Check soon after every (re)open: right after a node dies, the broker
         # can accept a declare and a consume for a queue whose process died
@@ -904,12 +979,53 @@ class Connection:
                         LOG.debug("[%s] dropping old channel: %s", self.name, error)
                 self._open_channel()
                 self._topology.replay(self._declarer(self._channel))
+            self._life.move(ChannelState.OPEN)
             return True
         except Exception as error:
             if errors.classify(error, "queue.declare", recovering=True) is errors.Action.RAISE:
                 raise errors.translate(error, "queue.declare", self._addr()) from error
             LOG.info("[%s] reopening the channel failed (%s); reconnecting", self.name, error)
             return False
+
+    def _on_broker_close(self, channel: Any, close: BrokerClose) -> None:
+        """The channel's own report that the broker closed it (called while reading)."""
+        if channel is self._channel:
+            self._channel_closed(close)
+
+    def _channel_closed(self, close: BrokerClose) -> None:
+        """Drop the channel the broker closed: its waiting confirms are settled as lost."""
+        channel, self._channel = self._channel, None
+        if channel is None and self._life.state is ChannelState.BROKER_CLOSED:
+            return  # already noted (the channel reported it before raising)
+        if channel is not None:
+            with suppress(Exception):  # released already by RecoverableChannel
+                channel.collect()
+        lost = self._tracker.lose_all(close)
+        self._active_tags = set()
+        self._life.closed_by_broker(close)
+        self.events.emit(ev.ChannelClosedByBroker(self.name, self._addr() or "memory",
+                                                  close.reply_code, str(close), lost))
+
+    def _restore_channel(self, deadline: Deadline) -> bool:
+        """A new channel in place of one the broker closed; False if that failed."""
+        started = self._clock.now()
+        if not self._reopen_channel(deadline, f"the broker closed the channel ({self._life.last_close})"):
+            return False
+        self._life.restores += 1
+        self.events.emit(ev.ChannelRestored(self.name, self._addr() or "memory",
+                                            len(self._topology.consumers), self._clock.now() - started))
+        return True
+
+    def _restore_after_close(self, close: BrokerClose) -> None:
+        """Seen by a reader: note the close and restore at once (or reconnect)."""
+        if self._state not in _OPEN_STATES:
+            return
+        self._channel_closed(close)
+        if not self._restore_channel(self._request_budget()):
+            self._lost(f"restoring the channel after the broker closed it ({close}) failed")
+
+    def _request_budget(self) -> Deadline:
+        return Deadline.after(self.settings.request_timeout, self._clock)
 
     def _ssl_options(self, host: Host) -> Any:
         """py-amqp's TLS options: the chain is always verified, the name on request."""
@@ -940,6 +1056,8 @@ class Connection:
         self._tracker.lose_all()
         raw, transport = self._raw, self._transport
         self._channel = None
+        if self._life.state is not ChannelState.NONE:
+            self._life.move(ChannelState.NONE)
         self._raw = None
         self._transport = None
         self._host = None

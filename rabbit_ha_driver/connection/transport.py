@@ -22,6 +22,7 @@ from typing import Any
 from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp as kombu_pyamqp
 
+from rabbit_ha_driver.connection.channel import RecoverableChannel
 from rabbit_ha_driver.connection.errors import RequestTimeout
 from rabbit_ha_driver.exceptions import Unroutable
 
@@ -33,6 +34,9 @@ def _frame_size(header: bytes) -> int:
 
 class DeadlineConnection(kombu_pyamqp.Connection):
     """py-amqp connection whose blocking waits honour an absolute deadline."""
+
+    #: Channels the broker closes are released, never silently reopened.
+    Channel = RecoverableChannel
 
     request_deadline: float | None = None
     request_operation: str = ""
