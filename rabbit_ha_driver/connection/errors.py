@@ -38,6 +38,15 @@ class RequestTimeout(Exception):
         super().__init__(f"no reply to {operation} within {timeout:g}s")
 
 
+class WriteTimeout(OSError):
+    """A frame could not be written before its deadline; the stream may hold half of it (internal)."""
+
+    def __init__(self, operation: str, timeout: float) -> None:
+        self.operation = operation
+        self.timeout = timeout
+        super().__init__(f"{operation}: could not write to the broker within {timeout:g}s")
+
+
 #: Operations whose 404/405 are transient while the cluster is recovering:
 #: the queue's home node is down (404) or an exclusive queue is still held by
 #: the connection that just died (405).

@@ -112,6 +112,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 _OPEN_STATES = frozenset({State.CONNECTED, State.BLOCKED})
 #: Seconds after a channel opens before its consumed queues are first checked.
 POST_RECOVERY_CHECK = 1.0
+#: A reader with a deadline of its own checks queues only with this much left.
+MAINTENANCE_FLOOR = 0.5
 _ALL_CONNECTIONS: weakref.WeakSet[Connection] = weakref.WeakSet()
 _names = itertools.count(1)
 
@@ -491,7 +493,7 @@ class Connection:
             if encoded is None:
                 return None
             try:
-                return self._write_recorded(*encoded)
+                return self._write_recorded(*encoded, deadline=deadline)
             except Exception as error:
                 # Nothing of it reached the broker as a whole message:
                 # ensure() reconnects and sends it.
@@ -511,16 +513,23 @@ class Connection:
                               body, {**props, "headers": headers}, mandatory=mandatory)
         return None if data is None else (data, message_id)
 
-    def _write_recorded(self, data: bytes, message_id: str | None) -> Pending:
+    def _write_recorded(self, data: bytes, message_id: str | None,
+                        deadline: Deadline | None = None) -> Pending:
         """Write encoded publish frames and record the message for its confirm.
 
-        A failed write raises with nothing recorded. After the write, not
+        A failed write raises with nothing recorded (one that missed its
+        deadline, ``deadline`` or the request's, may have left a frame half
+        written: the caller tears the connection down). After the write, not
         before, the frames that arrived meanwhile are read (confirms, a
         blocked notice); the message was written, so a failure there must
         not send it again: the connection is only marked lost.
         """
         raw = self._raw
-        raw.transport.write(data)
+        if deadline is not None:
+            with self._request_deadline("basic.publish", deadline.cap(self.settings.request_timeout)):
+                raw.transport.write(data)
+        else:
+            raw.transport.write(data)
         raw.bytes_sent += 1
         pending = self._tracker.published(message_id)
         try:
@@ -666,17 +675,27 @@ class Connection:
 
     # -- consuming -------------------------------------------------------------
 
-    def drain_events(self, timeout: float) -> None:
+    def drain_events(self, timeout: float, *, within: float | None = None) -> None:
         """Deliver messages to consumer callbacks for up to ``timeout`` seconds.
 
         Recovers the connection (and re-creates cancelled consumers after their
         delay) within the same time. Returns early after a delivery.
+
+        ``within`` is for a reader that has a deadline of its own (a caller
+        reading its reply queue): nothing here then blocks for longer than
+        ``max(timeout, within)`` seconds, not the lock, not a connect
+        attempt, not a queue check (checks are left to a later turn when
+        less than :data:`MAINTENANCE_FLOOR` is left). Without it (a
+        consumer's own loop, which nobody waits on) a recovery attempt that
+        starts gets its full connect and request timeouts.
         """
         deadline = Deadline.after(timeout, self._clock)
-        with self._lock:
+        patient = within is None
+        bound = deadline if within is None else Deadline.after(max(timeout, within), self._clock)
+        with self._locked(bound if not patient else Deadline.never(self._clock), "basic.consume"):
             try:
-                self._ensure_open(deadline, "basic.consume", patient=True)
-                self._restore_cancelled(deadline)
+                self._ensure_open(bound, "basic.consume", patient=patient)
+                self._restore_cancelled(bound, patient)
             except exc.MessagingTimeout:
                 return
             wait = deadline.remaining()
@@ -689,19 +708,26 @@ class Connection:
             except Exception as error:
                 close = close_of(error)
                 if close is not None:
-                    self._restore_after_close(close)
+                    self._restore_after_close(close, None if patient else bound)
                     return
                 if errors.classify(error, "basic.consume") is errors.Action.RAISE:
                     raise errors.translate(error, "basic.consume", self._addr()) from error
                 dead = self.liveness.dead_reason if self.liveness is not None else None
                 self._lost(dead or str(errors.translate(error, "basic.consume", self._addr())))
             try:
-                self._restore_cancelled(deadline)
-                self._check_consumers()
+                self._restore_cancelled(bound, patient)
+                self._check_consumers(self._maintenance_budget(bound, patient))
             except exc.MessagingTimeout:
                 return
 
-    def _check_consumers(self) -> None:
+    def _maintenance_budget(self, bound: Deadline, patient: bool) -> float:
+        """Seconds a queue check or re-consume may wait for the broker; 0: not now."""
+        if patient:
+            return self.settings.request_timeout
+        left = bound.cap(self.settings.request_timeout)
+        return left if left >= MAINTENANCE_FLOOR else 0.0
+
+    def _check_consumers(self, budget: float) -> None:
         """Passively declare consumed queues now and then; re-create a vanished one.
 
         The safety net for a consumer cancel the broker never sent: without it
@@ -710,14 +736,15 @@ class Connection:
         """
         interval = self.settings.consumer_check_interval
         now = self._clock.now()
-        if interval <= 0 or now < self._next_consumer_check or self._state not in _OPEN_STATES:
+        if interval <= 0 or now < self._next_consumer_check or self._state not in _OPEN_STATES \
+                or budget <= 0:
             return
         self._next_consumer_check = now + interval
         keys = {c.queue_key for c in self._topology.consumers.values()} - set(self._pending_cancels)
         for key in sorted(keys):
             name = self._topology.queue_name(key)
             try:
-                with self._request_deadline("queue.declare", self.settings.request_timeout):
+                with self._request_deadline("queue.declare", budget):
                     self._channel.queue_declare(queue=name, passive=True)
             except Exception as error:
                 close = close_of(error)
@@ -729,7 +756,7 @@ class Connection:
                     self._lost(f"checking queue {name!r} failed: {error}")
                     return
                 self.events.emit(ev.ConsumerCancelled(self.name, name, 0.0))
-                if self._reopen_channel(Deadline.after(self.settings.request_timeout, self._clock),
+                if self._reopen_channel(Deadline.after(budget, self._clock),
                                         f"queue {name!r} vanished without a consumer cancel"):
                     self.events.emit(ev.ConsumerRestored(self.name, self._topology.queue_name(key), True))
                 else:
@@ -781,13 +808,16 @@ class Connection:
         self._pending_cancels[decl.queue_key] = self._clock.now() + delay
         self.events.emit(ev.ConsumerCancelled(self.name, self._topology.queue_name(decl.queue_key), delay))
 
-    def _restore_cancelled(self, deadline: Deadline) -> None:
+    def _restore_cancelled(self, deadline: Deadline, patient: bool = True) -> None:
+        budget = self._maintenance_budget(deadline, patient)
+        if budget <= 0 or self._channel is None:
+            return
         now = self._clock.now()
         due = [key for key, at in self._pending_cancels.items() if at <= now]
         for key in due:
             del self._pending_cancels[key]
             try:
-                with self._request_deadline("queue.declare", self.settings.request_timeout):
+                with self._request_deadline("queue.declare", budget):
                     self._topology.replay_queue(self._declarer(self._channel), key)
                 self.events.emit(ev.ConsumerRestored(self.name, self._topology.queue_name(key), True))
             except Exception as error:
@@ -798,7 +828,7 @@ class Connection:
                             "reconnecting", self.name, self._topology.queue_name(key), error)
                 self._lost(f"re-consume after cancel failed: {error}")
                 self._recovered_cancels.add(key)
-                self._ensure_open(deadline, "basic.consume", patient=True)
+                self._ensure_open(deadline, "basic.consume", patient=patient)
 
     # -- internals: connecting -----------------------------------------------------
 
@@ -926,6 +956,8 @@ class Connection:
         self._kombu = kconn
         self._transport = kconn.transport
         self._raw = self._transport.establish_connection()
+        if isinstance(self._raw, DeadlineConnection):
+            self._raw.frame_write_timeout = self.settings.request_timeout
         self._host = host
         self._pid = os.getpid()
         if self.liveness is not None and supports_confirms(self._transport):
@@ -1016,12 +1048,18 @@ class Connection:
                                             len(self._topology.consumers), self._clock.now() - started))
         return True
 
-    def _restore_after_close(self, close: BrokerClose) -> None:
-        """Seen by a reader: note the close and restore at once (or reconnect)."""
+    def _restore_after_close(self, close: BrokerClose, bound: Deadline | None = None) -> None:
+        """Seen by a reader: note the close and restore at once (or reconnect).
+
+        ``bound``: the reader's own deadline, if it has one (see drain_events).
+        """
         if self._state not in _OPEN_STATES:
             return
         self._channel_closed(close)
-        if not self._restore_channel(self._request_budget()):
+        budget = self._request_budget()
+        if bound is not None:
+            budget = Deadline(min(budget.at, bound.at), self._clock)
+        if not self._restore_channel(budget):
             self._lost(f"restoring the channel after the broker closed it ({close}) failed")
 
     def _request_budget(self) -> Deadline:

@@ -10,6 +10,15 @@ with the same timeout, so every incoming heartbeat restarts its clock;
 :class:`DeadlineConnection` recomputes the time left before every read instead
 and raises :class:`~rabbit_ha_driver.connection.errors.RequestTimeout` when the
 deadline passes.
+
+Writes have a deadline too: every frame is written with the socket's timeout
+set to the time left before the current request's deadline (or
+:attr:`DeadlineConnection.frame_write_timeout` from now when no request is under
+way), so a broker that stops reading (frozen, or a connection it blocked)
+cannot hold a writer, and the connection lock it holds, for ever. A write
+that misses its deadline may have left a frame half written: the stream is
+broken, and the connection is torn down (:class:`WriteTimeout`), after which
+the publish follows the resend rules of a write that never happened.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp as kombu_pyamqp
 
 from rabbit_ha_driver.connection.channel import RecoverableChannel
-from rabbit_ha_driver.connection.errors import RequestTimeout
+from rabbit_ha_driver.connection.errors import RequestTimeout, WriteTimeout
 from rabbit_ha_driver.exceptions import Unroutable
 
 
@@ -43,6 +52,37 @@ class DeadlineConnection(kombu_pyamqp.Connection):
     request_budget: float = 0.0
 
     drain_deadline: float | None = None
+    #: Seconds a frame written outside any request may take to leave.
+    frame_write_timeout: float = 10.0
+
+    def Transport(self, *args: Any, **kwargs: Any) -> Any:
+        transport = super().Transport(*args, **kwargs)
+        # py-amqp's frame writer looks ``write`` up once, when it connects:
+        # replace it on the instance before that.
+        transport.write = self._bounded_write(transport.write)
+        return transport
+
+    def _bounded_write(self, write: Any) -> Any:
+        def bounded_write(data: Any) -> Any:
+            transport = self.transport
+            sock = getattr(transport, "sock", None)
+            if sock is None:
+                return write(data)
+            now = time.monotonic()
+            until = self.request_deadline if self.request_deadline is not None \
+                else now + self.frame_write_timeout
+            budget = max(0.001, until - now)
+            previous = sock.gettimeout()
+            sock.settimeout(budget if previous is None else min(previous, budget))
+            try:
+                return write(data)
+            except TimeoutError:
+                raise WriteTimeout(self.request_operation or "write", budget) from None
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(previous)
+
+        return bounded_write
 
     def blocking_read(self, timeout: float | None = None) -> Any:
         # py-amqp's drain_events() calls this once per frame and loops past

@@ -104,7 +104,7 @@ class ReplyWaiters:
         self._calls: dict[str, PendingCall] = {}
         #: Reads the reply connection for up to the given seconds, delivering
         #: what arrives (set by the :class:`ReplyListener` once it consumes).
-        self._drain: Callable[[float], None] | None = None
+        self._drain: Callable[[float, float | None], None] | None = None
         self._draining = False
         self._last_call_at = -math.inf
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -216,12 +216,14 @@ class ReplyWaiters:
                     cond.wait(left)
                     continue
                 self._draining = True
-            self._drain_as(drain, min(left, DRAIN_SLICE))
+            # The caller's whole remaining time bounds what its turn may
+            # block on (recovery, queue checks), not only the slice.
+            self._drain_as(drain, min(left, DRAIN_SLICE), left)
         if call.error is not None:
             raise call.error
         return call.result
 
-    def attach(self, drain: Callable[[float], None] | None) -> None:
+    def attach(self, drain: Callable[[float, float | None], None] | None) -> None:
         """Let waiting callers read replies themselves with ``drain``.
 
         A caller waiting for its reply reads the reply connection itself
@@ -249,13 +251,18 @@ class ReplyWaiters:
             if drain is None or self._draining or self._calls or quiet < idle_for:
                 return min(seconds, max(idle_for - quiet, 0.001))
             self._draining = True
-        self._drain_as(drain, seconds)
+        self._drain_as(drain, seconds, None)
         return 0.0
 
-    def _drain_as(self, drain: Callable[[float], None], seconds: float) -> None:
-        """Be the one reader of the reply connection for up to ``seconds``."""
+    def _drain_as(self, drain: Callable[[float, float | None], None], seconds: float,
+                  within: float | None) -> None:
+        """Be the one reader of the reply connection for up to ``seconds``.
+
+        ``within``: the reading caller's remaining time (None: the reply
+        queue's own thread, which nobody waits on).
+        """
         try:
-            drain(seconds)
+            drain(seconds, within)
         except Exception:
             LOG.debug("reading replies failed", exc_info=True)
             failed = True
@@ -380,12 +387,12 @@ class ReplyListener:
     def _on_message(self, message: Any) -> None:
         handle_reply_message(self.waiters, message, self.settings.rpc_max_message_size)
 
-    def _read(self, seconds: float) -> None:
+    def _read(self, seconds: float, within: float | None = None) -> None:
         """One turn of reading the reply connection (a caller's or this thread's)."""
         if self._stopping.is_set():
             return
         try:
-            self._conn.drain_events(seconds)
+            self._conn.drain_events(seconds, within=within)
             self._failures = 0
         except Exception:
             self._failures += 1

@@ -67,13 +67,15 @@ class Drain:
         self.active = 0
         self.overlaps = 0
         self.calls: list[tuple[str, float]] = []
+        self.withins: list[float | None] = []
 
-    def __call__(self, seconds: float) -> None:
+    def __call__(self, seconds: float, within: float | None = None) -> None:
         with self.lock:
             self.active += 1
             if self.active > 1:
                 self.overlaps += 1
             self.calls.append((threading.current_thread().name, seconds))
+            self.withins.append(within)
         try:
             self.turn(self, seconds)
         finally:
