@@ -5,8 +5,10 @@ with a :class:`FakeBroker` behind it. The broker refuses connects
 (``fail_connects``, ``down_hosts``, ``refuse_login``), makes the next call of an
 AMQP operation fail with a given error (:meth:`FakeBroker.fail_next`), drops
 live connections (:meth:`FakeBroker.drop_connections`), returns unroutable
-mandatory messages, and cancels consumers the way RabbitMQ does when a queue
-is deleted (:meth:`FakeBroker.cancel_consumers`).
+mandatory messages, cancels consumers the way RabbitMQ does when a queue
+is deleted (:meth:`FakeBroker.cancel_consumers`), and closes channels while
+keeping the connection, the way RabbitMQ does for a consumer acknowledgement
+timeout or a publish to a missing exchange (:meth:`FakeBroker.close_channels`).
 
 Use it by handing the transport and the broker to a connection::
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +29,7 @@ import amqp.exceptions
 from kombu.transport import memory as kombu_memory
 from kombu.transport.virtual import BrokerState
 
-from rabbit_ha_driver.connection.channel import method_sig
+from rabbit_ha_driver.connection.channel import close_of, method_sig
 from rabbit_ha_driver.connection.transport import MemoryChannel
 
 _broker_ids = itertools.count(1)
@@ -48,6 +51,11 @@ class FakeBroker:
         self.calls: list[str] = []
         self.generation = 0
         self.prefix = f"fake{next(_broker_ids)}"
+        self.channels: list[FakeChannel] = []
+        self.channel_closes = 0
+        #: When set, every connect waits until the event is set (a slow broker).
+        self.connect_gate: threading.Event | None = None
+        self.open_connections = 0
 
     def fail_next(self, operation: str, error: BaseException, times: int = 1) -> None:
         """Make the next ``times`` calls of ``operation`` (``queue.declare``...) raise ``error``."""
@@ -73,6 +81,31 @@ class FakeBroker:
             self.queues.pop(queue, None)
             self.state.queue_bindings_delete(queue)
         return cancelled
+
+    def close_channels(self, reply_code: int = 406, reply_text: str = "PRECONDITION_FAILED - "
+                       "delivery acknowledgement on channel 1 timed out", method: str | None = None) -> int:
+        """Close every open channel and keep the connections, like RabbitMQ's ``channel.close``.
+
+        The close reaches the connection on its next read (or the channel's
+        next operation) as py-amqp's error, after the channel's
+        ``on_broker_close`` was told; the channel's consumers are gone.
+        ``method`` is the AMQP method the broker blames (``basic.publish``),
+        None for none (a timeout). Returns how many channels were closed.
+        """
+        closed = 0
+        for channel in list(self.channels):
+            if channel.broker_closed is None and not channel.closed:
+                error = amqp.exceptions.error_for_code(
+                    reply_code, reply_text, method_sig(method) if method else (0, 0),
+                    amqp.exceptions.ChannelError)
+                channel.broker_closed = error
+                for tag, (_q, _cb, owner) in list(self.consumers.items()):
+                    if owner is channel:
+                        del self.consumers[tag]
+                        kombu_memory.Channel.basic_cancel(channel, tag)
+                closed += 1
+        self.channel_closes += closed
+        return closed
 
     def delete_queue_silently(self, queue: str) -> None:
         """Delete ``queue`` and forget its consumers without telling them (a lost basic.cancel)."""
@@ -105,10 +138,36 @@ def precondition_failed(text: str = "PRECONDITION_FAILED - inequivalent arg") ->
 class FakeChannel(MemoryChannel):
     """A memory channel that consults its :class:`FakeBroker` before each operation."""
 
+    #: Set by :meth:`FakeBroker.close_channels`: the error the next read raises.
+    broker_closed: BaseException | None = None
+    _close_delivered = False
+    on_broker_close: Callable[[Any, Any], None] | None = None
+
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         self.fake_broker: FakeBroker = connection.fake_broker
         self._generation = self.fake_broker.generation
         super().__init__(connection, **kwargs)
+        self.fake_broker.channels.append(self)
+
+    def deliver_close(self) -> None:
+        """Raise the broker's close, once, after telling ``on_broker_close`` (a read saw it)."""
+        error = self.broker_closed
+        if error is None or self._close_delivered:
+            return
+        self._close_delivered = True
+        # Like RabbitMQ: unacknowledged deliveries go back to their queues.
+        if self._qos is not None:
+            self._qos.restore_unacked()
+        self.close()
+        listener = self.on_broker_close
+        if listener is not None:
+            listener(self, close_of(error))
+        raise error
+
+    def close(self) -> None:
+        if self in self.fake_broker.channels:
+            self.fake_broker.channels.remove(self)
+        super().close()
 
     @property
     def queues(self) -> dict[str, Any]:
@@ -121,6 +180,7 @@ class FakeChannel(MemoryChannel):
     def _alive(self, operation: str) -> None:
         if self._generation != self.fake_broker.generation:
             raise ConnectionResetError(f"fake broker dropped the connection ({operation})")
+        self.deliver_close()
         self.fake_broker._check(operation)
 
     def exchange_declare(self, *args: Any, **kwargs: Any) -> Any:
@@ -173,6 +233,8 @@ class FakeTransport(kombu_memory.Transport):
         client: Any = self.client
         where = f"{client.hostname}:{client.port}"
         broker.connects.append(where)
+        if broker.connect_gate is not None:
+            broker.connect_gate.wait(30)
         if where in broker.down_hosts:
             raise ConnectionRefusedError(f"fake broker: {where} is down")
         if broker.fail_connects > 0:
@@ -181,9 +243,18 @@ class FakeTransport(kombu_memory.Transport):
         if broker.refuse_login:
             raise amqp.exceptions.AccessRefused("ACCESS_REFUSED - Login was refused", reply_code=403)
         self._generation = broker.generation
-        return super().establish_connection()
+        connection = super().establish_connection()
+        broker.open_connections += 1
+        return connection
+
+    def close_connection(self, connection: Any) -> None:
+        self.fake_broker.open_connections -= 1
+        super().close_connection(connection)
 
     def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         if self._generation != self.fake_broker.generation:
             raise ConnectionResetError("fake broker dropped the connection")
+        for channel in list(self.fake_broker.channels):
+            if channel.broker_closed is not None and channel in getattr(connection, "channels", ()):
+                channel.deliver_close()
         return super().drain_events(connection, timeout=timeout, **kwargs)

@@ -38,6 +38,7 @@ concurrent.
 
 from __future__ import annotations
 
+import _socket
 import enum
 import itertools
 import logging
@@ -58,7 +59,7 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import errors, frames
-from rabbit_ha_driver.connection.amqp_io import Liveness
+from rabbit_ha_driver.connection.amqp_io import Liveness, raw_socket
 from rabbit_ha_driver.connection.channel import BrokerClose, ChannelLife, ChannelState, close_of, concerns
 from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome, Pending, settled
 from rabbit_ha_driver.connection.hosts import HostRing
@@ -126,6 +127,9 @@ def default_connection_name() -> str:
 class Connection:
     """A broker connection that survives broker, network and consumer failures."""
 
+    #: Seconds close() waits for another thread to let go of the connection.
+    CLOSE_WAIT = 2.0
+
     def __init__(
         self,
         settings: Settings,
@@ -170,6 +174,7 @@ class Connection:
         self._tags = itertools.count(1)
         self._tag_prefix = f"rha-{uuid.uuid4().hex[:12]}"
         self._life = ChannelLife(self.name)
+        self._closing = False
         # Heartbeats, dead-peer detection and socket tuning (AMQP only). Its
         # times come from the real clock shared with the heartbeat scheduler.
         self.liveness: Liveness | None = None if settings.is_memory else Liveness(
@@ -222,10 +227,25 @@ class Connection:
             self._ensure_open(deadline or self._default_deadline(), "connection.open")
 
     def close(self) -> None:
-        """Close the connection; never blocks for more than a couple of seconds."""
-        acquired = self._lock.acquire(timeout=2.0)
+        """Close the connection; never blocks for more than a couple of seconds.
+
+        If another thread holds the connection past that (a reconnect, a
+        long read), its socket is shut down instead of written to, and that
+        thread ends the connection itself as soon as it looks: no reconnect
+        started before the close can leave a connection behind.
+        """
+        self._closing = True
+        acquired = self._lock.acquire(timeout=self.CLOSE_WAIT)
         try:
             if self._state is State.CLOSED:
+                return
+            if not acquired:
+                LOG.info("[%s] close: the connection is busy in another thread; cutting its socket",
+                         self.name)
+                sock = self._socket()
+                if sock is not None:
+                    with suppress(OSError, TypeError):
+                        _socket.socket.shutdown(raw_socket(sock), socket.SHUT_RDWR)
                 return
             raw, transport = self._raw, self._transport
             if raw is not None and os.getpid() == self._pid and self._state in _OPEN_STATES:
@@ -849,6 +869,7 @@ class Connection:
         self.events.emit(ev.StateChanged(self.name, old.value, new.value))
 
     def _ensure_open(self, deadline: Deadline, operation: str, patient: bool = False) -> None:
+        self._stop_if_closing(operation)
         if self._state is State.CLOSED:
             raise exc.ConnectionLost(f"connection {self.name} is closed", operation=operation)
         if os.getpid() != self._pid:
@@ -915,6 +936,7 @@ class Connection:
                     self._backoff_sleep(failed_passes, deadline)
                     self._ring.reset_pass()
                 continue
+            self._stop_if_closing("connection.open")
             if self._ring:
                 self._ring.reset_pass()
             self._set_state(State.CONNECTED)
@@ -928,6 +950,14 @@ class Connection:
                 self.events.emit(ev.ConsumerRestored(self.name, self._topology.queue_name(key), False))
             self._recovered_cancels.clear()
             return
+
+    def _stop_if_closing(self, operation: str) -> None:
+        """close() was called while this thread held the connection: end it here."""
+        if not self._closing or self._state is State.CLOSED:
+            return
+        self._teardown()
+        self._set_state(State.CLOSED)
+        raise exc.ConnectionLost(f"connection {self.name} is closed", operation=operation)
 
     def _backoff_sleep(self, failed_passes: int, deadline: Deadline) -> None:
         delay = self._backoff.delay(failed_passes)

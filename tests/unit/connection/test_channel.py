@@ -1,0 +1,233 @@
+"""Channels the broker closes: the lifecycle table, who is blamed, and the restore.
+
+The restore runs against the fake broker, which closes channels the way
+RabbitMQ does for a consumer acknowledgement timeout or a publish to a
+missing exchange, while the connection stays up.
+"""
+
+from __future__ import annotations
+
+import amqp.exceptions
+import pytest
+
+from rabbit_ha_driver import events as ev
+from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.clock import FakeClock
+from rabbit_ha_driver.connection import Backoff, Connection, Deadline, State
+from rabbit_ha_driver.connection.channel import (
+    CHANNEL_TRANSITIONS,
+    BrokerClose,
+    ChannelLife,
+    ChannelState,
+    close_of,
+    concerns,
+    method_name,
+    method_sig,
+)
+from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome
+from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.testing import FakeBroker, FakeTransport, precondition_failed
+
+URL = "rabbit://u:p@h1:1,u:p@h2:2/"
+
+
+@pytest.fixture
+def broker():
+    return FakeBroker()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def recorder():
+    return ev.Recorder()
+
+
+def make(broker, clock, recorder, **overrides):
+    bus = ev.EventBus()
+    bus.subscribe(recorder)
+    return Connection(from_url(URL, **overrides), name="test", events=bus, clock=clock,
+                      transport=FakeTransport, transport_options={"fake_broker": broker},
+                      backoff=Backoff(0.2, 1.0, 3.0, jitter=0.0))
+
+
+# -- values ----------------------------------------------------------------------
+
+
+def test_every_state_has_a_row_and_illegal_moves_raise():
+    assert set(CHANNEL_TRANSITIONS) == set(ChannelState)
+    life = ChannelLife("c")
+    with pytest.raises(RuntimeError, match="none -> open"):
+        life.move(ChannelState.OPEN)
+    life.move(ChannelState.OPENING)
+    life.move(ChannelState.OPEN)
+    life.closed_by_broker(BrokerClose(406, "timed out"))
+    assert life.state is ChannelState.BROKER_CLOSED and life.last_close.reply_code == 406
+    with pytest.raises(RuntimeError):
+        life.move(ChannelState.OPEN)  # a closed channel is only restored through OPENING
+    life.move(ChannelState.OPENING)
+    assert life.generation == 2
+    assert "opening #2" in repr(life)
+
+
+def test_method_names_both_ways():
+    assert method_name((60, 40)) == "basic.publish"
+    assert method_name((0, 0)) is None
+    assert method_name(None) is None
+    assert method_sig("queue.declare") == (50, 10)
+    assert method_sig("no.such") is None
+
+
+def test_close_of_reads_channel_errors_only():
+    error = amqp.exceptions.error_for_code(404, "NOT_FOUND - no exchange 'x'", (60, 40),
+                                           amqp.exceptions.ChannelError)
+    assert close_of(error) == BrokerClose(404, "NOT_FOUND - no exchange 'x'", "basic.publish")
+    assert close_of(amqp.exceptions.ConnectionForced("bye", (0, 0), reply_code=320)) is None
+    assert close_of(OSError("reset")) is None
+
+
+@pytest.mark.parametrize(("close", "operation", "blamed"), [
+    (BrokerClose(406, "inequivalent arg", "queue.declare"), "queue.declare", True),
+    (BrokerClose(404, "no queue", "basic.consume"), "basic.consume", True),
+    (BrokerClose(406, "ack timed out", None), "queue.declare", False),
+    (BrokerClose(404, "no exchange", "basic.publish"), "basic.publish", False),   # pipelined
+    (BrokerClose(406, "unknown delivery tag", "basic.ack"), "basic.ack", False),
+    (BrokerClose(403, "access refused", "queue.bind"), "queue.declare", False),
+])
+def test_only_a_close_that_names_the_operation_is_blamed_on_it(close, operation, blamed):
+    assert concerns(close, operation) is blamed
+
+
+def test_a_close_over_a_publish_refuses_the_oldest_waiting_message():
+    tracker = ConfirmTracker()
+    first, second, third = (tracker.published(f"m{i}") for i in range(3))
+    tracker.on_ack(1)
+    close = BrokerClose(404, "NOT_FOUND - no exchange 'x'", "basic.publish")
+    assert tracker.lose_all(close) == 2
+    assert first.outcome is Outcome.ACKED
+    assert second.outcome is Outcome.REFUSED and second.reply_code == 404
+    assert third.outcome is Outcome.LOST and third.closed_by == close
+
+
+def test_a_close_over_something_else_loses_every_waiting_message():
+    tracker = ConfirmTracker()
+    pendings = [tracker.published(None) for _ in range(2)]
+    tracker.lose_all(BrokerClose(406, "timed out", None))
+    assert [p.outcome for p in pendings] == [Outcome.LOST, Outcome.LOST]
+
+
+# -- the connection restores the channel ------------------------------------------
+
+
+def _consumer(conn, got):
+    conn.declare_queue("q")
+    return conn.consume("q", got.append)
+
+
+def test_a_consumer_timeout_close_is_restored_on_the_same_connection(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    got = []
+    _consumer(conn, got)
+    conn.publish(b"held", "", "q")
+    conn.drain_events(0)
+    assert [m.body for m in got] == [b"held"]
+    generation = conn._life.generation
+    assert broker.close_channels() == 1
+    conn.drain_events(0)  # reads the close: restores at once, no reconnect
+    assert conn.state is State.CONNECTED and conn.channel_state is ChannelState.OPEN
+    assert conn._life.generation == generation + 1
+    assert broker.connects == ["h1:1"]
+    assert len(recorder.of(ev.ChannelClosedByBroker)) == 1
+    assert len(recorder.of(ev.ChannelRestored)) == 1
+    assert not recorder.of(ev.ConnectionLost)
+    # The held delivery came back to the new consumer; the old one is never
+    # acked on the new channel, the new one is.
+    conn.drain_events(0)
+    assert [m.body for m in got] == [b"held", b"held"]
+    assert conn.ack(got[0]) is False
+    assert conn.ack(got[1]) is True
+    conn.publish(b"next", "", "q")
+    conn.drain_events(0)
+    assert [m.body for m in got][-1] == b"next"
+
+
+def test_a_close_seen_by_another_operation_is_not_blamed_on_it(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    got = []
+    _consumer(conn, got)
+    broker.close_channels(406, "PRECONDITION_FAILED - unknown delivery tag 7", method="basic.ack")
+    # The declare reads the close first: restored, then the declare succeeds.
+    assert conn.declare_queue("other", deadline=Deadline.after(5, clock)) == "other"
+    assert conn.channel_state is ChannelState.OPEN
+    assert len(recorder.of(ev.ChannelRestored)) == 1
+    conn.publish(b"after", "", "q")
+    conn.drain_events(0)
+    assert [m.body for m in got] == [b"after"]
+
+
+def test_a_refusal_of_the_operation_itself_still_raises_at_once(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    conn.connect()
+    broker.fail_next("queue.declare", precondition_failed())
+    with pytest.raises(exc.IrrecoverableError) as refused:
+        conn.declare_queue("q", deadline=Deadline.after(60, clock))
+    assert refused.value.reply_code == 406
+    # ...and the next caller gets a working channel on the same connection.
+    assert conn.declare_queue("q2") == "q2"
+    assert conn.channel_state is ChannelState.OPEN and broker.connects == ["h1:1"]
+
+
+def test_a_restore_that_fails_falls_back_to_a_reconnect(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    got = []
+    _consumer(conn, got)
+    broker.close_channels()
+    broker.fail_next("queue.declare", OSError("reset while restoring"))
+    conn.drain_events(0)
+    conn.drain_events(0)
+    assert len(recorder.of(ev.ConnectionLost)) == 1
+    assert conn.state is State.CONNECTED and conn.channel_state is ChannelState.OPEN
+    conn.publish(b"back", "", "q")
+    conn.drain_events(0)
+    assert [m.body for m in got] == [b"back"]
+
+
+def test_an_ack_of_a_no_ack_delivery_writes_nothing(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    got = []
+    conn.declare_queue("q")
+    conn.consume("q", got.append, no_ack=True)
+    conn.publish(b"x", "", "q")
+    conn.drain_events(0)
+    assert conn.ack(got[0]) is True
+    assert got[0].acknowledged
+
+
+def test_close_during_a_reconnect_in_another_thread_leaves_no_connection(broker, clock, recorder):
+    import threading
+
+    conn = make(broker, clock, recorder)
+    conn.CLOSE_WAIT = 0.01
+    broker.connect_gate = threading.Event()
+    outcome: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            conn.connect(Deadline.after(60, clock))
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=connect)
+    thread.start()
+    while not broker.connects:  # the connect is under way, holding the connection
+        threading.Event().wait(0.001)
+    conn.close()
+    assert conn.state is not State.CONNECTED
+    broker.connect_gate.set()
+    thread.join(5)
+    assert conn.state is State.CLOSED
+    assert outcome and isinstance(outcome[0], exc.ConnectionLost)
+    assert broker.open_connections == 0
