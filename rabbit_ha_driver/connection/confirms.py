@@ -14,9 +14,12 @@ property, which :class:`ConfirmTracker` hands out (``<channel prefix>.<n>``)
 when the publisher did not set one. When the channel or connection goes,
 every message still waiting is marked :attr:`Outcome.LOST`: it may or may not
 have reached a queue. When the *broker* closed the channel over a publish (a
-missing exchange), the oldest message still waiting is the one it refused
-(:attr:`Outcome.REFUSED`): the broker handles a channel's methods in order
-and drops everything after the one it refused.
+missing exchange), the connection finds out which exchange is missing and
+:func:`settle_after_refusal` decides each message's fate: the oldest one to
+that exchange is the refused one (:attr:`Outcome.REFUSED`); the broker
+handles a channel's methods in order and drops what follows the refused one
+unread (:attr:`Outcome.DROPPED`, safe to send again); what came before may
+have been taken (:attr:`Outcome.LOST`).
 
 Nothing here reads or writes: the connection feeds the broker's answers in
 (:meth:`ConfirmTracker.on_ack`, ``on_nack``, ``on_return``) and reads frames
@@ -46,16 +49,19 @@ class Outcome(enum.Enum):
     """The channel closed before the confirm: it may or may not have arrived."""
     REFUSED = "refused"
     """The broker closed the channel over this publish (404: no such exchange)."""
+    DROPPED = "dropped"
+    """Written after a message the broker refused on the same channel: dropped unread."""
 
 
 class Pending:
     """One published message waiting for its confirm."""
 
-    __slots__ = ("closed_by", "message_id", "outcome", "reply_code", "reply_text", "seq")
+    __slots__ = ("closed_by", "exchange", "message_id", "outcome", "reply_code", "reply_text", "seq")
 
-    def __init__(self, seq: int, message_id: str | None) -> None:
+    def __init__(self, seq: int, message_id: str | None, exchange: str | None = None) -> None:
         self.seq = seq
         self.message_id = message_id
+        self.exchange = exchange
         self.outcome: Outcome | None = None
         self.reply_code = 0
         self.reply_text = ""
@@ -95,10 +101,10 @@ class ConfirmTracker:
         """The ``message_id`` the next message should carry to be recognised if returned."""
         return f"{self._prefix}.{self._seq + 1}"
 
-    def published(self, message_id: str | None) -> Pending:
+    def published(self, message_id: str | None, exchange: str | None = None) -> Pending:
         """Record the message just written; its confirm number is the next one."""
         self._seq += 1
-        pending = Pending(self._seq, message_id)
+        pending = Pending(self._seq, message_id, exchange)
         self._waiting[self._seq] = pending
         if message_id is not None:
             self._by_id.setdefault(message_id, []).append(pending)
@@ -148,18 +154,41 @@ class ConfirmTracker:
 
         A message already returned stays returned (the broker did not take
         it, so it is safe to send again). ``close`` is the broker's reason
-        when the broker closed the channel (a :class:`~.channel.BrokerClose`);
-        if it blames ``basic.publish``, the oldest waiting message is the
-        refused one. Returns how many were lost.
+        when the broker closed the channel (a :class:`~.channel.BrokerClose`).
+        Returns how many were lost.
         """
-        lost = [p for p in self._waiting.values() if p.outcome is None]
-        for pending in lost:
-            pending.outcome = Outcome.LOST
-            pending.closed_by = close
-        if lost and close is not None and getattr(close, "method", None) == "basic.publish":
-            refused = lost[0]
-            refused.outcome = Outcome.REFUSED
-            refused.reply_code, refused.reply_text = close.reply_code, close.reply_text
+        lost = self.take_waiting()
+        settle_after_refusal(lost, close, None)
+        return len(lost)
+
+    def take_waiting(self) -> list[Pending]:
+        """Forget the waiting messages, still unsettled: whoever takes them settles them."""
+        waiting = [p for p in self._waiting.values() if p.outcome is None]
         self._waiting.clear()
         self._by_id.clear()
-        return len(lost)
+        return waiting
+
+
+def settle_after_refusal(waiting: list[Pending], close: Any, refused_exchange: str | None) -> None:
+    """Settle the messages that waited on a channel the broker closed.
+
+    ``refused_exchange``: the exchange found missing after a close over a
+    publish, or None when nobody knows which message was refused (then
+    every one is lost: it may or may not have been taken).
+    """
+    refused = None
+    if refused_exchange is not None:
+        refused = min((p for p in waiting if p.exchange == refused_exchange),
+                      key=lambda p: p.seq, default=None)
+    for pending in waiting:
+        if pending.done:
+            continue
+        pending.closed_by = close
+        if refused is None or pending.seq < refused.seq:
+            pending.outcome = Outcome.LOST
+        elif pending is refused:
+            pending.outcome = Outcome.REFUSED
+            pending.reply_code = getattr(close, "reply_code", 404)
+            pending.reply_text = getattr(close, "reply_text", "")
+        else:
+            pending.outcome = Outcome.DROPPED

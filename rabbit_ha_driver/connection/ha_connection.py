@@ -61,7 +61,13 @@ from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import errors, frames
 from rabbit_ha_driver.connection.amqp_io import Liveness, raw_socket
 from rabbit_ha_driver.connection.channel import BrokerClose, ChannelLife, ChannelState, close_of, concerns
-from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome, Pending, settled
+from rabbit_ha_driver.connection.confirms import (
+    ConfirmTracker,
+    Outcome,
+    Pending,
+    settle_after_refusal,
+    settled,
+)
 from rabbit_ha_driver.connection.hosts import HostRing
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
 from rabbit_ha_driver.connection.topology import (
@@ -113,6 +119,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 _OPEN_STATES = frozenset({State.CONNECTED, State.BLOCKED})
 #: Seconds after a channel opens before its consumed queues are first checked.
 POST_RECOVERY_CHECK = 1.0
+#: The methods a topology replay sends: a refusal of one of them is the replay's own.
+_REPLAY_METHODS = frozenset({"basic.qos", "exchange.declare", "queue.declare", "queue.bind",
+                             "basic.consume"})
 #: A reader with a deadline of its own checks queues only with this much left.
 MAINTENANCE_FLOOR = 0.5
 _ALL_CONNECTIONS: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -175,6 +184,10 @@ class Connection:
         self._tag_prefix = f"rha-{uuid.uuid4().hex[:12]}"
         self._life = ChannelLife(self.name)
         self._closing = False
+        # Messages that waited on a channel closed over a publish, until the
+        # refused one is known (see _settle_refused).
+        self._refused_waiting: list[Pending] = []
+        self._refused_close: BrokerClose | None = None
         # Heartbeats, dead-peer detection and socket tuning (AMQP only). Its
         # times come from the real clock shared with the heartbeat scheduler.
         self.liveness: Liveness | None = None if settings.is_memory else Liveness(
@@ -446,6 +459,8 @@ class Connection:
                                           properties=properties, mandatory=mandatory,
                                           deadline=deadline)
             self.wait_confirm(pending, deadline)
+            if pending.outcome is Outcome.DROPPED and not deadline.expired():
+                continue  # dropped unread after another message's refusal: never taken
             if pending.outcome is Outcome.LOST and retry_uncertain:
                 continue
             self.raise_for(pending, exchange, routing_key)
@@ -486,7 +501,7 @@ class Connection:
                                   mandatory=mandatory)
             if not self._confirms:
                 return settled(Outcome.ACKED)  # memory: refused at once if unroutable
-            return self._tracker.published(props.get("message_id"))
+            return self._tracker.published(props.get("message_id"), exchange)
 
         return self.ensure(attempt, operation="basic.publish", deadline=deadline)
 
@@ -524,16 +539,17 @@ class Connection:
 
     def _encode_publish(self, channel: Any, body: bytes, exchange: str, routing_key: str,
                         headers: dict[str, Any] | None, props: dict[str, Any],
-                        mandatory: bool) -> tuple[bytes, str | None] | None:
-        """The frames of a publish on ``channel`` and the ``message_id`` that tells
-        a return apart (set in ``props``); None if a property is left to py-amqp."""
+                        mandatory: bool) -> tuple[bytes, str | None, str] | None:
+        """The frames of a publish on ``channel``, the ``message_id`` that tells
+        a return apart (set in ``props``) and the exchange; None if a property
+        is left to py-amqp."""
         message_id = (props.setdefault("message_id", self._tracker.next_message_id())
                       if mandatory else None)
         data = frames.publish(channel.channel_id, self._raw.frame_max, exchange, routing_key,
                               body, {**props, "headers": headers}, mandatory=mandatory)
-        return None if data is None else (data, message_id)
+        return None if data is None else (data, message_id, exchange)
 
-    def _write_recorded(self, data: bytes, message_id: str | None,
+    def _write_recorded(self, data: bytes, message_id: str | None, exchange: str,
                         deadline: Deadline | None = None) -> Pending:
         """Write encoded publish frames and record the message for its confirm.
 
@@ -551,7 +567,7 @@ class Connection:
         else:
             raw.transport.write(data)
         raw.bytes_sent += 1
-        pending = self._tracker.published(message_id)
+        pending = self._tracker.published(message_id, exchange)
         try:
             self._read_waiting()
         except Exception as error:
@@ -640,6 +656,11 @@ class Connection:
                 f"publish to {exchange!r}/{routing_key!r}: the broker closed the channel over it: "
                 f"{pending.reply_code} {pending.reply_text}", host=self._addr(),
                 reply_code=pending.reply_code, operation="basic.publish")
+        if outcome is Outcome.DROPPED:
+            raise exc.ChannelDead(
+                f"publish to {exchange!r}/{routing_key!r}: dropped unread by the broker after it "
+                f"refused another message on the channel ({pending.closed_by}); safe to send again",
+                host=self._addr(), operation="basic.publish")
         if pending.closed_by is not None:
             raise exc.ConnectionLost(
                 f"publish to {exchange!r}/{routing_key!r}: the broker closed the channel "
@@ -1035,19 +1056,29 @@ class Connection:
                 old = self._channel
                 self._channel = None
                 if old is not None:
-                    try:
-                        old.collect()
-                    except Exception as error:  # already gone
-                        LOG.debug("[%s] dropping old channel: %s", self.name, error)
+                    self._release(old)
                 self._open_channel()
                 self._topology.replay(self._declarer(self._channel))
             self._life.move(ChannelState.OPEN)
             return True
         except Exception as error:
-            if errors.classify(error, "queue.declare", recovering=True) is errors.Action.RAISE:
-                raise errors.translate(error, "queue.declare", self._addr()) from error
+            close = close_of(error)
+            operation = close.method if close is not None and close.method else "queue.declare"
+            if operation in _REPLAY_METHODS and \
+                    errors.classify(error, operation, recovering=True) is errors.Action.RAISE:
+                raise errors.translate(error, operation, self._addr()) from error
             LOG.info("[%s] reopening the channel failed (%s); reconnecting", self.name, error)
             return False
+
+    def _release(self, channel: Any) -> None:
+        """Let go of a channel being replaced: closed properly unless the broker closed it."""
+        try:
+            if getattr(channel, "broker_close", None) is None and getattr(channel, "is_open", False):
+                channel.close()  # else the broker would keep it, and its consumers
+            else:
+                channel.collect()
+        except Exception as error:  # already gone
+            LOG.debug("[%s] dropping old channel: %s", self.name, error)
 
     def _on_broker_close(self, channel: Any, close: BrokerClose) -> None:
         """The channel's own report that the broker closed it (called while reading)."""
@@ -1062,21 +1093,61 @@ class Connection:
         if channel is not None:
             with suppress(Exception):  # released already by RecoverableChannel
                 channel.collect()
-        lost = self._tracker.lose_all(close)
+        waiting = self._tracker.take_waiting()
+        if close.method == "basic.publish" and close.reply_code == 404:
+            # Which message was refused is told after the restore (see
+            # _settle_refused); until then their publishers wait for the lock.
+            self._refused_waiting.extend(waiting)
+            self._refused_close = close
+        else:
+            settle_after_refusal(waiting, close, None)
         self._active_tags = set()
         self._life.closed_by_broker(close)
         self.events.emit(ev.ChannelClosedByBroker(self.name, self._addr() or "memory",
-                                                  close.reply_code, str(close), lost))
+                                                  close.reply_code, str(close), len(waiting)))
 
     def _restore_channel(self, deadline: Deadline) -> bool:
         """A new channel in place of one the broker closed; False if that failed."""
         started = self._clock.now()
-        if not self._reopen_channel(deadline, f"the broker closed the channel ({self._life.last_close})"):
-            return False
+        try:
+            if not self._reopen_channel(deadline, f"the broker closed the channel ({self._life.last_close})"):
+                return False
+            self._settle_refused(deadline)
+        finally:
+            # Never leave a publisher waiting: unknown stays lost.
+            waiting, self._refused_waiting = self._refused_waiting, []
+            settle_after_refusal(waiting, self._refused_close, None)
         self._life.restores += 1
         self.events.emit(ev.ChannelRestored(self.name, self._addr() or "memory",
                                             len(self._topology.consumers), self._clock.now() - started))
         return True
+
+    def _settle_refused(self, deadline: Deadline) -> None:
+        """After a close over a publish: find the missing exchange, settle who waited.
+
+        The broker names the refused method, not the message. A passive
+        declare of each exchange the waiting messages went to finds the
+        missing one (and closes the new channel again, which is restored);
+        the oldest message to it was refused, later ones were dropped
+        unread, earlier ones may have been taken.
+        """
+        waiting, close = self._refused_waiting, self._refused_close
+        if not waiting or close is None:
+            return
+        for name in sorted({p.exchange for p in waiting if p.exchange}):
+            try:
+                with self._request_deadline("exchange.declare", deadline.cap(self.settings.request_timeout)):
+                    self._channel.exchange_declare(exchange=name, type="topic", passive=True)
+            except Exception as error:
+                probe = close_of(error)
+                if probe is None or probe.reply_code != 404:
+                    LOG.debug("[%s] could not tell which publish was refused: %s", self.name, error)
+                    return
+                self._refused_waiting = []
+                settle_after_refusal(waiting, close, name)
+                self._channel_closed(probe)  # the probe closed the new channel: once more
+                self._reopen_channel(deadline, f"exchange {name!r} is missing")
+                return
 
     def _restore_after_close(self, close: BrokerClose, bound: Deadline | None = None) -> None:
         """Seen by a reader: note the close and restore at once (or reconnect).

@@ -24,16 +24,20 @@ the publish follows the resend rules of a write that never happened.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import amqp.exceptions
 from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp as kombu_pyamqp
 
 from rabbit_ha_driver.connection.channel import RecoverableChannel
 from rabbit_ha_driver.connection.errors import RequestTimeout, WriteTimeout
 from rabbit_ha_driver.exceptions import Unroutable
+
+LOG = logging.getLogger(__name__)
 
 
 def _frame_size(header: bytes) -> int:
@@ -54,6 +58,33 @@ class DeadlineConnection(kombu_pyamqp.Connection):
     drain_deadline: float | None = None
     #: Seconds a frame written outside any request may take to leave.
     frame_write_timeout: float = 10.0
+    _last_channel_id = 0
+
+    def fresh_channel(self) -> Any:
+        """A new channel on an id not used recently.
+
+        py-amqp would take the lowest free id, so a channel opened right
+        after the broker closed one gets its id, and a frame the broker sent
+        for the old one before it saw our ``close-ok`` (a second
+        ``channel.close``, a delivery) would land on the new one. Ids go
+        round instead, so such a frame finds no channel and is dropped
+        (:meth:`on_inbound_method`).
+        """
+        limit = self.channel_max or 65535
+        for _ in range(limit):
+            self._last_channel_id = self._last_channel_id % limit + 1
+            candidate = self._last_channel_id
+            if candidate not in self.channels and candidate not in self._used_channel_ids:
+                return self.channel(candidate)
+        raise amqp.exceptions.ResourceError("no free channel id", (20, 10))
+
+    def on_inbound_method(self, channel_id: int, method_sig: Any, payload: Any, content: Any) -> Any:
+        channels = self.channels
+        if channels is not None and channel_id not in channels:
+            # A late frame for a channel we already closed (see fresh_channel).
+            LOG.debug("dropping %s for channel %s, which is closed", method_sig, channel_id)
+            return None
+        return super().on_inbound_method(channel_id, method_sig, payload, content)
 
     def Transport(self, *args: Any, **kwargs: Any) -> Any:
         transport = super().Transport(*args, **kwargs)
@@ -139,6 +170,9 @@ class AMQPTransport(kombu_pyamqp.Transport):
     """kombu's py-amqp transport with deadline-aware connections."""
 
     Connection = DeadlineConnection
+
+    def create_channel(self, connection: Any) -> Any:
+        return connection.fresh_channel()
 
 
 class MemoryChannel(kombu_memory.Channel):

@@ -60,19 +60,40 @@ def _publisher(node: Any) -> tuple[amqp.Connection, Any]:
     return raw, raw.channel()
 
 
+class _Timed(ev.Recorder):
+    """A recorder that notes when each event happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: dict[int, float] = {}
+
+    def __call__(self, event: ev.Event) -> None:
+        self.at[id(event)] = time.monotonic()
+        super().__call__(event)
+
+    def when(self, kind: type[ev.Event]) -> float:
+        return self.at[id(self.of(kind)[0])]
+
+
 def _ack_timeout_round(cluster: Any, queue: str) -> dict[str, Any]:
     """Hold one delivery past the consumer timeout; return what the connection did."""
     node = cluster.nodes[0]
-    recorder = ev.Recorder()
+    recorder = _Timed()
     bus = ev.EventBus()
     bus.subscribe(recorder)
     conn = Connection(_settings(node), events=bus)
     raw, publisher = _publisher(node)
     got: list[Any] = []
+    received_at: list[float] = []
+
+    def on_message(message: Any) -> None:
+        got.append(message)
+        received_at.append(time.monotonic())
+
     try:
         with consumer_timeout(cluster):
             conn.declare_queue(queue)
-            conn.consume(queue, got.append)
+            conn.consume(queue, on_message)
             port = conn.local_port
             publisher.basic_publish(amqp.Message(b"held"), "", queue)
             wait_until(lambda: got or conn.drain_events(0.1), 10, "first delivery")
@@ -81,15 +102,16 @@ def _ack_timeout_round(cluster: Any, queue: str) -> dict[str, Any]:
             while not recorder.of(ev.ChannelClosedByBroker) and time.monotonic() < deadline:
                 conn.drain_events(0.1)
             assert recorder.of(ev.ChannelClosedByBroker), "the broker never closed the channel"
-            closed_at = time.monotonic()
+            closed_at = recorder.when(ev.ChannelClosedByBroker)
             # The consumer is back: the held message comes again on the new channel.
             while not recorder.of(ev.ChannelRestored) and time.monotonic() < closed_at + 10:
                 conn.drain_events(0.1)
-            restored_after = time.monotonic() - closed_at
             stale_ack = conn.ack(got[0])
             # Ack everything the new channel delivered, before the next timeout.
             redelivered = 0
             wait_until(lambda: len(got) > 1 or conn.drain_events(0.05), 5, "redelivery")
+            # From the broker's close (as read) to the held message consumed again.
+            restored_after = received_at[1] - closed_at
             for message in got[1:]:
                 redelivered += conn.ack(message)
         # Normal timeout again: a new message is received and acked on the same socket.
@@ -200,3 +222,54 @@ def test_missing_exchange_is_blamed_on_its_own_publisher_only(cluster: Any) -> N
     finally:
         stop.set()
         conn.close()
+
+
+class _Slow:
+    """An endpoint whose casts keep its only worker busy past the consumer timeout."""
+
+    def __init__(self) -> None:
+        self.handled: list[int] = []
+        self.lock = threading.Lock()
+
+    def slow(self, ctxt: dict[str, Any], n: int, seconds: float) -> None:
+        time.sleep(seconds)
+        with self.lock:
+            self.handled.append(n)
+
+    def echo(self, ctxt: dict[str, Any], word: str) -> str:
+        return word
+
+
+def test_a_busy_server_keeps_serving_through_consumer_timeouts(cluster: Any) -> None:
+    """Every worker busy while prefetched requests wait past ``consumer_timeout``.
+
+    The broker closes the server's channel (406); the server must consume
+    again on a restored channel, handle each cast once, and answer calls.
+    """
+    from rabbit_ha_driver.rpc import RPCClient, RPCServer
+
+    node = cluster.nodes[0]
+    url = f"rabbit://guest:guest@127.0.0.1:{node.port}/?heartbeat_timeout_threshold=4"
+    endpoint = _Slow()
+    recorder = ev.Recorder()
+    bus = ev.EventBus()
+    bus.subscribe(recorder)
+    with consumer_timeout(cluster):
+        server = RPCServer(rha.from_url(url), "rha-busy", "busy-1", [endpoint], max_workers=1,
+                           events=bus, start_timeout=10.0)
+        server.start()
+        client = RPCClient(rha.from_url(url), "rha-busy", timeout=30)
+        try:
+            for n in range(3):
+                client.cast({}, "slow", n=n, seconds=1.5)
+            wait_until(lambda: recorder.of(ev.ChannelClosedByBroker), 15, "a consumer timeout")
+            assert client.call({}, "echo", word="still here") == "still here"
+            wait_until(lambda: len(endpoint.handled) >= 3, 20, "every cast handled")
+            time.sleep(1.0)
+        finally:
+            client.close()
+            server.stop()
+            server.wait(5.0)
+    assert sorted(endpoint.handled) == [0, 1, 2], endpoint.handled   # each once
+    assert recorder.of(ev.ChannelRestored)
+    assert not recorder.of(ev.ConnectionLost)

@@ -24,7 +24,7 @@ from rabbit_ha_driver.connection.channel import (
     method_name,
     method_sig,
 )
-from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome
+from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome, settle_after_refusal
 from rabbit_ha_driver.settings import from_url
 from rabbit_ha_driver.testing import FakeBroker, FakeTransport, precondition_failed
 
@@ -101,15 +101,29 @@ def test_only_a_close_that_names_the_operation_is_blamed_on_it(close, operation,
     assert concerns(close, operation) is blamed
 
 
-def test_a_close_over_a_publish_refuses_the_oldest_waiting_message():
+def test_a_refusal_settles_by_the_missing_exchange_and_the_order():
     tracker = ConfirmTracker()
-    first, second, third = (tracker.published(f"m{i}") for i in range(3))
-    tracker.on_ack(1)
-    close = BrokerClose(404, "NOT_FOUND - no exchange 'x'", "basic.publish")
-    assert tracker.lose_all(close) == 2
-    assert first.outcome is Outcome.ACKED
-    assert second.outcome is Outcome.REFUSED and second.reply_code == 404
-    assert third.outcome is Outcome.LOST and third.closed_by == close
+    before = tracker.published("m0", "live")      # may have been taken
+    acked = tracker.published("m1", "live")
+    refused = tracker.published("m2", "gone")     # the oldest to the missing exchange
+    after_live = tracker.published("m3", "live")  # dropped unread after the refusal
+    after_gone = tracker.published("m4", "gone")
+    tracker.on_ack(2)
+    close = BrokerClose(404, "NOT_FOUND - no exchange 'gone'", "basic.publish")
+    waiting = tracker.take_waiting()
+    assert [p.outcome for p in waiting] == [None] * 4   # nobody settled before it is known
+    settle_after_refusal(waiting, close, "gone")
+    assert acked.outcome is Outcome.ACKED
+    assert before.outcome is Outcome.LOST and before.closed_by == close
+    assert refused.outcome is Outcome.REFUSED and refused.reply_code == 404
+    assert after_live.outcome is Outcome.DROPPED and after_gone.outcome is Outcome.DROPPED
+
+
+def test_a_refusal_nobody_could_attribute_loses_every_waiting_message():
+    tracker = ConfirmTracker()
+    pendings = [tracker.published(None, "x") for _ in range(2)]
+    settle_after_refusal(tracker.take_waiting(), BrokerClose(404, "no exchange", "basic.publish"), None)
+    assert [p.outcome for p in pendings] == [Outcome.LOST, Outcome.LOST]
 
 
 def test_a_close_over_something_else_loses_every_waiting_message():
