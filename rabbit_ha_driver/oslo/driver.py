@@ -30,6 +30,7 @@ from oslo_messaging._drivers import base
 
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
+from rabbit_ha_driver.events import EventBus, LogSubscriber
 from rabbit_ha_driver.oslo.incoming import OsloPollListener
 from rabbit_ha_driver.oslo.policy import SendBudget, library_url, send_budget
 from rabbit_ha_driver.oslo.wire import encode, remote_exception, with_context
@@ -70,11 +71,15 @@ class RabbitHADriver(base.BaseDriver):
         self.settings = from_conf(conf, library_url(url, conf))
         self.exchange = default_exchange or envelope.DEFAULT_EXCHANGE
         self.clock = clock or REAL_CLOCK
+        #: Every connection of this driver reports here (logs; attach metrics).
+        self.events = EventBus()
+        self.events.subscribe(LogSubscriber())
         self._factory = (connections(self.settings) if connections is not None
-                         else default_connection_factory(self.settings, clock=self.clock))
+                         else default_connection_factory(self.settings, events=self.events,
+                                                         clock=self.clock))
         self.prefetch_size = self.settings.rabbit_qos_prefetch_count
         self._transport = RPCTransport(self.settings, exchange=self.exchange, clock=self.clock,
-                                       connection_factory=self._factory)
+                                       connection_factory=self._factory, events=self.events)
         # Replies and call-monitor heartbeats of this driver's servers have
         # their own connection, so they never wait behind a cast that keeps
         # retrying while the brokers are away.
