@@ -48,7 +48,7 @@ from typing import Any
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Connection, Deadline, State
-from rabbit_ha_driver.events import DuplicateRequest
+from rabbit_ha_driver.events import DuplicateRequest, EventBus
 from rabbit_ha_driver.rpc import envelope
 from rabbit_ha_driver.rpc.client import Publisher, Receipt
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
@@ -232,6 +232,11 @@ class PollListener:
     @property
     def queues(self) -> list[QueueSpec]:
         return list(self._queues)
+
+    @property
+    def events(self) -> EventBus:
+        """The bus of this listener's connection (its events and the listener's)."""
+        return self._conn.events
 
     @property
     def subscribed(self) -> bool:
