@@ -1,5 +1,8 @@
 """Repeated requests: answered from the reply cache, dropped while running; the cast window."""
 
+# The listener fixtures of test_listener are imported and used as arguments.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +18,7 @@ from rabbit_ha_driver.rpc.recent import Recent
 from rabbit_ha_driver.rpc.reply_cache import RUNNING, ReplyCache
 
 from .conftest import fake_factory
-from .test_listener import make_rpc_listener, poll_until, request, send  # noqa: F401 (fixtures)
-from .test_listener import listen_conn, publisher  # noqa: F401
+from .test_listener import listen_conn, make_rpc_listener, poll_until, publisher, request, send  # noqa: F401 (fixtures)  # noqa: F401
 
 
 def poll_briefly(listener):
@@ -85,7 +87,7 @@ def replies(settings, broker):
 
 
 def test_a_repeated_call_is_answered_from_the_cache_without_running(
-        make_rpc_listener, publisher, replies, topic, caplog):  # noqa: F811
+        make_rpc_listener, publisher, replies, topic, caplog):
     listener = make_rpc_listener()
     recorder = ev.Recorder()
     listener.events.subscribe(recorder)
@@ -107,7 +109,7 @@ def test_a_repeated_call_is_answered_from_the_cache_without_running(
 
 
 def test_a_repeated_call_still_running_is_dropped(make_rpc_listener, publisher, replies,
-                                                  topic):  # noqa: F811
+                                                  topic):
     listener = make_rpc_listener()
     recorder = ev.Recorder()
     listener.events.subscribe(recorder)
@@ -122,7 +124,7 @@ def test_a_repeated_call_still_running_is_dropped(make_rpc_listener, publisher, 
 
 
 def test_a_failure_is_cached_like_a_result(make_rpc_listener, publisher, replies,
-                                           topic):  # noqa: F811
+                                           topic):
     listener = make_rpc_listener()
     send(publisher, topic, request("boom", msg_id="m1", reply_q="reply_old"))
     (incoming,) = poll_until(listener, 1)
@@ -134,7 +136,7 @@ def test_a_failure_is_cached_like_a_result(make_rpc_listener, publisher, replies
 
 
 def test_without_the_cache_a_repeated_call_is_dropped_by_its_unique_id(
-        settings, listen_conn, publisher, topic):  # noqa: F811
+        settings, listen_conn, publisher, topic):
     listener = rpc_listener(settings.replace(rpc_reply_cache_size=0), topic, "s1",
                             connection=listen_conn, publisher=publisher)
     assert listener.subscribe(time.monotonic() + 2)
@@ -196,7 +198,7 @@ def test_a_server_runs_a_repeated_call_once_and_answers_both(settings, broker, t
 
 
 def test_cast_duplicates_are_dropped_within_the_window_only(make_rpc_listener, publisher,
-                                                            topic):  # noqa: F811
+                                                            topic):
     listener = make_rpc_listener()
     send(publisher, topic, request("record", unique_id="cast-1"))
     send(publisher, topic, request("record", unique_id="cast-1"))
