@@ -228,3 +228,18 @@ def test_a_synchronous_send_treats_a_lost_confirm_as_uncertain(waiters, clock):
     waiters.deliver(reply("m1", "pong"))
     thread.join(STEP)
     assert outcome == {"result": "pong"}
+
+
+def test_metrics_count_resent_and_repeated_requests(clock):
+    from rabbit_ha_driver.metrics import Metrics
+
+    metrics = Metrics(clock)
+    bus = ev.EventBus()
+    metrics.attach(bus)
+    bus.emit(ev.RequestResent("c:publish", "h1:1", "m1", 1))
+    bus.emit(ev.DuplicateRequest("s:listen", "m1", True))
+    bus.emit(ev.DuplicateRequest("s:listen", "m2", False))
+    snapshot = metrics.snapshot()["connections"]
+    assert snapshot["c:publish"]["requests_resent"] == 1
+    assert snapshot["s:listen"]["duplicate_requests_answered"] == 1
+    assert snapshot["s:listen"]["duplicate_requests_dropped"] == 1
