@@ -299,6 +299,36 @@ class UnroutableRetry(Event):
                 f"{self.routing_key!r} on {self.host}; sending it again (attempt {self.attempt})")
 
 
+
+@dataclasses.dataclass(frozen=True)
+class RequestResent(Event):
+    """A call's request whose fate was uncertain (its connection died between
+    the write and the confirm) got no reply within the grace; it is sent
+    again with the same message id."""
+
+    host: str
+    msg_id: str
+    resend: int
+
+    def describe(self) -> str:
+        return (f"request {self.msg_id} sent again via {self.host} (re-send {self.resend}): "
+                "its first copy's fate was uncertain and no reply came")
+
+
+@dataclasses.dataclass(frozen=True)
+class DuplicateRequest(Event):
+    """A server received a call's request again (same message id): answered
+    from its cache of recent replies (``answered``), or dropped while the
+    first copy still runs."""
+
+    msg_id: str
+    answered: bool
+
+    def describe(self) -> str:
+        if self.answered:
+            return f"repeated request {self.msg_id} answered from the reply cache"
+        return f"repeated request {self.msg_id} dropped: the first copy is still running"
+
 Subscriber = Callable[[Event], None]
 
 

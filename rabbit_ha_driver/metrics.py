@@ -64,6 +64,9 @@ COUNTERS: dict[str, str] = {
     "blocks": "times the broker blocked publishing (resource alarm)",
     "blocked_seconds": "seconds spent blocked by the broker",
     "request_deadlines_missed": "synchronous AMQP requests with no reply before their deadline",
+    "requests_resent": "call requests sent again after their fate was uncertain",
+    "duplicate_requests_answered": "repeated call requests answered from a server's reply cache",
+    "duplicate_requests_dropped": "repeated call requests dropped while the first copy ran",
     "unroutable_retries": "messages returned unroutable and sent again",
     "calls": "RPC calls that ended (with a result, an error or a timeout)",
     "call_errors": "RPC calls that ended with an error other than a timeout",
@@ -373,6 +376,11 @@ def _failover(metrics: Metrics, event: ev.FailedOver) -> None:
     metrics._count(event, "failovers", host=event.from_host)
 
 
+def _duplicate(metrics: Metrics, event: ev.DuplicateRequest) -> None:
+    name = "duplicate_requests_answered" if event.answered else "duplicate_requests_dropped"
+    metrics._count(event, name)
+
+
 _HANDLERS: dict[type[ev.Event], Callable[[Metrics, Any], None]] = {
     ev.StateChanged: Metrics._on_state,
     ev.Connected: Metrics._on_connected,
@@ -389,4 +397,6 @@ _HANDLERS: dict[type[ev.Event], Callable[[Metrics, Any], None]] = {
     UnroutableRetry: _counter("unroutable_retries"),
     CallCompleted: Metrics._on_call,
     CallTimedOut: Metrics._on_call_timeout,
+    ev.RequestResent: _counter("requests_resent"),
+    ev.DuplicateRequest: _duplicate,
 }

@@ -273,6 +273,32 @@ rpc_opts = [
         "at_least_once transport option, always waits. The library's own RPCClient.cast() always waits; "
         "RPCClient.cast_async() returns a receipt instead.",
     ),
+    cfg.FloatOpt(
+        "rpc_resend_uncertain_after",
+        default=1.0,
+        min=0.0,
+        help="Seconds a call waits for its reply, after the connection died between "
+        "writing its request and the broker's confirm, before it sends the same "
+        "request again (same message id; a server that already ran it answers "
+        "from its reply cache). Capped at half the time the call has left; at "
+        "most 3 times per call, never past its timeout. 0: never sent again, the "
+        "call waits for a reply that may not come.",
+    ),
+    cfg.IntOpt(
+        "rpc_reply_cache_size",
+        default=1024,
+        min=0,
+        help="Replies an RPC server (each listener) keeps, by the request's message "
+        "id, to answer a request that arrives again without running it twice. "
+        "0 disables the cache (a repeated request then runs again).",
+    ),
+    cfg.FloatOpt(
+        "rpc_reply_cache_ttl",
+        default=300.0,
+        min=1.0,
+        help="Seconds a server keeps a reply (or the mark of a request still "
+        "running) in its reply cache.",
+    ),
     cfg.IntOpt(
         "rpc_max_message_size",
         default=16 * 1024 * 1024,

@@ -185,6 +185,9 @@ class Settings:
     rpc_response_timeout: int = 60
     publish_timeout: float = 30.0
     cast_confirm: str = "background"
+    rpc_resend_uncertain_after: float = 1.0
+    rpc_reply_cache_size: int = 1024
+    rpc_reply_cache_ttl: float = 300.0
     rpc_max_message_size: int = 16 * 1024 * 1024
     metrics_http_port: int | None = None
 

@@ -59,7 +59,8 @@ _ack = struct.Struct(">BHIHHQB").pack
 
 
 def _shortstr(value: Any) -> bytes:
-    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    # bytes(12) would be twelve NUL bytes: anything but bytes is sent as its text.
+    raw = bytes(value) if isinstance(value, bytes | bytearray) else str(value).encode("utf-8")
     if len(raw) > 255:
         raise ValueError(f"short string longer than 255 bytes: {raw[:40]!r}...")
     return bytes((len(raw),)) + raw
@@ -98,11 +99,14 @@ def encode_properties(properties: dict[str, Any]) -> bytes | None:
 def publish(channel: int, frame_max: int, exchange: str, routing_key: str, body: bytes,
             properties: dict[str, Any], *, mandatory: bool = False) -> bytes | None:
     """The frames of one published message, ready to write; None to let py-amqp do it."""
+    if isinstance(body, str):
+        # Say how the text was encoded, as py-amqp and kombu do for a str body.
+        body = body.encode("utf-8")
+        if not properties.get("content_encoding"):
+            properties = {**properties, "content_encoding": "utf-8"}
     props = encode_properties(properties)
     if props is None:
         return None
-    if isinstance(body, str):
-        body = body.encode("utf-8")
     method = b"".join((_publish_head, _shortstr(exchange), _shortstr(routing_key),
                        b"\x01" if mandatory else b"\x00"))
     header = struct.pack(">HHQ", BASIC, 0, len(body)) + props

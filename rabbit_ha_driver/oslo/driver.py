@@ -12,7 +12,10 @@ its own.
 A send computes its :class:`~rabbit_ha_driver.oslo.policy.SendBudget` first
 and everything it does runs under it; errors become oslo.messaging's here,
 at one boundary (:meth:`RabbitHADriver._publish` and
-:meth:`RabbitHADriver._call`).
+:meth:`RabbitHADriver._call`). A call is sent, re-sent when its fate is
+uncertain and waited for by the same
+:class:`~rabbit_ha_driver.rpc.calls.CallSender` as the library's
+``RPCClient.call``.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from oslo_messaging._drivers import base
 
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
+from rabbit_ha_driver.events import EventBus, LogSubscriber
 from rabbit_ha_driver.oslo.incoming import OsloPollListener
 from rabbit_ha_driver.oslo.policy import SendBudget, library_url, send_budget
 from rabbit_ha_driver.oslo.wire import encode, remote_exception, with_context
 from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc.calls import CallSender, ResendRule
 from rabbit_ha_driver.rpc.client import (
     ConnectionFactory,
     Publisher,
@@ -66,11 +71,15 @@ class RabbitHADriver(base.BaseDriver):
         self.settings = from_conf(conf, library_url(url, conf))
         self.exchange = default_exchange or envelope.DEFAULT_EXCHANGE
         self.clock = clock or REAL_CLOCK
+        #: Every connection of this driver reports here (logs; attach metrics).
+        self.events = EventBus()
+        self.events.subscribe(LogSubscriber())
         self._factory = (connections(self.settings) if connections is not None
-                         else default_connection_factory(self.settings, clock=self.clock))
+                         else default_connection_factory(self.settings, events=self.events,
+                                                         clock=self.clock))
         self.prefetch_size = self.settings.rabbit_qos_prefetch_count
         self._transport = RPCTransport(self.settings, exchange=self.exchange, clock=self.clock,
-                                       connection_factory=self._factory)
+                                       connection_factory=self._factory, events=self.events)
         # Replies and call-monitor heartbeats of this driver's servers have
         # their own connection, so they never wait behind a cast that keeps
         # retrying while the brokers are away.
@@ -121,24 +130,19 @@ class RabbitHADriver(base.BaseDriver):
         return None
 
     def _publish_async(self, body: bytes, exchange: ExchangeSpec, key: str, budget: SendBudget,
-                       what: str, *, persistent: bool, call: bool = False) -> None:
-        """A message written now and confirmed later.
+                       what: str, *, persistent: bool) -> None:
+        """A cast written now and confirmed later (``cast_confirm = background``).
 
-        Casts (``cast_confirm = background``) and call requests, whose reply
-        says more than the confirm. Raises like :meth:`_publish` when it
-        cannot be written; once written, a message the broker returns or
-        nacks is sent again by the same rules until the budget runs out, and
-        a failure is logged. A cast whose confirm is lost with the connection
-        is sent again (at least once: receivers drop a copy by its
-        ``_unique_id``); a call's request is not, and its reply is awaited.
+        Raises like :meth:`_publish` when it cannot be written; once written,
+        a cast the broker returns or nacks is sent again by the same rules
+        until the budget runs out, and a failure is logged. A cast whose
+        confirm is lost with the connection is sent again (at least once:
+        receivers drop a copy by its ``_unique_id``).
         """
         durable = persistent and envelope.durable(self.settings)
 
         def settled(receipt: Receipt) -> None:
-            if call and isinstance(receipt.error, exc.ConnectionLost):
-                LOG.warning("%s: %s; the request may have arrived, waiting for its reply",
-                            what, receipt.error)
-            elif receipt.error is not None:
+            if receipt.error is not None:
                 LOG.error("%s: not delivered: %s", what, receipt.error)
             elif not receipt.sent and exchange.type == "fanout":
                 LOG.warning("%s reached no listener: no queue is bound to exchange %r",
@@ -150,12 +154,8 @@ class RabbitHADriver(base.BaseDriver):
         try:
             self._transport.publisher.publish_async(
                 body, exchange, key, deadline=budget.send_by, what=what, persistent=durable,
-                ttl=call, retry_unroutable=budget.unroutable_for, retry_uncertain=not call,
+                retry_unroutable=budget.unroutable_for, retry_uncertain=True,
                 on_settled=settled)
-        except exc.ConnectionLost as error:
-            if not call:
-                raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
-            # A call's request that may have arrived: settled() logged it.
         except exc.MessagingTimeout as error:
             raise self._gave_up(error, budget) from error
         except exc.RabbitHAError as error:
@@ -163,6 +163,13 @@ class RabbitHADriver(base.BaseDriver):
 
     def _call(self, ctxt: Any, message: Mapping[str, Any], exchange: ExchangeSpec, key: str,
               budget: SendBudget, call_monitor_timeout: float | None, what: str) -> Any:
+        """A call, sent and re-sent by the library's rules (:mod:`rabbit_ha_driver.rpc.calls`).
+
+        The request is written without waiting for its confirm, unless the
+        caller asked to learn of undeliverable messages (``at_least_once``):
+        then the confirm is awaited and a request no queue takes raises
+        ``MessageUndeliverable``.
+        """
         assert budget.reply_by is not None
         waiters = self._transport.waiters
         msg_id = envelope.new_id()
@@ -173,19 +180,25 @@ class RabbitHADriver(base.BaseDriver):
             body = self._encode(with_context(message, ctxt, **{
                 envelope.MSG_ID: msg_id, envelope.REPLY_Q: replies.queue,
                 envelope.TIMEOUT: call_monitor_timeout}), what)
+            sender = CallSender(
+                self._transport.publisher, waiters, pending, body, exchange, key, what=what,
+                rule=ResendRule.of(self.settings), clock=self.clock,
+                events=self._transport.events, persistent=envelope.durable(self.settings),
+                send_by=budget.send_by, retry_unroutable=budget.unroutable_for)
             try:
                 replies.ensure_started(budget.send_by, what)
+                LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)
+                sent = sender.send(wait_confirm=budget.undeliverable)
             except exc.MessagingTimeout as error:
                 raise self._gave_up(error, budget) from error
             except exc.RabbitHAError as error:
                 raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
-            LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)
-            if budget.undeliverable:
-                self._publish(body, exchange, key, budget, what, ttl=True, outcome_unknown_ok=True)
-            else:
-                self._publish_async(body, exchange, key, budget, what, persistent=True, call=True)
+            if not sent:
+                reason = f"{what}: no queue is bound to exchange {exchange.name!r} with key {key!r}"
+                raise oslo_exc.MessageUndeliverable(exc.Unroutable(reason, reply_code=312),
+                                                    exchange.name, key, body)
             try:
-                return waiters.wait(pending)
+                return sender.wait()
             except exc.MessagingTimeout as error:
                 raise oslo_exc.MessagingTimeout(str(error)) from error
             except exc.RemoteError as error:
@@ -214,30 +227,22 @@ class RabbitHADriver(base.BaseDriver):
             raise oslo_exc.MessageDeliveryFailure(f"{what} not sent: {error}") from error
 
     def _publish(self, body: bytes, exchange: ExchangeSpec, key: str, budget: SendBudget,
-                 what: str, *, ttl: bool = False, persistent: bool = True,
-                 declare: tuple[QueueSpec, ...] = (), outcome_unknown_ok: bool = False) -> None:
+                 what: str, *, persistent: bool = True,
+                 declare: tuple[QueueSpec, ...] = ()) -> None:
         """Publish under ``budget``, or raise oslo.messaging's error saying why not.
 
-        With ``outcome_unknown_ok`` (a call) a connection lost between the
-        write and the broker's confirm is logged and the caller goes on to
-        wait for a reply: the request may have arrived, and sending it again
-        could run it twice. A persistent cast or notification to durable
-        queues is sent again in that case (receivers drop the copy by its
-        ``_unique_id``); any other is a ``MessageDeliveryFailure``.
+        A persistent cast or notification to durable queues whose confirm is
+        lost with the connection is sent again (receivers drop the copy by
+        its ``_unique_id``); any other is a ``MessageDeliveryFailure``.
         """
         durable = persistent and envelope.durable(self.settings)
         try:
             sent = self._transport.publisher.publish(
-                body, exchange, key, deadline=budget.send_by, what=what, ttl=ttl,
+                body, exchange, key, deadline=budget.send_by, what=what,
                 persistent=durable, declare=declare, retry_unroutable=budget.unroutable_for,
-                retry_uncertain=durable and not outcome_unknown_ok)
+                retry_uncertain=durable)
         except exc.MessagingTimeout as error:
             raise self._gave_up(error, budget) from error
-        except exc.ConnectionLost as error:
-            if not outcome_unknown_ok:
-                raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
-            LOG.warning("%s: %s; the request may have arrived, waiting for its reply", what, error)
-            return
         except exc.RabbitHAError as error:
             raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
         if sent:

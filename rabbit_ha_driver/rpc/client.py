@@ -21,9 +21,11 @@ message is sent again only when the broker provably did not take it: it came
 back unroutable (no queue bound yet, e.g. while a server re-declares its queue
 after a failover), it was nacked, or its frame never went out. When the
 connection dies between writing a call and the confirm, the request may have
-arrived, so the call keeps waiting for a reply instead of sending it twice. A
-cast in that state is sent again when its queues are durable or quorum queues
-(at-least-once: the server drops the copy by its ``_unique_id``); otherwise it
+arrived: the call waits a short grace for its reply and then sends the same
+request again, which a server that ran it answers from its reply cache (see
+:mod:`rabbit_ha_driver.rpc.calls`). A cast in that state is sent again when
+its queues are durable or quorum queues (at-least-once: the server drops the
+copy by its ``_unique_id``); otherwise it
 raises :class:`~rabbit_ha_driver.exceptions.ConnectionLost` (its fate is
 unknown). A fanout that no queue takes is retried only for a short
 grace (a listener re-declaring its queue after a consumer cancel), then logged
@@ -36,7 +38,6 @@ Wire format and names are oslo.messaging's rabbit driver's (see
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import logging
 import math
@@ -59,6 +60,7 @@ from rabbit_ha_driver.events import (
     UnroutableRetry,
 )
 from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc.calls import CallSender, ResendRule
 from rabbit_ha_driver.rpc.envelope import DEFAULT_EXCHANGE, ExchangeSpec, QueueSpec, durable
 from rabbit_ha_driver.rpc.replies import ClientClosed, ReplyListener, ReplyWaiters
 from rabbit_ha_driver.settings import Settings
@@ -394,13 +396,19 @@ class Publisher:
             self._keeper = None
 
     def settle_all(self, timeout: float | None = None) -> list[Receipt]:
-        """Settle every outstanding receipt; returns those that failed."""
+        """Settle every outstanding receipt; returns those that failed.
+
+        ``timeout`` bounds the whole batch, not each receipt: once it has
+        passed, the receipts left get no time to wait for their confirm.
+        """
         with self._outstanding_lock:
             batch = list(self._outstanding)
             self._outstanding.clear()
+        until = None if timeout is None else self._clock.now() + timeout
         failed = []
         for receipt in batch:
-            if not receipt.settle_quietly(timeout):
+            left = None if until is None else max(0.0, until - self._clock.now())
+            if not receipt.settle_quietly(left):
                 failed.append(receipt)
         return failed
 
@@ -422,15 +430,18 @@ class Publisher:
     def close(self) -> None:
         """Settle outstanding receipts, close the connection; never blocks for long.
 
-        Receipts still waiting get up to :data:`CLOSE_SETTLE` seconds; any
-        that fail are logged, naming the message.
+        Receipts still waiting get :data:`CLOSE_SETTLE` seconds in all
+        (plus up to 2 s for a publish in progress to let go of the
+        connection); any that fail are logged, naming the message.
         """
         self._closing = True
         self._keeper_wake.set()
+        until = self._clock.now() + CLOSE_SETTLE
         keeper = self._keeper
         if keeper is not None and keeper is not threading.current_thread():
             keeper.join(CLOSE_SETTLE)  # it finishes the batch it took
-        for receipt in self.settle_all(CLOSE_SETTLE):
+        left = max(0.0, until - self._clock.now())
+        for receipt in self.settle_all(left):
             LOG.error("%s: not confirmed by the broker before the publisher closed: %s",
                       receipt.what, receipt.error)
         self._closed = True
@@ -670,16 +681,6 @@ def as_target(target: Target | str | Any, server: str | None = None) -> Target:
 _UNSET: Any = object()
 
 
-def _request_settled(receipt: Receipt) -> None:
-    """How a call's request fared with the broker, once known (logged only)."""
-    error = receipt.error
-    if isinstance(error, exc.ConnectionLost):
-        LOG.warning("%s: %s; the request may have arrived, waiting for its reply",
-                    receipt.what, error)
-    elif error is not None:
-        LOG.error("%s: the request was not delivered: %s", receipt.what, error)
-
-
 class RPCClient:
     """Calls and casts to a target; safe to share between (green) threads.
 
@@ -798,14 +799,14 @@ class RPCClient:
             exchange, key = self._route()
             LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)
             # The reply tells more than the confirm: wait for it straight
-            # away. A request the broker returns or nacks is sent again by
-            # whoever reads its confirm; one whose confirm was lost with the
-            # connection may have arrived, so its reply is awaited.
-            with contextlib.suppress(exc.ConnectionLost):  # logged by _request_settled
-                transport.publisher.publish_async(
-                    body, exchange, key, deadline=deadline, what=what, ttl=True,
-                    persistent=durable(settings), on_settled=_request_settled)
-            result = transport.waiters.wait(pending)
+            # away; the sender re-sends the request by the rules of
+            # rabbit_ha_driver.rpc.calls meanwhile.
+            sender = CallSender(transport.publisher, transport.waiters, pending, body,
+                                exchange, key, what=what, rule=ResendRule.of(settings),
+                                clock=transport.clock, events=transport.events,
+                                persistent=durable(settings))
+            sender.send()
+            result = sender.wait()
         except exc.MessagingTimeout:
             transport.events.emit(CallTimedOut(*where(), timeout))
             raise

@@ -18,8 +18,13 @@ separate :class:`~rabbit_ha_driver.rpc.client.Publisher`.
 RPC requests are acknowledged when :meth:`~PollListener.poll` hands them out,
 before they run (at most once, as oslo.messaging does); a request whose
 acknowledgement fails (its channel died) is not handed out: the broker
-delivers it again. Requests whose ``_unique_id`` was seen recently are
-dropped as duplicates. Messages that arrived but were not handed out when the
+delivers it again. A call whose ``_msg_id`` this listener took lately is
+not run again: a copy of one still running is dropped, a copy of one that
+replied gets the same reply again, from a bounded cache
+(:mod:`rabbit_ha_driver.rpc.reply_cache`). Casts and notifications whose
+``_unique_id`` is among the last :data:`DUPLICATE_WINDOW` this listener took
+are dropped as duplicates; beyond that window, or on another listener, a copy
+runs again (at-least-once). Messages that arrived but were not handed out when the
 listener stops are requeued, never lost and never run.
 
 A message that is not JSON, has a malformed envelope or no method is rejected
@@ -43,9 +48,12 @@ from typing import Any
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Connection, Deadline, State
+from rabbit_ha_driver.events import DuplicateRequest, EventBus
 from rabbit_ha_driver.rpc import envelope
 from rabbit_ha_driver.rpc.client import Publisher, Receipt
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
+from rabbit_ha_driver.rpc.recent import Recent
+from rabbit_ha_driver.rpc.reply_cache import RUNNING, ReplyCache
 from rabbit_ha_driver.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -175,36 +183,6 @@ def _where(raw: Any) -> str:
     return f"exchange {info.get('exchange', '?')!r} routing key {info.get('routing_key', '?')!r}"
 
 
-class _Recent:
-    """A bounded set of recent keys, optionally expiring."""
-
-    def __init__(self, size: int, ttl: float = math.inf) -> None:
-        self._items: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._size = size
-        self._ttl = ttl
-        self._lock = threading.Lock()
-
-    def add(self, key: str, now: float = 0.0) -> None:
-        with self._lock:
-            self._items[key] = now
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.contains(key)
-
-    def contains(self, key: str, now: float = 0.0) -> bool:
-        with self._lock:
-            added = self._items.get(key)
-            if added is None:
-                return False
-            if now - added > self._ttl:
-                del self._items[key]
-                return False
-            return True
-
-
 class PollListener:
     """Consumes a set of queues on one connection; see the module docstring."""
 
@@ -238,8 +216,11 @@ class PollListener:
         self._incoming: collections.deque[IncomingMessage] = collections.deque()
         self._ops: collections.deque[tuple[Any, bool | None]] = collections.deque()
         self._rejections: collections.deque[tuple[str, str, str]] = collections.deque()
-        self._seen = _Recent(DUPLICATE_WINDOW)
-        self._gone_reply_queues = _Recent(256, GONE_REPLY_QUEUE_TTL)
+        self._seen: Recent[None] = Recent(DUPLICATE_WINDOW)
+        self._gone_reply_queues: Recent[None] = Recent(256, GONE_REPLY_QUEUE_TTL)
+        #: Replies by request msg_id, to answer a repeated call without running it.
+        self.reply_cache = ReplyCache(settings.rpc_reply_cache_size,
+                                      settings.rpc_reply_cache_ttl, clock)
         self._stopping = threading.Event()
         self._shut_down = False
         self._failures = 0
@@ -251,6 +232,11 @@ class PollListener:
     @property
     def queues(self) -> list[QueueSpec]:
         return list(self._queues)
+
+    @property
+    def events(self) -> EventBus:
+        """The bus of this listener's connection (its events and the listener's)."""
+        return self._conn.events
 
     @property
     def subscribed(self) -> bool:
@@ -351,19 +337,58 @@ class PollListener:
 
     def _take(self, incoming: IncomingMessage) -> bool:
         """Acknowledge a request before it runs; False if it must not run."""
+        if isinstance(incoming, RpcIncomingMessage) and self._cached_call(incoming):
+            return self._take_call(incoming)
         uid = incoming.unique_id
         if uid and uid in self._seen:
             LOG.info("%r: dropping duplicate request %s", self, uid)
             self._conn.ack(incoming.raw)
             return False
+        if not self._ack_before_running(incoming):
+            return False
+        if uid:
+            self._seen.add(uid)
+        return True
+
+    def _cached_call(self, incoming: RpcIncomingMessage) -> bool:
+        """Whether a repeat of this request is told apart by its msg_id (the reply cache)."""
+        return bool(incoming.msg_id and incoming.request.wants_reply and self.reply_cache.enabled)
+
+    def _ack_before_running(self, incoming: IncomingMessage) -> bool:
         if not self._conn.ack(incoming.raw):
             LOG.warning("%r: acknowledging failed (its channel is gone); not running it, "
                         "the broker delivers it again", incoming)
             return False
         incoming.acknowledged = True
-        if uid:
-            self._seen.add(uid)
         return True
+
+    def _take_call(self, incoming: RpcIncomingMessage) -> bool:
+        """A call: run it unless its msg_id ran lately; answer a repeat from the cache.
+
+        A repeat is a copy the caller sent again after its first copy's fate
+        was uncertain, or a redelivery after an acknowledgement was lost.
+        """
+        msg_id = incoming.msg_id
+        assert msg_id is not None
+        known = self.reply_cache.seen(msg_id)
+        if known is None:
+            if not self._ack_before_running(incoming):
+                return False
+            self.reply_cache.running(msg_id)
+            return True
+        self._conn.ack(incoming.raw)
+        answered = known is not RUNNING
+        self._conn.events.emit(DuplicateRequest(self._conn.name, msg_id, answered))
+        if known is RUNNING:
+            LOG.info("%r: request %s for %s arrived again while it runs; dropping the copy "
+                     "(its reply follows)", self, msg_id, incoming.request.method)
+            return False
+        assert isinstance(known, bytes) and incoming.reply_q
+        LOG.info("%r: request %s for %s arrived again after it ran; answering the copy from "
+                 "the reply cache, not running it again", self, msg_id, incoming.request.method)
+        self._publish_reply(known, incoming.reply_q, deadline=incoming.reply_deadline,
+                            what=f"cached reply to {incoming.request.method} {msg_id}")
+        return False
 
     def _failed(self, what: str) -> None:
         """Log a failure of the polling loop and pause, longer when it repeats."""
@@ -465,7 +490,8 @@ class PollListener:
         except exc.InvalidMessage as error:
             self._refuse(raw, error)
             return
-        if incoming.unique_id and incoming.unique_id in self._seen:
+        by_msg_id = isinstance(incoming, RpcIncomingMessage) and self._cached_call(incoming)
+        if not by_msg_id and incoming.unique_id and incoming.unique_id in self._seen:
             LOG.info("%r: dropping duplicate message %s", self, incoming.unique_id)
             self._conn.ack(raw)
             return
@@ -516,6 +542,8 @@ class PollListener:
                 incoming.msg_id, None,
                 envelope.encode_failure(exc.InvalidMessage(f"the result was not sent: {error}")))
             body = envelope.encode(message, self.settings.rpc_max_message_size, what)
+        if self.reply_cache.enabled:
+            self.reply_cache.replied(incoming.msg_id, body)
         self._publish_reply(body, incoming.reply_q, deadline=incoming.reply_deadline, what=what)
 
     def send_heartbeat(self, incoming: RpcIncomingMessage) -> None:
@@ -543,19 +571,19 @@ class PollListener:
         one fails the call.
         """
         now = self._clock.now()
-        if self._gone_reply_queues.contains(reply_q, now):
+        if self._gone_reply_queues.contains(reply_q, now=now):
             retry = False
 
         def settled(receipt: Receipt) -> None:
             error = receipt.error
             if isinstance(error, exc.MessagingTimeout):
                 if isinstance(error.last_error, exc.Unroutable):
-                    self._gone_reply_queues.add(reply_q, self._clock.now())
+                    self._gone_reply_queues.add(reply_q, now=self._clock.now())
                 LOG.error("%s abandoned: %s", what, error)
             elif error is not None:
                 LOG.error("%s failed: %s", what, error)
             elif not receipt.sent:
-                self._gone_reply_queues.add(reply_q, self._clock.now())
+                self._gone_reply_queues.add(reply_q, now=self._clock.now())
                 LOG.warning("%s dropped: reply queue %s does not exist", what, reply_q)
 
         # Raises only when not even written, after settled() reported it.

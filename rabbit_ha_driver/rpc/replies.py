@@ -24,7 +24,6 @@ sleeping.
 
 from __future__ import annotations
 
-import collections
 import enum
 import logging
 import math
@@ -40,6 +39,7 @@ from rabbit_ha_driver.exceptions import (
     RabbitHAError,
 )
 from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc.recent import Recent
 from rabbit_ha_driver.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -86,6 +86,9 @@ class PendingCall:
         self.result: Any = None
         self.error: BaseException | None = None
         self.heartbeats = 0
+        #: When the request is to be sent again if no reply came by then
+        #: (set by :meth:`ReplyWaiters.resend_at`; see :mod:`.calls`).
+        self.resend_at = math.inf
 
     def expires_at(self) -> float:
         return min(self.deadline, self.monitor_deadline)
@@ -107,8 +110,8 @@ class ReplyWaiters:
         self._drain: Callable[[float, float | None], None] | None = None
         self._draining = False
         self._last_call_at = -math.inf
-        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._seen: Recent[None] = Recent(DUPLICATE_WINDOW)
+        self._finished: Recent[None] = Recent(DUPLICATE_WINDOW)
 
     def __len__(self) -> int:
         with self._cond:
@@ -130,13 +133,22 @@ class ReplyWaiters:
         """Forget a call (finished, failed or abandoned); later replies drop."""
         with self._cond:
             if self._calls.pop(msg_id, None) is not None:
-                self._remember(self._finished, msg_id)
+                self._finished.add(msg_id)
             self._last_call_at = self._clock.now()
 
-    def _remember(self, seen: collections.OrderedDict[str, None], key: str) -> None:
-        seen[key] = None
-        while len(seen) > DUPLICATE_WINDOW:
-            seen.popitem(last=False)
+    def resend_at(self, msg_id: str, when: float) -> bool:
+        """Have :meth:`wait` hand the call back for a re-send at ``when`` if no reply came.
+
+        Called from whichever thread learned that the request's fate is
+        uncertain; wakes the waiter. False if the call is finished or unknown.
+        """
+        with self._cond:
+            call = self._calls.get(msg_id)
+            if call is None or call.done:
+                return False
+            call.resend_at = when
+            self._cond.notify_all()
+            return True
 
     def deliver(self, reply: envelope.Reply) -> Outcome:
         """Hand a received reply to its waiter."""
@@ -146,7 +158,7 @@ class ReplyWaiters:
                     LOG.debug("dropping duplicate reply %s to %s",
                               reply.unique_id, reply.msg_id)
                     return Outcome.DUPLICATE
-                self._remember(self._seen, reply.unique_id)
+                self._seen.add(reply.unique_id)
             call = self._calls.get(reply.msg_id)
             if call is None or call.done:
                 known = reply.msg_id in self._finished or call is not None
@@ -196,11 +208,13 @@ class ReplyWaiters:
         with self._cond:
             self._cond.notify_all()
 
-    def wait(self, call: PendingCall) -> Any:
+    def wait(self, call: PendingCall, resend: Callable[[], None] | None = None) -> Any:
         """Block until the reply, the call's deadline or its monitor deadline.
 
         Returns the result; raises the remote error, or MessagingTimeout
-        saying what it waited for.
+        saying what it waited for. When the call's ``resend_at`` passes
+        without a reply, ``resend()`` is called (in this thread, outside the
+        lock) and the wait goes on; whatever it raises ends the wait.
         """
         cond = self._cond
         while True:
@@ -210,15 +224,23 @@ class ReplyWaiters:
                 now = self._clock.now()
                 if now >= call.expires_at():
                     raise self._timeout(call, now)
-                left = call.expires_at() - now
+                due = now >= call.resend_at
+                if due:
+                    call.resend_at = math.inf
+                left = min(call.expires_at(), call.resend_at) - now
                 drain = self._drain
-                if drain is None or self._draining:
-                    cond.wait(left)
-                    continue
-                self._draining = True
-            # The caller's whole remaining time bounds what its turn may
-            # block on (recovery, queue checks), not only the slice.
-            self._drain_as(drain, min(left, DRAIN_SLICE), left)
+                if not due:
+                    if drain is None or self._draining:
+                        cond.wait(left)
+                        continue
+                    self._draining = True
+            if due:
+                if resend is not None:
+                    resend()
+            elif drain is not None:
+                # The caller's whole remaining time bounds what its turn may
+                # block on (recovery, queue checks), not only the slice.
+                self._drain_as(drain, min(left, DRAIN_SLICE), call.expires_at() - self._clock.now())
         if call.error is not None:
             raise call.error
         return call.result

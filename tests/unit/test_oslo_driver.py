@@ -27,8 +27,9 @@ from oslo_config import cfg
 from oslo_messaging import conffixture
 from oslo_messaging import transport as om_transport
 
+from rabbit_ha_driver import events
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.connection import Connection
+from rabbit_ha_driver.connection import Connection, confirms
 from rabbit_ha_driver.oslo import RabbitHADriver, library_url, send_budget
 from rabbit_ha_driver.oslo.incoming import OsloRpcIncoming
 from rabbit_ha_driver.oslo.policy import attempt_window
@@ -323,6 +324,58 @@ def test_call_cast_and_fanout(transports, serve, topic):
     client.prepare(fanout=True).cast({}, "record", tag="all")
     wait_for(lambda: all("all" in e.casts for e in endpoints))
     assert endpoints[0].casts == ["all"]
+
+
+class LosesTheFirstRequest(Connection):
+    """A publishing connection that dies after the first request to ``key`` is written.
+
+    The request is not really written, so it never arrives: its confirm is
+    lost with the connection (Outcome.LOST), the case a SIGKILL of the node
+    makes.
+    """
+
+    key = ""
+    lost: list[bytes] = []
+    sent: list[bytes] = []
+
+    def publish_nowait(self, body, exchange, routing_key, **kwargs):
+        if routing_key == self.key:
+            (self.sent if self.lost else self.lost).append(body)
+            if len(self.lost) == 1 and not self.sent:
+                return confirms.settled(confirms.Outcome.LOST)
+        return super().publish_nowait(body, exchange, routing_key, **kwargs)
+
+
+@pytest.mark.parametrize("resend_after", [0.2, 0.0])
+def test_a_call_whose_request_was_lost_with_its_connection_is_sent_again(
+        conf, broker, transports, serve, topic, closing, resend_after):
+    endpoint = serve(transports())
+    LosesTheFirstRequest.key, LosesTheFirstRequest.lost, LosesTheFirstRequest.sent = topic, [], []
+
+    def connections(settings):
+        def make(purpose):
+            return LosesTheFirstRequest(settings, name=f"test:{purpose}", transport=FakeTransport,
+                                        transport_options={"fake_broker": broker})
+        return make
+
+    url = f"{FAKE_URL}&rpc_resend_uncertain_after={resend_after}"
+    driver = RabbitHADriver(conf, om.TransportURL.parse(conf, url), "openstack", [],
+                            connections=connections)
+    transport = om_transport.RPCTransport(driver)
+    closing(transport)
+    resent = []
+    driver.events.subscribe(lambda e: resent.append(e) if isinstance(e, events.RequestResent)
+                            else None)
+    client = om.get_rpc_client(transport, om.Target(topic=topic), timeout=1.5)
+    if resend_after:
+        assert client.call({}, "echo", value=1) == {"value": 1, "user": None}
+        assert LosesTheFirstRequest.sent == LosesTheFirstRequest.lost  # the same request
+        assert [e.resend for e in resent] == [1]
+    else:
+        with pytest.raises(om.MessagingTimeout):
+            client.call({}, "echo", value=1)
+        assert LosesTheFirstRequest.sent == [] and resent == []
+    assert endpoint.casts == []
 
 
 def test_a_remote_exception_is_raised_as_oslo_messaging_raises_it(transports, serve, topic):

@@ -437,6 +437,19 @@ def test_close_gives_a_returned_message_no_more_than_close_settle(settings, cloc
     assert clock.now() - start <= client.CLOSE_SETTLE
 
 
+def test_close_gives_all_waiting_receipts_together_no_more_than_close_settle(settings, clock):
+    # Four returned messages, unroutable on every resend: each would take
+    # CLOSE_SETTLE on its own; together they get CLOSE_SETTLE.
+    conn = ScriptedConnection({n: Outcome.RETURNED for n in (1, 2, 3, 4)},
+                              resend_errors=[exc.Unroutable("no queue")] * 4000)
+    publisher = Publisher(settings, lambda purpose: conn, clock=clock)
+    for _ in range(4):
+        write(publisher, clock, deadline=clock.now() + 60)
+    start = clock.now()
+    publisher.close()
+    assert clock.now() - start <= client.CLOSE_SETTLE + 0.5
+
+
 def test_receipts_nobody_waits_for_are_settled_once_writing_pauses(publisher_for, clock):
     conn = ScriptedConnection()
     publisher = publisher_for(conn)
