@@ -14,11 +14,16 @@ retries shortly), and a frame it started it finishes before releasing the
 guard, within :data:`FINISH_WITHIN`, or else declares the stream broken.
 
 Over TLS raw bytes on the socket would corrupt the TLS stream, and an SSL
-object may not be used from two OS threads at once (the owner may be inside
-``SSL_read``), so the native thread never writes on a TLS connection: it only
-watches and declares death, and the connection's owner sends heartbeats with
-:meth:`AmqpLink.heartbeat_if_due` (through py-amqp's own frame writer) between
-reads. A green runner, which runs in the owner's hub, sends them itself.
+object may not be used from two OS threads at once, so there the guard covers
+the owner's *reads* too: :mod:`~.tls_io` replaces py-amqp's receive function
+with one that holds the guard only around a non-blocking read of the SSL
+object and waits for data with the guard released. The native thread then
+writes its heartbeat as one TLS record through the SSL object, under the
+guard, on the same terms as above (guard busy or no room: nothing written,
+retried shortly). A TLS socket it cannot guard (not an ``ssl.SSLSocket``)
+falls back to the owner sending heartbeats with :meth:`AmqpLink.heartbeat_if_due`
+(through py-amqp's own frame writer) between reads. A green runner, which
+runs in the owner's hub, always sends them itself through py-amqp.
 
 Inbound traffic is observed without reading: the socket has exactly one
 reader, py-amqp's frame reader, which is not thread-safe. ``install`` wraps
@@ -53,7 +58,7 @@ from amqp.exceptions import UnexpectedFrame
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection import runners, sockets
+from rabbit_ha_driver.connection import runners, sockets, tls_io
 from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
 
 if TYPE_CHECKING:
@@ -155,19 +160,23 @@ class WriteGuard:
             self.closed = True
 
     def write_native(self, sock: _socket.socket, data: bytes, *, wait: float = GUARD_WAIT,
-                     finish_within: float = FINISH_WITHIN) -> bool:
+                     finish_within: float = FINISH_WITHIN, tls: bool = False) -> bool:
         """Write ``data`` whole from a native thread, without blocking on the peer.
 
         Returns False, having written nothing, if the guard stayed busy for
         ``wait`` seconds or the send buffer is full. Raises OSError if the
         socket failed, the guard is closed, or a frame it started could not be
         finished within ``finish_within`` seconds (the stream is then broken).
+        ``tls``: ``sock`` is an SSL socket whose every user holds this guard
+        (:mod:`~.tls_io`); ``data`` goes out as one TLS record.
         """
         if not (self._lock.acquire(False) if wait <= 0 else self._lock.acquire(True, wait)):
             return False
         try:
             if self.closed:
                 raise OSError(errno.EBADF, "connection detached from its heartbeat runner")
+            if tls:
+                return tls_io.write_now(sock, data, writable=self._writable, finish_within=finish_within)
             if not self._writable(sock, 0.0):
                 return False
             try:
@@ -305,6 +314,8 @@ class AmqpLink:
         self._transport = transport
         self._raw = raw_socket(transport.sock)
         self.tls = isinstance(transport, amqp.transport.SSLTransport)
+        #: Over TLS: every use of the SSL object holds the guard (see tls_io).
+        self.tls_guarded = False
         self.host = _address(str(transport.host), int(transport.port))
         self._clock = clock
         self.guard = WriteGuard(natives)
@@ -335,6 +346,9 @@ class AmqpLink:
 
         self._replace("_write", self.guard.guarded(t._write, wrote))
         recv = getattr(t, "_quick_recv", None)
+        if recv is not None and self.tls and tls_io.supported(t.sock):
+            recv = tls_io.GuardedReader(t.sock, self.guard, self.guard.natives)
+            self.tls_guarded = True
         if recv is not None:
             def observed_recv(*args: Any, **kwargs: Any) -> Any:
                 data = recv(*args, **kwargs)
@@ -383,8 +397,8 @@ class AmqpLink:
 
     @property
     def native_heartbeats(self) -> bool:
-        """Whether any OS thread may write heartbeats (not over TLS)."""
-        return not self.tls
+        """Whether any OS thread may write heartbeats (over TLS: if guarded)."""
+        return not self.tls or self.tls_guarded
 
     def last_inbound_at(self) -> float | None:
         return self._last_in
@@ -443,17 +457,18 @@ class AmqpLink:
     def send_heartbeat(self, native: bool) -> bool:
         """Write one heartbeat frame.
 
-        ``native=True``: from any OS thread, straight to the socket under the
-        guard; False (nothing written) over TLS or while another writer holds
-        the socket. ``native=False``: from the owner's context (its thread, or
+        ``native=True``: from any OS thread, straight to the socket (over
+        TLS: through the SSL object) under the guard; False (nothing written)
+        while another user holds the socket, or over a TLS socket that is not
+        guarded. ``native=False``: from the owner's context (its thread, or
         a green thread of its hub), through py-amqp's frame writer.
         """
         if self._detached or self.dead:
             raise OSError(errno.ENOTCONN, "connection detached or declared dead")
         if native:
-            if self.tls:
+            if self.tls and not self.tls_guarded:
                 return False
-            if not self.guard.write_native(self._raw, HEARTBEAT_FRAME):
+            if not self.guard.write_native(self._raw, HEARTBEAT_FRAME, tls=self.tls):
                 return False
         else:
             self._owner_send()
