@@ -538,6 +538,8 @@ def _forget_shared_after_fork() -> None:
 
 
 if hasattr(os, "register_at_fork"):
+    # The scheduler's thread does not exist in a child; the first connection
+    # there starts a new one (the parent's watches stay the parent's).
     os.register_at_fork(after_in_child=_forget_shared_after_fork)
 
 
