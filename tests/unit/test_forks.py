@@ -104,10 +104,13 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def test_a_client_whose_reply_queue_was_being_read_calls_at_once_in_the_child(settings, topic):
     """A thread of the parent was reading replies when the process forked:
-    the child's calls must not wait for that reader, which does not exist there."""
+    the child's calls must not wait for that reader, which does not exist there.
+    The child's server was made before the fork too, and starts in the child."""
     endpoint = Echo()
     server = RPCServer(settings, topic, "parent", [endpoint], start_timeout=5.0)
     server.start()
+    # Made before the fork, started in the child (memory:// brokers are per process).
+    child_server = RPCServer(settings, topic, "child", [Echo()], start_timeout=5.0)
     transport = RPCTransport(settings)
     client = RPCClient(transport, topic, timeout=10.0)
     try:
@@ -123,12 +126,11 @@ def test_a_client_whose_reply_queue_was_being_read_calls_at_once_in_the_child(se
         assert transport.waiters._draining
 
         def child() -> dict[str, Any]:
-            own = RPCServer(settings, topic, "child", [Echo()], start_timeout=5.0)
-            own.start()
+            child_server.start()
             answer, took = timed(lambda: RPCClient(transport, topic, timeout=3.0).call(
                 {}, "echo", value=2))
-            client.close()
-            own.stop()
+            transport.close()
+            child_server.stop()
             return {"answer": answer, "took": took}
 
         result = in_child(child)
@@ -139,7 +141,7 @@ def test_a_client_whose_reply_queue_was_being_read_calls_at_once_in_the_child(se
         assert client.call({}, "echo", value=3) == 3  # the parent is untouched
     finally:
         endpoint.release.set()
-        client.close()
+        transport.close()
         server.stop()
 
 
@@ -173,7 +175,7 @@ def test_locks_a_parent_thread_held_at_the_fork_are_free_in_the_child(settings, 
             own.start()
             answer, took = timed(lambda: client.call({}, "echo", value=2))
             cast, _ = timed(lambda: client.cast({}, "echo", value=3))
-            client.close()
+            transport.close()
             own.stop()
             return {"answer": answer, "took": took, "cast": cast}
 
@@ -185,7 +187,7 @@ def test_locks_a_parent_thread_held_at_the_fork_are_free_in_the_child(settings, 
         assert client.call({}, "echo", value=4) == 4
     finally:
         release.set()
-        client.close()
+        transport.close()
         server.stop()
 
 
