@@ -69,11 +69,17 @@ def read_now(sock: Any, n: int) -> bytes | None:
     sslobj = getattr(sock, "_sslobj", None)
     if sslobj is None:
         raise OSError(errno.EBADF, "read on a closed or unwrapped TLS socket")
+    if sslobj.pending():
+        # Decrypted bytes wait in OpenSSL (the rest of a record read in
+        # part): served without touching the socket or its timeout.
+        data: bytes = sslobj.read(n)
+        return data
     previous = _socket.socket.gettimeout(sock)
     if previous != 0.0:
         _socket.socket.settimeout(sock, 0.0)
     try:
-        return bytes(sslobj.read(n))
+        data = sslobj.read(n)
+        return data
     except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
         return None
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
