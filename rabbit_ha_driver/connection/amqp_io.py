@@ -14,11 +14,16 @@ retries shortly), and a frame it started it finishes before releasing the
 guard, within :data:`FINISH_WITHIN`, or else declares the stream broken.
 
 Over TLS raw bytes on the socket would corrupt the TLS stream, and an SSL
-object may not be used from two OS threads at once (the owner may be inside
-``SSL_read``), so the native thread never writes on a TLS connection: it only
-watches and declares death, and the connection's owner sends heartbeats with
-:meth:`AmqpLink.heartbeat_if_due` (through py-amqp's own frame writer) between
-reads. A green runner, which runs in the owner's hub, sends them itself.
+object may not be used from two OS threads at once, so there the guard covers
+the owner's *reads* too: :mod:`~.tls_io` replaces py-amqp's receive function
+with one that holds the guard only around a non-blocking read of the SSL
+object and waits for data with the guard released. The native thread then
+writes its heartbeat as one TLS record through the SSL object, under the
+guard, on the same terms as above (guard busy or no room: nothing written,
+retried shortly). A TLS socket it cannot guard (not an ``ssl.SSLSocket``)
+falls back to the owner sending heartbeats with :meth:`AmqpLink.heartbeat_if_due`
+(through py-amqp's own frame writer) between reads. A green runner, which
+runs in the owner's hub, always sends them itself through py-amqp.
 
 Inbound traffic is observed without reading: the socket has exactly one
 reader, py-amqp's frame reader, which is not thread-safe. ``install`` wraps
@@ -53,7 +58,7 @@ from amqp.exceptions import UnexpectedFrame
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection import runners, sockets
+from rabbit_ha_driver.connection import runners, sockets, tls_io
 from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
 
 if TYPE_CHECKING:
@@ -69,8 +74,16 @@ except ImportError:  # not POSIX
 
 #: An AMQP heartbeat frame: type 8, channel 0, size 0, frame-end.
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
-#: Longest the native thread waits for the guard before leaving it for later.
-GUARD_WAIT = 0.05
+#: Longest the native thread waits for the guard before leaving it for later:
+#: not at all. One thread serves every connection of the process, so a wait
+#: here for one busy connection would delay the heartbeats of all the others;
+#: a busy guard means the owner is writing, and the scheduler retries shortly.
+GUARD_WAIT = 0.0
+#: Unread bytes in the kernel from which a receive buffer counts as full (or a
+#: quarter of ``SO_RCVBUF`` if that is less): see :meth:`AmqpLink.inbound_marker`.
+#: Far more than the broker's heartbeats pile up on an idle connection whose
+#: owner does not read (8 bytes every ``H/2``).
+FULL_UNREAD = 16384
 #: Longest the native thread may take to finish a frame it started writing.
 FINISH_WITHIN = 1.0
 
@@ -147,19 +160,23 @@ class WriteGuard:
             self.closed = True
 
     def write_native(self, sock: _socket.socket, data: bytes, *, wait: float = GUARD_WAIT,
-                     finish_within: float = FINISH_WITHIN) -> bool:
+                     finish_within: float = FINISH_WITHIN, tls: bool = False) -> bool:
         """Write ``data`` whole from a native thread, without blocking on the peer.
 
         Returns False, having written nothing, if the guard stayed busy for
         ``wait`` seconds or the send buffer is full. Raises OSError if the
         socket failed, the guard is closed, or a frame it started could not be
         finished within ``finish_within`` seconds (the stream is then broken).
+        ``tls``: ``sock`` is an SSL socket whose every user holds this guard
+        (:mod:`~.tls_io`); ``data`` goes out as one TLS record.
         """
-        if not self._lock.acquire(True, wait):
+        if not (self._lock.acquire(False) if wait <= 0 else self._lock.acquire(True, wait)):
             return False
         try:
             if self.closed:
                 raise OSError(errno.EBADF, "connection detached from its heartbeat runner")
+            if tls:
+                return tls_io.write_now(sock, data, writable=self._writable, finish_within=finish_within)
             if not self._writable(sock, 0.0):
                 return False
             try:
@@ -215,19 +232,26 @@ def buffered_reader(transport: Any) -> Callable[..., bytes]:
     exactly ``n`` bytes, raise ``socket.timeout`` (data kept) or OSError.
     Nothing else reads the socket or waits for it to become readable, so
     bytes held here are never missed.
+
+    The rest is kept as a ``memoryview`` of the chunk received, so taking a
+    frame off the front copies only that frame, never what follows it (a
+    chunk of many small frames would otherwise be copied once per frame).
+    The remainder is copied once, when a read needs more than is buffered.
     """
     retry = (errno.EAGAIN, errno.EINTR)
 
     def read(n: int, initial: bool = False) -> bytes:
         buf = transport._read_buffer
         if len(buf) >= n:
-            transport._read_buffer = buf[n:]
-            return bytes(buf[:n])
+            view = memoryview(buf)
+            transport._read_buffer = view[n:]
+            return bytes(view[:n])
         recv = transport._quick_recv
+        acc = bytearray(buf)
         try:
-            while len(buf) < n:
+            while len(acc) < n:
                 try:
-                    data = recv(max(n - len(buf), READ_CHUNK))
+                    data = recv(max(n - len(acc), READ_CHUNK))
                 except OSError as error:
                     if error.errno in retry:
                         if initial and transport.raise_on_initial_eintr:
@@ -236,12 +260,15 @@ def buffered_reader(transport: Any) -> Callable[..., bytes]:
                     raise
                 if not data:
                     raise OSError("Server unexpectedly closed connection")
-                buf += data
+                acc += data
         except BaseException:
-            transport._read_buffer = buf
+            transport._read_buffer = bytes(acc)
             raise
-        transport._read_buffer = buf[n:]
-        return bytes(buf[:n])
+        # ``acc`` is never resized once viewed: the next refill copies into
+        # a new bytearray.
+        view = memoryview(acc)
+        transport._read_buffer = view[n:]
+        return bytes(view[:n])
 
     return read
 
@@ -251,20 +278,22 @@ def buffered_frame_reader(transport: Any, read_frame: Callable[[], Any]) -> Call
 
     A frame is a 7-byte header (type, channel, payload size), the payload
     and the end octet ``0xCE``. When all of it is in the transport's
-    buffer it is cut out directly; otherwise py-amqp's ``read_frame``
-    (reading through :func:`buffered_reader`) does the work.
+    buffer it is cut out directly (the rest stays a view, not a copy);
+    otherwise py-amqp's ``read_frame`` (reading through
+    :func:`buffered_reader`) does the work.
     """
 
     def read(*args: Any) -> Any:
         buf = transport._read_buffer
         if len(buf) >= 8:
-            end = int.from_bytes(buf[3:7], "big") + 8
-            if len(buf) >= end:
-                transport._read_buffer = buf[end:]
-                if buf[end - 1] != 0xCE:
+            view = memoryview(buf)
+            end = int.from_bytes(view[3:7], "big") + 8
+            if len(view) >= end:
+                transport._read_buffer = view[end:]
+                if view[end - 1] != 0xCE:
                     raise UnexpectedFrame(
-                        f"Received frame_end {buf[end - 1]:#04x} while expecting 0xce")
-                return buf[0], int.from_bytes(buf[1:3], "big"), bytes(buf[7:end - 1])
+                        f"Received frame_end {view[end - 1]:#04x} while expecting 0xce")
+                return view[0], int.from_bytes(view[1:3], "big"), bytes(view[7:end - 1])
         return read_frame()
 
     return read
@@ -285,6 +314,8 @@ class AmqpLink:
         self._transport = transport
         self._raw = raw_socket(transport.sock)
         self.tls = isinstance(transport, amqp.transport.SSLTransport)
+        #: Over TLS: every use of the SSL object holds the guard (see tls_io).
+        self.tls_guarded = False
         self.host = _address(str(transport.host), int(transport.port))
         self._clock = clock
         self.guard = WriteGuard(natives)
@@ -315,6 +346,9 @@ class AmqpLink:
 
         self._replace("_write", self.guard.guarded(t._write, wrote))
         recv = getattr(t, "_quick_recv", None)
+        if recv is not None and self.tls and tls_io.supported(t.sock):
+            recv = tls_io.GuardedReader(t.sock, self.guard, self.guard.natives)
+            self.tls_guarded = True
         if recv is not None:
             def observed_recv(*args: Any, **kwargs: Any) -> Any:
                 data = recv(*args, **kwargs)
@@ -363,8 +397,8 @@ class AmqpLink:
 
     @property
     def native_heartbeats(self) -> bool:
-        """Whether any OS thread may write heartbeats (not over TLS)."""
-        return not self.tls
+        """Whether any OS thread may write heartbeats (over TLS: if guarded)."""
+        return not self.tls or self.tls_guarded
 
     def last_inbound_at(self) -> float | None:
         return self._last_in
@@ -373,15 +407,33 @@ class AmqpLink:
         return self._last_out
 
     def inbound_marker(self) -> Hashable:
-        """py-amqp's inbound frame count and the bytes waiting unread in the kernel."""
-        return (getattr(self.connection, "bytes_recv", 0), self.pending_bytes())
+        """What changes when the peer shows life without the owner reading.
 
-    def pending_bytes(self) -> int | None:
-        """Bytes received and not parsed yet (None if unknown).
-
-        Those waiting in the kernel plus those read ahead into the
-        transport's buffer (:func:`buffered_reader`).
+        py-amqp's inbound frame count and the bytes waiting unread; and,
+        while the kernel holds at least :meth:`full_at` bytes unread, the
+        peer's TCP acknowledgements of our frames (:func:`sockets.bytes_acked`).
+        A receive buffer that nobody reads shuts our TCP window: the peer
+        then cannot send anything, heartbeats included, so its silence says
+        nothing, while its kernel still acknowledges the heartbeats we send.
+        A peer that is gone acknowledges nothing, so it is still found
+        within ``T``.
         """
+        frames = getattr(self.connection, "bytes_recv", 0)
+        unread = self.unread_bytes()
+        if unread is None:
+            return (frames, None)
+        pending = unread + len(getattr(self._transport, "_read_buffer", b""))
+        if unread >= self.full_at():
+            return (frames, pending, sockets.bytes_acked(self._raw))
+        return (frames, pending)
+
+    def full_at(self) -> int:
+        """Unread bytes from which the receive buffer counts as full."""
+        rcvbuf = sockets.receive_buffer(self._raw) or 4 * FULL_UNREAD
+        return max(1, min(FULL_UNREAD, rcvbuf // 4))
+
+    def unread_bytes(self) -> int | None:
+        """Bytes received by the kernel and not read yet (None if unknown)."""
         fd = self._raw.fileno()
         if fd < 0 or _FIONREAD is None:
             return None
@@ -389,22 +441,34 @@ class AmqpLink:
             raw = fcntl.ioctl(fd, _FIONREAD, b"\0\0\0\0")
         except OSError:
             return None
-        return int(struct.unpack("i", raw)[0]) + len(getattr(self._transport, "_read_buffer", b""))
+        return int(struct.unpack("i", raw)[0])
+
+    def pending_bytes(self) -> int | None:
+        """Bytes received and not parsed yet (None if unknown).
+
+        Those waiting in the kernel plus those read ahead into the
+        transport's buffer (:func:`buffered_reader`).
+        """
+        unread = self.unread_bytes()
+        if unread is None:
+            return None
+        return unread + len(getattr(self._transport, "_read_buffer", b""))
 
     def send_heartbeat(self, native: bool) -> bool:
         """Write one heartbeat frame.
 
-        ``native=True``: from any OS thread, straight to the socket under the
-        guard; False (nothing written) over TLS or while another writer holds
-        the socket. ``native=False``: from the owner's context (its thread, or
+        ``native=True``: from any OS thread, straight to the socket (over
+        TLS: through the SSL object) under the guard; False (nothing written)
+        while another user holds the socket, or over a TLS socket that is not
+        guarded. ``native=False``: from the owner's context (its thread, or
         a green thread of its hub), through py-amqp's frame writer.
         """
         if self._detached or self.dead:
             raise OSError(errno.ENOTCONN, "connection detached or declared dead")
         if native:
-            if self.tls:
+            if self.tls and not self.tls_guarded:
                 return False
-            if not self.guard.write_native(self._raw, HEARTBEAT_FRAME):
+            if not self.guard.write_native(self._raw, HEARTBEAT_FRAME, tls=self.tls):
                 return False
         else:
             self._owner_send()

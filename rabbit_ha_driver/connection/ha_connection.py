@@ -1213,23 +1213,43 @@ class Connection:
                 LOG.debug("[%s] teardown: %s", self.name, error)
 
     def _forget_after_fork(self) -> None:
-        """In a child process: drop the parent's socket without touching it."""
+        """In a child process, on first use: drop the parent's connection and
+        connect anew (the socket itself was closed by :meth:`_reinit_after_fork`)."""
         LOG.debug("[%s] process forked; opening a new connection in the child", self.name)
-        raw = self._raw
-        if raw is not None and supports_confirms(self._transport):
-            sock = getattr(getattr(raw, "_transport", None), "sock", None)
-            if sock is not None:
-                with suppress(OSError):
-                    sock.detach()
-                raw._transport.sock = None
+        self._close_inherited_socket()
         self._raw = None
         self._teardown()
         self._pid = os.getpid()
         if self._state in _OPEN_STATES:
-            self._set_state(State.RECOVERING)
+            if self._last_host is None:
+                # memory:// has no host to recover to: in the child the
+                # connection starts anew.
+                self._state = State.NEW
+            else:
+                self._set_state(State.RECOVERING)
 
     def _reinit_after_fork(self) -> None:
+        """Right after a fork, in the child: a fresh lock, and the inherited
+        socket closed without a byte or a shutdown() on it (both would reach
+        the parent's connection)."""
         self._lock = threading.RLock()
+        self._close_inherited_socket()
+
+    def _close_inherited_socket(self) -> None:
+        raw = self._raw
+        if raw is None or not supports_confirms(self._transport):
+            return
+        transport = getattr(raw, "_transport", None)
+        sock = getattr(transport, "sock", None)
+        if transport is None or sock is None:
+            return
+        transport.sock = None  # py-amqp's close() then sends and shuts down nothing
+        with suppress(OSError, ValueError):
+            # detach() drops an SSL object without a close_notify; closing
+            # the descriptor in the child leaves the parent's open.
+            fd = sock.detach()
+            if fd >= 0:
+                os.close(fd)
 
     def _socket(self) -> socket.socket | None:
         raw = self._raw

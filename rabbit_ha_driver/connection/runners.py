@@ -43,7 +43,8 @@ py-amqp one)::
         host: str                      # "127.0.0.1:5672"
         heartbeat_interval: float      # H negotiated for this connection; 0 = off
         native_heartbeats: bool        # send_heartbeat(native=True) can write
-                                       # from any OS thread (False over TLS)
+                                       # from any OS thread (over TLS only if
+                                       # every use of the SSL object is guarded)
         def last_inbound_at() -> float | None    # owner's last read, or None
         def inbound_marker() -> Hashable         # changes when bytes arrive unread
         def last_outbound_at() -> float | None   # owner's last write, or None
@@ -537,6 +538,8 @@ def _forget_shared_after_fork() -> None:
 
 
 if hasattr(os, "register_at_fork"):
+    # The scheduler's thread does not exist in a child; the first connection
+    # there starts a new one (the parent's watches stay the parent's).
     os.register_at_fork(after_in_child=_forget_shared_after_fork)
 
 
@@ -620,7 +623,8 @@ def watch_connection(member: Monitored, policy: HeartbeatPolicy, *, runner: str 
     """Select the runner, report it (``RunnerSelected``), and serve ``member``."""
     chosen, reason = select_runner(runner)
     if chosen.kind == "native" and not member.native_heartbeats:
-        reason += "; over TLS this thread only watches, the connection's owner sends the heartbeats"
+        reason += ("; over TLS this thread only watches (a socket it cannot guard), "
+                   "the connection's owner sends the heartbeats")
     if events is not None:
         events.emit(ev.RunnerSelected(member.name, chosen.kind, reason))
     return chosen.watch(member, policy, events)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+import struct
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -196,6 +197,33 @@ def suspend_user_timeout(sock: Any) -> float | None:
     if previous:
         set_user_timeout(sock, 0)
     return previous
+
+
+#: ``struct tcp_info``: the offset of ``tcpi_bytes_acked`` (Linux 4.1 and later).
+_TCPI_BYTES_ACKED = 120
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+
+
+def bytes_acked(sock: Any) -> int | None:
+    """How many of our bytes the peer's TCP has acknowledged; None where unknown.
+
+    Grows whenever the peer's kernel acknowledges something we sent (a
+    heartbeat frame), also while our own receive window is shut.
+    """
+    if _TCP_INFO is None:
+        return None
+    try:
+        info = sock.getsockopt(_SOL_TCP, _TCP_INFO, 256)
+    except (OSError, ValueError):
+        return None
+    if len(info) < _TCPI_BYTES_ACKED + 8:
+        return None
+    return int(struct.unpack_from("=Q", info, _TCPI_BYTES_ACKED)[0])
+
+
+def receive_buffer(sock: Any) -> int | None:
+    """``SO_RCVBUF`` of ``sock`` (what the kernel reports), or None."""
+    return _get(sock, socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
 def _ms(seconds: float) -> int:

@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver import forks
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.connection.confirms import Outcome, Pending
@@ -142,6 +143,17 @@ class Publisher:
         self._keeper: threading.Thread | None = None
         self._keeper_wake = threading.Event()
         self._closing = False
+        forks.at_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks, no keeper thread, and none of the
+        parent's receipts (settling one here could send its message again).
+        The connection resets itself and reconnects on first use."""
+        self._lock = threading.Lock()
+        self._outstanding_lock = threading.Lock()
+        self._outstanding.clear()
+        self._keeper = None
+        self._keeper_wake = threading.Event()
 
     def __repr__(self) -> str:
         return f"<Publisher {self._purpose} {self._conn!r}>"
@@ -594,6 +606,14 @@ class RPCTransport:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._closed = False
+        forks.at_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the reply listener (its thread, its queue) is
+        the parent's; the child makes its own on its first call."""
+        self._lock = threading.Lock()
+        self._replies = None
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"<RPCTransport {self.settings.transport_url.redacted()} exchange={self.exchange}>"

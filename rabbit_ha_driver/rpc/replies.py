@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rabbit_ha_driver import forks
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Connection, Deadline, State
 from rabbit_ha_driver.exceptions import (
@@ -112,6 +113,15 @@ class ReplyWaiters:
         self._last_call_at = -math.inf
         self._seen: Recent[None] = Recent(DUPLICATE_WINDOW)
         self._finished: Recent[None] = Recent(DUPLICATE_WINDOW)
+        forks.at_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: nobody reads (the reader was a thread of the
+        parent) and the parent's calls are not the child's to wait for."""
+        self._cond = threading.Condition()
+        self._drain = None
+        self._draining = False
+        self._calls.clear()
 
     def __len__(self) -> int:
         with self._cond:
@@ -360,6 +370,14 @@ class ReplyListener:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
+        forks.at_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the draining thread is gone and the queue is
+        the parent's; this listener is abandoned (the transport makes another)."""
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.abandon()
 
     def __repr__(self) -> str:
         state = "running" if self._started else "idle"

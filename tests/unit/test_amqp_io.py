@@ -299,7 +299,7 @@ def test_owner_sends_heartbeats_when_due(link, broker, clock):
 
 
 class FakeTLSTransport(amqp.transport.SSLTransport):
-    """An SSLTransport in type only, around a plain socket (no certificates needed)."""
+    """An SSLTransport in type only, around a plain socket: nothing ``tls_io`` can guard."""
 
     def __init__(self, sock: socket.socket, port: int) -> None:
         self.sock = sock
@@ -310,7 +310,7 @@ class FakeTLSTransport(amqp.transport.SSLTransport):
         self.connected = True
 
 
-def test_tls_connection_is_never_written_by_a_native_thread(broker):
+def test_a_tls_socket_it_cannot_guard_is_never_written_by_a_native_thread(broker):
     transport, peer = broker
     tls = FakeTLSTransport(transport.sock, transport.port)
     lk = AmqpLink(StubConnection(tls), name="svc").install()
@@ -391,7 +391,8 @@ def test_liveness_end_to_end_with_a_fake_clock(broker, clock, private_scheduler)
     assert live.link is None and (live.dead_reason or "").startswith("nothing received")
 
 
-def test_liveness_over_tls_leaves_heartbeats_to_the_owner(broker, clock, private_scheduler):
+def test_liveness_over_an_unguardable_tls_socket_leaves_heartbeats_to_the_owner(broker, clock,
+                                                                              private_scheduler):
     transport, peer = broker
     settings = from_url("rabbit://127.0.0.1:5672/", heartbeat_timeout_threshold=6)
     live = Liveness(settings, name="svc", clock=clock)

@@ -281,3 +281,51 @@ def test_frames_buffered_together_are_parsed_one_per_read():
     assert conn.frames == [(8, 0, b""), (3, 1, b"body"), (8, 0, b"")]
     assert transport.timeouts == []
     assert transport._read_buffer == b""
+
+
+# -- taking frames off the front copies only those frames -------------------------------
+
+
+def _peak_while(fn) -> int:
+    """Peak bytes newly allocated while ``fn`` runs (``tracemalloc``)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_frames_taken_from_a_large_buffer_never_copy_what_follows():
+    from rabbit_ha_driver.connection.amqp_io import buffered_frame_reader
+
+    count = 20000
+    transport = BufferOnlyTransport(BODY_FRAME * count)  # 260 kB read ahead
+    read_frame = buffered_frame_reader(transport, lambda: pytest.fail("the socket was touched"))
+
+    def take_all():
+        for _ in range(count):
+            assert read_frame() == (3, 1, b"body")
+
+    # Copying the rest of the buffer per frame would allocate ~260 kB at once
+    # (and 2.6 GB in all); a view over it allocates a few hundred bytes.
+    assert _peak_while(take_all) < 32 * 1024
+    assert len(transport._read_buffer) == 0
+
+
+def test_reads_from_a_large_buffer_never_copy_what_follows():
+    transport = ScriptedTransport(HEARTBEAT_FRAME * 8192)  # one 64 kB receive
+    read = buffered_reader(transport)
+
+    def take_all():
+        for _ in range(8192):
+            assert read(7) == HEARTBEAT_FRAME[:7]
+            assert read(1) == b"\xce"
+
+    # The receive itself is copied once (64 kB); copying the rest per read
+    # would hold a second copy at the same time.
+    assert _peak_while(take_all) < 96 * 1024
+    assert transport.asked == [READ_CHUNK]
