@@ -54,6 +54,11 @@ def _load_cluster_module() -> ModuleType:
 rabbit_cluster = _load_cluster_module()
 
 
+def _ports(spec: list[str]) -> tuple[str, str]:
+    """(source port, destination port) of a rule spec."""
+    return spec[spec.index("--sport") + 1], spec[spec.index("--dport") + 1]
+
+
 class SilentDrop:
     """The rules dropping one loopback connection; ``remove()`` lets it through again."""
 
@@ -81,7 +86,14 @@ class SilentDrop:
         if not self.active:
             return
         for spec in self._specs:
-            rabbit_cluster.delete_rule(spec)
+            try:
+                rabbit_cluster.delete_rule(spec)
+            except rabbit_cluster.ClusterError:
+                # Gone already (a cleanup of all tagged rules ran meanwhile)?
+                # Then there is nothing to undo; otherwise it is an error.
+                if _ports(spec) in map(_ports, rabbit_cluster.tagged_rules()):
+                    raise
+                LOG.warning("rule %s was already removed", " ".join(spec))
         self.active = False
         LOG.info("no longer dropping 127.0.0.1:%d <-> 127.0.0.1:%d",
                  self.local_port, self.remote_port)

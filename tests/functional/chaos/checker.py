@@ -52,6 +52,8 @@ class Violation:
     t: float
     detail: str
     worker: str = ""
+    #: End of the violating message's window (for log excerpts).
+    t1: float | None = None
 
 
 @dataclasses.dataclass
@@ -196,12 +198,12 @@ def check(records: Sequence[dict[str, Any]], *, start: float, grace: float,
             target = f"{r['topic']}" + (f" server={r['server']}" if r.get("server") else "")
             if r["wrong"]:
                 violations.append(Violation("call: wrong answer", blamed, r["t0"],
-                                            f"call {r['id']} to {target}", worker))
+                                            f"call {r['id']} to {target}", worker, r["t1"]))
             if took > timeout + OVERRUN_ALLOWED:
                 violations.append(Violation(
                     "call: not done within timeout + 0.5 s", blamed, r["t0"],
                     f"call {r['id']} to {target} took {took:.2f}s (timeout {timeout:.1f}s), "
-                    f"{'answered' if r['ok'] else 'raised ' + str(r['err'])}", worker))
+                    f"{'answered' if r['ok'] else 'raised ' + str(r['err'])}", worker, r["t1"]))
             continue
         if not r["sent"]:
             for f in figures:
@@ -227,7 +229,7 @@ def check(records: Sequence[dict[str, Any]], *, start: float, grace: float,
         violations.append(Violation(
             "cast: sent but never handled", blamed, r["t0"],
             f"cast {r['id']} to {target}, written +{r['t0'] - start:.2f}s, receipt said sent at "
-            f"+{r['t1'] - start:.2f}s", worker))
+            f"+{r['t1'] - start:.2f}s", worker, r["t1"]))
 
     violations.sort(key=lambda v: v.t)
     violations.extend(end_violations)

@@ -59,6 +59,8 @@ def conflicts(cls: str, active: Sequence[str]) -> bool:
     """Whether an episode of ``cls`` must wait while ``active`` ones run."""
     if not active:
         return False
+    if cls in active:  # two of a kind would undo each other's fault
+        return True
     if cls == "full_restart" or "full_restart" in active:
         return True
     if cls in NODE_FAULTS and any(a in NODE_FAULTS for a in active):

@@ -164,7 +164,8 @@ def broker_counts(cluster: Any) -> dict[str, tuple[int, int, int]]:
 
 class Scheduler:
     """Starts each planned episode at its time, in order, when nothing it
-    conflicts with runs. Every episode runs (the plan has each class at
+    conflicts with runs; an episode that had to wait delays the rest of the
+    plan as much, so faults do not pile up after a long one. Every episode runs (the plan has each class at
     least once), so the phase may last longer than planned; ``limit``
     seconds after the start, episodes not started yet are skipped."""
 
@@ -177,14 +178,16 @@ class Scheduler:
         start = time.monotonic()
         pending = list(self.plan)
         active: dict[int, tuple[str, threading.Thread]] = {}
+        delay = 0.0  # how late the plan runs: later episodes keep their spacing
         while pending and time.monotonic() - start < limit:
             for index in [i for i, (_, t) in active.items() if not t.is_alive()]:
                 del active[index]
             episode = pending[0]
-            if (time.monotonic() - start < episode.at
+            if (time.monotonic() - start < episode.at + delay
                     or conflicts(episode.cls, [c for c, _ in active.values()])):
                 time.sleep(0.05)
                 continue
+            delay = max(delay, time.monotonic() - start - episode.at)
             pending.pop(0)
             thread = threading.Thread(target=self.injector.run, args=(episode,),
                                       name=f"fault-{episode.index}", daemon=True)
@@ -366,9 +369,36 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
         echo(f"  +{r['t0'] - run_start:7.2f}s..+{r['t1'] - run_start:7.2f}s {r['cls']:<16} "
              f"{r['detail']}{' ERROR ' + r['err'] if r.get('err') else ''}")
     echo(report.render())
+    excerpts = log_excerpts(report, out)
+    if excerpts:
+        echo("library log lines of the workers in each violating call's or cast's window:")
+        echo(excerpts)
     echo(f"seed {seed}: {'PASS' if report.ok else 'FAIL'} (replay: python -m tests.functional.chaos "
          f"--seed {seed} --duration {duration:.0f}{' --tls' if tls_all else ''})")
     return report
+
+
+def log_excerpts(report: checker.Report, out: Path, per_violation: int = 12,
+                 limit: int = 10) -> str:
+    """WARNING and ERROR lines of the worker's library log from a second before
+    a message violation to a second after it (the logs carry wall-clock
+    times of day, like the records)."""
+    lines: list[str] = []
+    shown = [v for v in report.violations if v.t1 is not None and v.worker][:limit]
+    for v in shown:
+        assert v.t1 is not None
+        low, high = (time.strftime("%H:%M:%S", time.localtime(t)) for t in (v.t - 1, v.t1 + 2))
+        try:
+            text = (out / f"{v.worker}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        window = [line for line in text if low <= line[:8] <= high
+                  and (" WARNING " in line or " ERROR " in line)]
+        lines.append(f"-- {v.invariant} [{v.worker}] {low}..{high}: {v.detail[:120]}")
+        lines.extend(f"   {line[:300]}" for line in window[:per_violation])
+        if len(window) > per_violation:
+            lines.append(f"   ... {len(window) - per_violation} more in {v.worker}.log")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
