@@ -272,8 +272,14 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
         sender = Sender({"url": u, "options": options, "topics": TOPICS,
                          "servers": topic_servers, "call_timeout": CALL_TIMEOUT},
                         "orch", orchestrator)
-        for topic, names in topic_servers.items():  # open its connections before the baseline
-            sender.settle(*sender.cast("warm", topic, server=names[0], method="slow", seconds=0))
+        # Warm-up: the sender opens its connections, and every server runs
+        # as many requests at once as it may, so its executor holds all its
+        # workers before the baseline (a pool that grows to its bound is no leak).
+        warm = [sender.cast("warm", topic, server=name, method="slow", seconds=1.0)
+                for topic, names in topic_servers.items() for name in names
+                for _ in range(MAX_WORKERS)]
+        for receipt, entry in warm:
+            sender.settle(receipt, entry)
         injector = Injector(cluster, orchestrator, pids={w.name: w.pid for w in workers},
                             server_topics={s[0]: s[2] for s in SERVERS},
                             max_workers=MAX_WORKERS, sender=sender)
