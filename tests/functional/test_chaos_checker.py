@@ -98,3 +98,7 @@ def test_each_invariant_can_fail_and_names_its_fault_class() -> None:
     text = report.render()
     assert "cast: sent but never handled [c1] (freeze_node): cast lost to t, written +12.00s" in text
     assert "call c11 to t took 5.60s (timeout 5.0s), raised MessagingTimeout" in text
+
+
+def test_a_plan_without_classes_has_no_episodes() -> None:
+    assert make_plan(42, 120, SERVERS, CALLERS, classes=()) == []

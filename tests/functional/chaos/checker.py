@@ -143,7 +143,8 @@ def episodes_of(records: Iterable[dict[str, Any]]) -> list[Episode]:
             for r in records if r.get("k") == "fault"]
 
 
-def _lost_explained(cast: dict[str, Any], episodes: Sequence[Episode], grace: float) -> str | None:
+def _lost_explained(cast: dict[str, Any], episodes: Sequence[Episode], grace: float,
+                    start: float) -> str | None:
     """Why a lost cast is no fault of the library, or None."""
     topic, server = cast["topic"], cast.get("server")
     kind = "fanout" if cast.get("fanout") else "server" if server else "topic"
@@ -154,7 +155,7 @@ def _lost_explained(cast: dict[str, Any], episodes: Sequence[Episode], grace: fl
             continue
         if e.cls == "delete_queue" and f"queue={kind}" in e.detail and f"topic={topic}" in e.detail \
                 and (kind != "server" or f"server={server}" in e.detail):
-            return f"its {kind} queue was deleted at +{e.t0:.2f}s ({e.detail})"
+            return f"its {kind} queue was deleted at +{e.t0 - start:.2f}s ({e.detail})"
         if kind == "fanout" and e.cls in ("kill_node", "full_restart"):
             return f"a fanout queue is transient and {e.cls} ran ({e.detail})"
     return None
@@ -216,7 +217,7 @@ def check(records: Sequence[dict[str, Any]], *, start: float, grace: float,
                 0 if r.get("fanout") else max(0, len(seen) - 1))
         if seen:
             continue
-        reason = _lost_explained(r, episodes, grace)
+        reason = _lost_explained(r, episodes, grace, start)
         target = (f"{r['topic']} fanout" if r.get("fanout") else r["topic"]) + (
             f" server={r['server']}" if r.get("server") else "")
         if reason:

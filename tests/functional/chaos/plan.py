@@ -99,7 +99,12 @@ def _params(rng: random.Random, cls: str, servers: Sequence[str], callers: Seque
 def make_plan(seed: int, duration: float, servers: Sequence[str], callers: Sequence[str],
               nodes: int = 3, heartbeat: float = 3.0,
               classes: Sequence[str] = FAULT_CLASSES) -> list[Episode]:
-    """Episodes for ``duration`` seconds: each class once first, then at random."""
+    """Episodes for ``duration`` seconds: each class once first, then at random.
+
+    No classes, no episodes: a run without faults, to tell what the faults
+    cause from what plain traffic does."""
+    if not classes:
+        return []
     rng = random.Random(seed)
     first = list(classes)
     rng.shuffle(first)

@@ -46,7 +46,7 @@ from typing import Any
 from ..faults import rabbit_cluster
 from . import checker, records
 from .injectors import Injector
-from .plan import Episode, conflicts, make_plan
+from .plan import FAULT_CLASSES, Episode, conflicts, make_plan
 
 LOG = logging.getLogger("chaos")
 ROOT = Path(__file__).resolve().parents[3]
@@ -174,7 +174,7 @@ class Scheduler:
         self.injector = injector
         self.skipped: list[Episode] = []
 
-    def run(self, limit: float) -> None:
+    def run(self, duration: float, limit: float) -> None:
         start = time.monotonic()
         pending = list(self.plan)
         active: dict[int, tuple[str, threading.Thread]] = {}
@@ -196,6 +196,7 @@ class Scheduler:
         self.skipped = pending
         for _, thread in active.values():
             thread.join(300)
+        time.sleep(max(0.0, start + duration - time.monotonic()))
 
 
 @contextlib.contextmanager
@@ -217,15 +218,44 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def sample_rss(workers: list[Worker], out: records.RecordFile, stop: threading.Event,
+               every: float = 5.0) -> None:
+    """Each worker's threads and RSS every few seconds, to see how they grow."""
+    while not stop.wait(every):
+        for worker in workers:
+            with contextlib.suppress(OSError, AssertionError):
+                threads, rss = worker.sample()
+                out.write("rss", name=worker.name, t=time.time(), threads=threads, rss=rss)
+
+
+def rss_timeline(all_records: list[dict[str, Any]], start: float, step: float = 60.0) -> str:
+    """A row per worker: RSS (MB) and threads about every ``step`` seconds."""
+    rows: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in all_records:
+        if r.get("k") == "rss":
+            rows[r["name"]].append(r)
+    lines = []
+    for name, samples in sorted(rows.items()):
+        shown, next_at = [], 0.0
+        for r in samples:
+            if r["t"] - start >= next_at:
+                shown.append(f"+{r['t'] - start:.0f}s {r['rss'] / 1024:.1f}MB/{r['threads']}t")
+                next_at = r["t"] - start + step
+        lines.append(f"  {name}: " + ", ".join(shown))
+    return "\n".join(lines)
+
+
 def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: bool = False,
-              heartbeat: int = 3, warmup: float = 15.0, echo: Any = print) -> checker.Report:
+              heartbeat: int = 3, warmup: float = 15.0, echo: Any = print,
+              classes: tuple[str, ...] = FAULT_CLASSES) -> checker.Report:
     """One chaos run against a healthy, locked ``cluster``; returns the report."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.records"):
         stale.unlink()
     server_names = [s[0] for s in SERVERS]
     caller_names = [c[0] for c in CALLERS]
-    plan = make_plan(seed, duration, server_names, caller_names, heartbeat=heartbeat)
+    plan = make_plan(seed, duration, server_names, caller_names, heartbeat=heartbeat,
+                     classes=classes)
     echo(f"chaos seed {seed}: {duration:.0f}s, T={heartbeat}s, "
          f"{'all' if tls_all else 'some'} workers over TLS, records and logs in {out}")
     echo("plan:\n" + "\n".join(f"  {e}" for e in plan))
@@ -252,6 +282,7 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
             "threads": threads, "seed": seed, "call_timeout": CALL_TIMEOUT}, out))
     workers = servers + callers
     orchestrator = records.RecordFile(out / "orchestrator.records")
+    stop_sampling = threading.Event()
     run_start = time.time()
     end_violations: list[checker.Violation] = []
 
@@ -293,7 +324,10 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
 
             chaos_start = time.time()
             scheduler = Scheduler(plan, injector)
-            scheduler.run(duration * 2 + 120)
+            sampler = threading.Thread(target=sample_rss, args=(workers, orchestrator, stop_sampling),
+                                       name="rss-sampler", daemon=True)
+            sampler.start()
+            scheduler.run(duration, duration * 2 + 120)
             echo(f"chaos phase over after {time.time() - chaos_start:.0f}s; "
                  f"{len(plan) - len(scheduler.skipped)} episodes ran, "
                  f"{len(scheduler.skipped)} skipped")
@@ -302,6 +336,7 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
         finally:
             injector.close()
             cluster.thaw_all()
+            stop_sampling.set()
         if cluster.health_problems():  # a restart that failed in the chaos phase
             cluster.start_all()
         quiet_from = time.time()
@@ -375,6 +410,8 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
     for r in sorted((r for r in all_records if r.get("k") == "fault"), key=lambda r: r["t0"]):
         echo(f"  +{r['t0'] - run_start:7.2f}s..+{r['t1'] - run_start:7.2f}s {r['cls']:<16} "
              f"{r['detail']}{' ERROR ' + r['err'] if r.get('err') else ''}")
+    echo("threads and RSS of the workers during the chaos phase:\n"
+         + rss_timeline(all_records, run_start))
     echo(report.render())
     excerpts = log_excerpts(report, out)
     if excerpts:
@@ -418,9 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--out", type=Path, default=None,
                         help="records and logs (default: <data dir>/chaos-<seed>)")
+    parser.add_argument("--classes", default=",".join(FAULT_CLASSES),
+                        help="comma-separated fault classes to mix (default: all; empty: "
+                             "no faults, to compare)")
     parser.add_argument("--keep-cluster", action="store_true",
                         help="leave a cluster this run started running")
     args = parser.parse_args(argv)
+    unknown = set(filter(None, args.classes.split(","))) - set(FAULT_CLASSES)
+    if unknown:
+        parser.error(f"unknown fault classes {sorted(unknown)}; known: {', '.join(FAULT_CLASSES)}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     print(f"seed {seed}", flush=True)
     settings = rabbit_cluster.Settings.from_env()
@@ -439,5 +482,6 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.bootstrap(owner="cli" if args.keep_cluster else "chaos")
             report = run_chaos(cluster, seed=seed, duration=args.duration, out=out,
                                tls_all=args.tls, heartbeat=args.heartbeat, warmup=args.warmup,
-                               echo=lambda line: print(line, flush=True))
+                               echo=lambda line: print(line, flush=True),
+                               classes=tuple(c for c in args.classes.split(",") if c))
     return 0 if report.ok else 1
