@@ -419,7 +419,8 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
              "(nothing listed: it logged nothing then):")
         echo(excerpts)
     echo(f"seed {seed}: {'PASS' if report.ok else 'FAIL'} (replay: python -m tests.functional.chaos "
-         f"--seed {seed} --duration {duration:.0f}{' --tls' if tls_all else ''})")
+         f"--seed {seed} --duration {duration:.0f}{' --tls' if tls_all else ''}"
+         f"{'' if tuple(classes) == FAULT_CLASSES else ' --classes ' + repr(','.join(classes))})")
     return report
 
 
