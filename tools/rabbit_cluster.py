@@ -107,6 +107,12 @@ _FOREIGN_PORTS = frozenset(
 _OFFSET_TLS, _OFFSET_MGMT, _OFFSET_DIST, _OFFSET_CTL = 10, 20, 30, 40
 _CTL_PORTS = 20
 _NODE_COUNT = 3
+#: RabbitMQ 3.10's defaults, restored after a consumer-timeout fault.
+DEFAULT_CONSUMER_TIMEOUT_MS = 1_800_000
+DEFAULT_CHANNEL_TICK_MS = 60_000
+#: The watermark of a stock broker, and one so low the alarm is raised at once.
+DEFAULT_WATERMARK = 0.4
+ALARM_WATERMARK = 0.0000001
 
 T = TypeVar("T")
 
@@ -491,6 +497,31 @@ def _kill(pids: Iterable[int], timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+#: pid -> node name of the nodes this process froze; thawed at exit.
+_FROZEN: dict[int, str] = {}
+_THAW_REGISTERED = False
+
+
+def _sigcont(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+    _FROZEN.pop(pid, None)
+
+
+def _thaw_frozen() -> None:
+    for pid in list(_FROZEN):
+        _sigcont(pid)
+
+
+def _register_thaw_at_exit() -> None:
+    """A node frozen by this process is thawed when it exits, however it ends
+    (SIGTERM/SIGHUP handlers of :func:`stopped_on_exit` run atexit code too)."""
+    global _THAW_REGISTERED
+    if not _THAW_REGISTERED:
+        atexit.register(_thaw_frozen)
+        _THAW_REGISTERED = True
+
+
 def _epmd_names(timeout: float = 1.0) -> dict[str, int]:
     """Names registered in the local epmd (empty if epmd does not run)."""
     port = int(os.environ.get("ERL_EPMD_PORT", "4369"))
@@ -583,6 +614,7 @@ class Cluster:
                  dir=self.data_dir / "nodes" / f"{self.settings.node_prefix}{i + 1}",
                  marker=f"{self.data_dir}::{self.settings.node_prefix}{i + 1}@localhost")
             for i in range(_NODE_COUNT)]
+        self._frozen: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Cluster({self.data_dir}, nodes={[n.name for n in self.nodes]})"
@@ -644,6 +676,7 @@ class Cluster:
 
     def shutdown(self) -> None:
         """SIGKILL every process of our nodes and drop our firewall rules."""
+        self.thaw_all()
         prefix = f"{self.data_dir}::"
         pids = {pid for pid, (marker, _) in _marked_processes().items()
                 if marker.startswith(prefix)}
@@ -659,6 +692,26 @@ class Cluster:
             remove_tagged_rules(self.client_ports())
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / "state.json").unlink()
+
+    def thaw_all(self) -> None:
+        """SIGCONT every beam.smp of our nodes (frozen or not: harmless)."""
+        prefix = f"{self.data_dir}::"
+        for pid, (marker, comm) in _marked_processes().items():
+            if marker.startswith(prefix) and comm == "beam.smp":
+                _sigcont(pid)
+        self._frozen.clear()
+
+    def _restore_defaults(self) -> None:
+        """Undo runtime settings a crashed fault may have left (cheap when none)."""
+        leftovers = [n for n in self.nodes if (n.dir / "advanced.config").exists()]
+        if leftovers:
+            LOG.warning("a consumer timeout was left set; restoring the default")
+            with contextlib.suppress(ClusterError):
+                self.set_consumer_timeout(None)
+        with contextlib.suppress(ClusterError):
+            for name in self.memory_alarms():
+                LOG.warning("%s has a memory alarm; restoring its watermark", name)
+                self.set_memory_watermark(name, DEFAULT_WATERMARK)
 
     def started_by(self) -> str | None:
         """Who started the running cluster ("cli" or "pytest"), from state.json."""
@@ -733,6 +786,184 @@ class Cluster:
             self._ensure_member(node)
         self.wait_healthy(self.settings.start_timeout)
 
+    # -- broker-side faults ------------------------------------------------
+
+    def freeze(self, node: Node | int | str) -> int:
+        """SIGSTOP the node's beam.smp; return its pid. Undo with :meth:`thaw`.
+
+        A frozen node keeps its listening sockets: the kernel still completes
+        TCP handshakes into the accept backlog, but nothing is read or
+        answered, neither AMQP nor the management API, and its peers only
+        notice after ``net_ticktime``. Until thawed, :meth:`api` asks the
+        other nodes. :func:`thaw_all` (run at exit too) undoes every freeze.
+        """
+        node = self.node(node)
+        pid = node.pid
+        if pid is None:
+            raise ClusterError(f"{node.name} is not running; cannot freeze it")
+        _FROZEN[pid] = node.name
+        _register_thaw_at_exit()
+        os.kill(pid, signal.SIGSTOP)
+        self._frozen.add(node.name)
+        LOG.info("froze %s (pid %d)", node.name, pid)
+        return pid
+
+    def thaw(self, node: Node | int | str) -> None:
+        """SIGCONT the node's beam.smp (idempotent)."""
+        node = self.node(node)
+        for pid, name in list(_FROZEN.items()):
+            if name == node.name:
+                _sigcont(pid)
+        pid = node.pid
+        if pid is not None:
+            _sigcont(pid)
+        self._frozen.discard(node.name)
+        LOG.info("thawed %s", node.name)
+
+    @contextlib.contextmanager
+    def frozen(self, node: Node | int | str, seconds: float | None = None) -> Iterator[int]:
+        """Freeze ``node`` for the block (and ``seconds`` more if given); always thaw."""
+        pid = self.freeze(node)
+        try:
+            yield pid
+            if seconds:
+                time.sleep(seconds)
+        finally:
+            self.thaw(node)
+
+    def is_frozen(self, node: Node | int | str) -> bool:
+        return self.node(node).name in self._frozen
+
+    def rabbit_env(self, node: Node | int | str, key: str) -> str:
+        """``application:get_env(rabbit, KEY)`` of a node, as Erlang prints it."""
+        return self.rabbitmqctl(node, "eval",
+                                f"application:get_env(rabbit, {key}).", timeout=30).strip()
+
+    def set_rabbit_env(self, key: str, value: int, nodes: Iterable[Node | int | str] | None = None,
+                       ) -> None:
+        """``application:set_env(rabbit, KEY, VALUE)`` on running nodes (lost on restart)."""
+        chosen = self.nodes if nodes is None else [self.node(n) for n in nodes]
+        for node in chosen:
+            if node.pid is None or node.name in self._frozen:
+                continue
+            self.rabbitmqctl(node, "eval",
+                             f"application:set_env(rabbit, {key}, {int(value)}).", timeout=30)
+
+    def set_consumer_timeout(self, timeout_ms: int | None, tick_ms: int | None = None) -> None:
+        """Make the broker close a channel whose delivery stays unacked ``timeout_ms``.
+
+        RabbitMQ 3.10 checks ``consumer_timeout`` on each channel's tick
+        (``channel_tick_interval``, 60 s by default), and a channel reads both
+        when it opens: only channels opened after this call get them. Both are
+        also written to every node's ``advanced.config``, so a node restarted
+        later keeps them. ``None`` restores the defaults (30 min, 60 s).
+        ``channel_tick_interval`` must never be unset: a channel opened
+        without it crashes on open (the client sees a connection reset).
+        """
+        timeout = DEFAULT_CONSUMER_TIMEOUT_MS if timeout_ms is None else int(timeout_ms)
+        tick = DEFAULT_CHANNEL_TICK_MS if tick_ms is None else int(tick_ms)
+        if timeout_ms is None and tick_ms is None:
+            for node in self.nodes:
+                with contextlib.suppress(FileNotFoundError):
+                    (node.dir / "advanced.config").unlink()
+        else:
+            for node in self.nodes:
+                (node.dir / "advanced.config").write_text(
+                    f"[{{rabbit, [{{consumer_timeout, {timeout}}}, "
+                    f"{{channel_tick_interval, {tick}}}]}}].\n")
+        self.set_rabbit_env("consumer_timeout", timeout)
+        self.set_rabbit_env("channel_tick_interval", tick)
+        LOG.info("consumer_timeout %d ms, channel tick %d ms", timeout, tick)
+
+    @contextlib.contextmanager
+    def consumer_timeout(self, timeout_ms: int = 2000, tick_ms: int = 500) -> Iterator[None]:
+        """:meth:`set_consumer_timeout` for the block; the defaults come back after."""
+        try:
+            self.set_consumer_timeout(timeout_ms, tick_ms)
+            yield
+        finally:
+            self.set_consumer_timeout(None)
+
+    def set_memory_watermark(self, node: Node | int | str, fraction: float) -> None:
+        """``rabbitmqctl set_vm_memory_high_watermark`` (lost on restart)."""
+        self.rabbitmqctl(node, "set_vm_memory_high_watermark", repr(float(fraction)), timeout=30)
+
+    @contextlib.contextmanager
+    def memory_alarm(self, node: Node | int | str = 0) -> Iterator[None]:
+        """Raise a memory alarm on ``node`` for the block; the broker then
+        blocks every publishing connection of the cluster
+        (``connection.blocked``). The watermark goes back to 0.4 after,
+        also on failure (a node restarted meanwhile has it already)."""
+        node = self.node(node)
+        try:
+            self.set_memory_watermark(node, ALARM_WATERMARK)
+            yield
+        finally:
+            if node.pid is not None and node.name not in self._frozen:
+                self.set_memory_watermark(node, DEFAULT_WATERMARK)
+
+    def memory_alarms(self) -> list[str]:
+        """Nodes that report a memory alarm (management API)."""
+        return [n["name"] for n in self.api("GET", "/api/nodes") if n.get("mem_alarm")]
+
+    def delete_exchange(self, name: str, vhost: str = "/") -> dict[str, Any] | None:
+        """Delete an exchange; return what :meth:`restore_exchange` needs (None if absent).
+
+        Publishing to it afterwards makes the broker close the publisher's
+        channel with 404 NOT_FOUND; the bindings that had it as source go too.
+        """
+        definition = self.api("GET", f"/api/exchanges/{_q(vhost)}/{_q(name)}", missing_ok=True)
+        if definition is None:
+            return None
+        bindings = self.api("GET", f"/api/exchanges/{_q(vhost)}/{_q(name)}/bindings/source")
+        self.api("DELETE", f"/api/exchanges/{_q(vhost)}/{_q(name)}", missing_ok=True)
+        LOG.info("deleted exchange %r (%d bindings)", name, len(bindings))
+        return {"definition": definition, "bindings": bindings}
+
+    def restore_exchange(self, saved: dict[str, Any] | None) -> None:
+        """Declare a deleted exchange again with its attributes and bindings."""
+        if saved is None:
+            return
+        ex = saved["definition"]
+        vhost, name = ex["vhost"], ex["name"]
+        self.api("PUT", f"/api/exchanges/{_q(vhost)}/{_q(name)}",
+                 {"type": ex["type"], "durable": ex["durable"], "auto_delete": ex["auto_delete"],
+                  "internal": ex["internal"], "arguments": ex["arguments"]})
+        for binding in saved["bindings"]:
+            kind = "q" if binding["destination_type"] == "queue" else "e"
+            with contextlib.suppress(ManagementApiError):  # the queue may be gone meanwhile
+                self.api("POST", f"/api/bindings/{_q(vhost)}/e/{_q(name)}/{kind}/"
+                                 f"{_q(binding['destination'])}",
+                         {"routing_key": binding["routing_key"],
+                          "arguments": binding["arguments"]})
+        LOG.info("restored exchange %r with %d bindings", name, len(saved["bindings"]))
+
+    @contextlib.contextmanager
+    def exchange_missing(self, name: str, vhost: str = "/") -> Iterator[dict[str, Any] | None]:
+        """The exchange is absent during the block, back with its bindings after."""
+        saved = self.delete_exchange(name, vhost)
+        try:
+            yield saved
+        finally:
+            self.restore_exchange(saved)
+
+    def tls_url(self, nodes: Iterable[Node | int | str] | None = None,
+                scheme: str = "rabbit") -> str:
+        """Transport URL of the TLS listeners (``ssl=true`` in the query).
+
+        The server certificate names 127.0.0.1, so hostname verification
+        passes; give :meth:`tls_options` with it."""
+        chosen = self.nodes if nodes is None else [self.node(n) for n in nodes]
+        hosts = ",".join(f"{USER}:{PASSWORD}@{n.host}:{n.tls_port}" for n in chosen)
+        return f"{scheme}://{hosts}/?ssl=true"
+
+    def tls_options(self, client_cert: bool = True) -> dict[str, str]:
+        """``from_url`` keywords of the library for :meth:`tls_url`."""
+        options = {"ssl_ca_file": self.tls.ca_file}
+        if client_cert:
+            options.update(ssl_cert_file=self.tls.client_cert, ssl_key_file=self.tls.client_key)
+        return options
+
     # -- health -------------------------------------------------------------
 
     def health_problems(self) -> list[str]:
@@ -766,7 +997,12 @@ class Cluster:
             time.sleep(0.2)
 
     def ensure_healthy(self, clean: bool = True) -> None:
-        """Repair what is down (restart, rejoin, or rebuild); then delete leftovers."""
+        """Repair what is down (restart, rejoin, or rebuild); then delete leftovers.
+
+        Frozen nodes are thawed first; consumer timeout and memory watermark
+        go back to their defaults."""
+        self.thaw_all()
+        self._restore_defaults()
         problems = self.health_problems()
         try:
             if problems:
@@ -806,7 +1042,8 @@ class Cluster:
             node: Node | int | str | None = None, timeout: float = 10.0,
             missing_ok: bool = False) -> Any:
         """Call the management HTTP API of ``node`` (default: first node that answers)."""
-        candidates = [self.node(node)] if node is not None else self.nodes
+        candidates = ([self.node(node)] if node is not None
+                      else [n for n in self.nodes if n.name not in self._frozen])
         data = None if body is None else json.dumps(body).encode()
         token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         last_error: Exception | None = None

@@ -57,7 +57,16 @@ that one loopback connection (iptables, see ``faults``) and returns a handle
 with ``remove()``; whatever is left is removed at teardown, pass or fail.
 ``faults.local_port(conn)`` gives a py-amqp connection's local port.
 
-``tls`` -- ``cluster.tls``.
+``broker_faults`` -- ``faults.BrokerFaults``: ``freeze(node)`` (SIGSTOP of the
+node's beam.smp), ``consumer_timeout(ms=2000, tick_ms=500)`` (the broker closes
+a channel holding an unacked delivery that long with 406), ``memory_alarm(node)``
+(publishers get ``connection.blocked``), ``missing_exchange(name)`` (deleted,
+restored with its bindings); each returns an ``Undo`` to end it early, and
+whatever is active is undone at teardown, pass or fail.
+
+``tls`` -- ``cluster.tls``. ``cluster.tls_url(nodes=None)`` is the transport
+URL of the TLS listeners and ``cluster.tls_options()`` the library's
+``ssl_ca_file``/``ssl_cert_file``/``ssl_key_file`` for it.
 """
 
 from __future__ import annotations
@@ -69,7 +78,7 @@ from typing import Any
 
 import pytest
 
-from .faults import SilentDropper, rabbit_cluster
+from .faults import BrokerFaults, SilentDropper, rabbit_cluster
 
 LOG = logging.getLogger(__name__)
 
@@ -108,6 +117,15 @@ def silent_drop(cluster: Any) -> Iterator[SilentDropper]:
         yield dropper
     finally:
         dropper.remove_all()
+
+
+@pytest.fixture
+def broker_faults(cluster: Any) -> Iterator[BrokerFaults]:
+    faults = BrokerFaults(cluster)
+    try:
+        yield faults
+    finally:
+        faults.undo_all()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ by the next cluster start or health check.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import socket
@@ -53,6 +54,11 @@ def _load_cluster_module() -> ModuleType:
 rabbit_cluster = _load_cluster_module()
 
 
+def _ports(spec: list[str]) -> tuple[str, str]:
+    """(source port, destination port) of a rule spec."""
+    return spec[spec.index("--sport") + 1], spec[spec.index("--dport") + 1]
+
+
 class SilentDrop:
     """The rules dropping one loopback connection; ``remove()`` lets it through again."""
 
@@ -80,7 +86,14 @@ class SilentDrop:
         if not self.active:
             return
         for spec in self._specs:
-            rabbit_cluster.delete_rule(spec)
+            try:
+                rabbit_cluster.delete_rule(spec)
+            except rabbit_cluster.ClusterError:
+                # Gone already (a cleanup of all tagged rules ran meanwhile)?
+                # Then there is nothing to undo; otherwise it is an error.
+                if _ports(spec) in map(_ports, rabbit_cluster.tagged_rules()):
+                    raise
+                LOG.warning("rule %s was already removed", " ".join(spec))
         self.active = False
         LOG.info("no longer dropping 127.0.0.1:%d <-> 127.0.0.1:%d",
                  self.local_port, self.remote_port)
@@ -167,3 +180,76 @@ def broker_connections(pid: int, ports: Collection[int]) -> set[tuple[int, int]]
         if remote in ports:
             found.add((local, remote))
     return found
+
+
+class Undo:
+    """Ends one active fault; idempotent, so teardown may call it again."""
+
+    def __init__(self, what: str, exit_stack: contextlib.ExitStack) -> None:
+        self.what = what
+        self._stack = exit_stack
+        self.active = True
+
+    def __call__(self) -> None:
+        if self.active:
+            self.active = False
+            self._stack.close()
+
+    def __repr__(self) -> str:
+        return f"Undo({self.what}, {'active' if self.active else 'undone'})"
+
+
+class BrokerFaults:
+    """Broker-side faults behind the ``broker_faults`` fixture.
+
+    Each method starts a fault and returns an :class:`Undo`; whatever is still
+    active when the test ends is undone then, pass or fail (and a frozen node
+    is thawed at interpreter exit in any case).
+
+    - ``freeze(node)``: SIGSTOP the node's beam.smp (it accepts TCP into the
+      kernel backlog and answers nothing) until undone.
+    - ``consumer_timeout(ms=2000, tick_ms=500)``: channels opened from now on
+      are closed by the broker with 406 PRECONDITION_FAILED "delivery
+      acknowledgement on channel N timed out" once a delivery stays unacked
+      ``ms`` (checked every ``tick_ms``); seen on 3.10 after about
+      ms + tick.
+    - ``memory_alarm(node=0)``: memory watermark 0.0000001 on the node; every
+      publishing connection of the cluster gets ``connection.blocked``.
+    - ``missing_exchange(name)``: the exchange is deleted (a publish to it
+      closes the channel with 404) and re-declared with its bindings on undo.
+    """
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self._undos: list[Undo] = []
+
+    def _start(self, what: str, manager: contextlib.AbstractContextManager[Any]) -> Undo:
+        stack = contextlib.ExitStack()
+        stack.enter_context(manager)
+        undo = Undo(what, stack)
+        self._undos.append(undo)
+        return undo
+
+    def freeze(self, node: Any) -> Undo:
+        return self._start(f"freeze {self.cluster.node(node).name}", self.cluster.frozen(node))
+
+    def consumer_timeout(self, ms: int = 2000, tick_ms: int = 500) -> Undo:
+        return self._start(f"consumer_timeout {ms} ms", self.cluster.consumer_timeout(ms, tick_ms))
+
+    def memory_alarm(self, node: Any = 0) -> Undo:
+        return self._start(f"memory alarm on {self.cluster.node(node).name}",
+                           self.cluster.memory_alarm(node))
+
+    def missing_exchange(self, name: str) -> Undo:
+        return self._start(f"exchange {name!r} missing", self.cluster.exchange_missing(name))
+
+    def undo_all(self) -> None:
+        errors = []
+        for undo in reversed(self._undos):
+            try:
+                undo()
+            except Exception as exc:  # undo the rest; report after
+                errors.append(exc)
+        self._undos.clear()
+        if errors:
+            raise errors[0]
