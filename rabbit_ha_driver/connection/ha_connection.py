@@ -69,6 +69,7 @@ from rabbit_ha_driver.connection.confirms import (
     settled,
 )
 from rabbit_ha_driver.connection.hosts import HostRing
+from rabbit_ha_driver.connection.locks import HandoverLock
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
 from rabbit_ha_driver.connection.topology import (
     BindingDecl,
@@ -156,7 +157,10 @@ class Connection:
         if events is None:
             self.events.subscribe(ev.LogSubscriber())
         self._clock = clock or REAL_CLOCK
-        self._lock = threading.RLock()
+        self._lock = HandoverLock(self._finish_cut_close)
+        #: close() cut the socket of a connection another thread held; the
+        #: lock's last holder finishes the close (see :mod:`.locks`).
+        self._cut = False
         self._topology = Topology()
         self._ring = HostRing(settings.hosts, settings.kombu_failover_strategy) if settings.hosts else None
         self._backoff = backoff or Backoff(
@@ -255,6 +259,7 @@ class Connection:
             if not acquired:
                 LOG.info("[%s] close: the connection is busy in another thread; cutting its socket",
                          self.name)
+                self._cut = True
                 sock = self._socket()
                 if sock is not None:
                     with suppress(OSError, TypeError):
@@ -972,6 +977,12 @@ class Connection:
             self._recovered_cancels.clear()
             return
 
+    def _finish_cut_close(self) -> None:
+        """Run by the lock's last holder: end a connection close() could only cut."""
+        if self._cut and self._state is not State.CLOSED:
+            self._teardown()
+            self._set_state(State.CLOSED)
+
     def _stop_if_closing(self, operation: str) -> None:
         """close() was called while this thread held the connection: end it here."""
         if not self._closing or self._state is State.CLOSED:
@@ -1232,7 +1243,8 @@ class Connection:
         """Right after a fork, in the child: a fresh lock, and the inherited
         socket closed without a byte or a shutdown() on it (both would reach
         the parent's connection)."""
-        self._lock = threading.RLock()
+        self._lock = HandoverLock(self._finish_cut_close)
+        self._cut = False
         self._close_inherited_socket()
 
     def _close_inherited_socket(self) -> None:

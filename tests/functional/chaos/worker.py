@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 from .records import RecordFile
@@ -128,6 +129,44 @@ def serve(cfg: dict[str, Any]) -> int:
 # -- callers -------------------------------------------------------------------
 
 
+class OverrunWatch:
+    """Logs the stack of a call still running past its timeout plus ``grace``.
+
+    An overrun names the invariant broken; the stack names the wait that
+    broke it (once per call, at most ``limit`` per process).
+    """
+
+    def __init__(self, grace: float = 0.3, limit: int = 20) -> None:
+        self.grace = grace
+        self.limit = limit
+        self._calls: dict[int, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._watch, name="overrun-watch", daemon=True).start()
+
+    def begin(self, token: str, timeout: float) -> None:
+        with self._lock:
+            self._calls[threading.get_ident()] = (token, time.monotonic() + timeout)
+
+    def end(self) -> None:
+        with self._lock:
+            self._calls.pop(threading.get_ident(), None)
+
+    def _watch(self) -> None:
+        seen: set[str] = set()
+        while not _Flags.stop and len(seen) < self.limit:
+            time.sleep(0.1)
+            now = time.monotonic()
+            with self._lock:
+                late = [(ident, token) for ident, (token, deadline) in self._calls.items()
+                        if now > deadline + self.grace and token not in seen]
+            frames = sys._current_frames() if late else {}
+            for ident, token in late:
+                seen.add(token)
+                if ident in frames:
+                    LOG.warning("call %s overruns its timeout; its thread is at:\n%s", token,
+                                "".join(traceback.format_stack(frames[ident])))
+
+
 class Sender:
     """Calls and casts to the chaos topics on this process's transports."""
 
@@ -147,6 +186,7 @@ class Sender:
             self.clients[topic] = RPCClient(transport, topic, timeout=self.call_timeout)
         self._count = 0
         self._lock = threading.Lock()
+        self.watch = OverrunWatch()
 
     def new_id(self, thread: str) -> str:
         with self._lock:
@@ -160,10 +200,13 @@ class Sender:
         t0 = time.time()
         answer: Any = None
         err = None
+        self.watch.begin(token, client.timeout)
         try:
             answer = client.call({}, "echo", token=token)
         except Exception as error:
             err = _error(error)
+        finally:
+            self.watch.end()
         ok = err is None and answer == token
         self.records.write(kind, id=token, topic=topic, server=server, t0=t0, t1=time.time(),
                            timeout=client.timeout, ok=ok, wrong=err is None and not ok, err=err,

@@ -220,6 +220,34 @@ def test_an_ack_of_a_no_ack_delivery_writes_nothing(broker, clock, recorder):
     assert got[0].acknowledged
 
 
+def test_close_while_a_consumer_reads_is_finished_by_that_reader(broker, clock, recorder):
+    """The reader held the connection past close()'s wait and then simply
+    returns (a stopping consumer never reads again): its release ends the
+    connection, so no socket is left open."""
+    import threading
+
+    conn = make(broker, clock, recorder)
+    conn.CLOSE_WAIT = 0.01
+    conn.declare_queue("q")
+    inside, leave = threading.Event(), threading.Event()
+
+    def slow(message):
+        inside.set()
+        leave.wait(5)
+
+    conn.consume("q", slow)
+    conn.publish(b"x", "", "q")
+    reader = threading.Thread(target=conn.drain_events, args=(0,))
+    reader.start()
+    assert inside.wait(5)
+    conn.close()  # cannot get the connection: cuts it and returns
+    assert broker.open_connections == 1
+    leave.set()
+    reader.join(5)
+    assert conn.state is State.CLOSED
+    assert broker.open_connections == 0
+
+
 def test_close_during_a_reconnect_in_another_thread_leaves_no_connection(broker, clock, recorder):
     import threading
 
