@@ -46,7 +46,6 @@ import os
 import socket
 import ssl
 import sys
-import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
