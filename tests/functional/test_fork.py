@@ -167,3 +167,4 @@ def test_a_forked_child_uses_the_client_at_once_and_leaves_the_parent_alone(clus
     finally:
         transport.close()
         server.stop()
+        server.wait(5.0)
