@@ -1215,7 +1215,9 @@ class Connection:
             self.liveness.detach()
         if raw is not None:
             try:
-                if supports_confirms(transport):
+                if isinstance(raw, DeadlineConnection):
+                    raw.discard()
+                elif supports_confirms(transport):
                     raw.collect()
                 else:
                     transport.close_connection(raw)

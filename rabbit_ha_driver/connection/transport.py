@@ -45,6 +45,11 @@ def _frame_size(header: bytes) -> int:
     return int.from_bytes(header[3:7], "big")
 
 
+def _gone(*args: Any, **kwargs: Any) -> None:
+    """What a discarded connection reads and writes with: it is gone."""
+    raise ConnectionResetError("this connection was discarded")
+
+
 class DeadlineConnection(kombu_pyamqp.Connection):
     """py-amqp connection whose blocking waits honour an absolute deadline."""
 
@@ -77,6 +82,39 @@ class DeadlineConnection(kombu_pyamqp.Connection):
             if candidate not in self.channels and candidate not in self._used_channel_ids:
                 return self.channel(candidate)
         raise amqp.exceptions.ResourceError("no free channel id", (20, 10))
+
+    _discarded = False
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        if self._discarded:
+            # py-amqp connects again when a property of a collected connection
+            # is read; a discarded one must stay gone.
+            raise ConnectionResetError("this connection was discarded")
+        try:
+            return super().connect(*args, **kwargs)
+        except BaseException:
+            self.discard()  # a failed attempt is freed at once too
+            raise
+
+    def discard(self) -> None:
+        """Free a connection that is done with, without talking to the broker.
+
+        py-amqp's ``collect()`` closes the socket, but the connection stays
+        tied in reference cycles (its frame reader and writer, which hold the
+        frame buffers and the transport; its method callbacks), so every
+        connection lost to a fault would wait for the cyclic garbage collector,
+        and a process reconnecting often grows. The cycles are cut here so
+        the memory is freed at once.
+        """
+        self._discarded = True
+        transport = self._transport
+        self.collect()
+        if transport is not None:  # the bounded write refers to both (see Transport)
+            transport.__dict__.pop("write", None)
+        self.frame_writer = _gone
+        self.on_inbound_frame = _gone
+        self.on_open = None  # a fulfilled promise keeps the connection as its value
+        self._callbacks.clear()
 
     def on_inbound_method(self, channel_id: int, method_sig: Any, payload: Any, content: Any) -> Any:
         channels = self.channels

@@ -57,12 +57,48 @@ def _on_signals() -> None:
     signal.signal(signal.SIGUSR2, threads)
 
 
+class _Memory:
+    """With ``CHAOS_TRACEMALLOC=1``: where memory grew since the first report.
+
+    Off by default (tracing slows every allocation); turned on to find what
+    an RSS violation is made of.
+    """
+
+    first: Any = None
+
+    @classmethod
+    def start(cls) -> None:
+        import os
+        import tracemalloc
+
+        if os.environ.get("CHAOS_TRACEMALLOC") == "1":
+            tracemalloc.start(12)
+
+    @classmethod
+    def report(cls) -> None:
+        import tracemalloc
+
+        if not tracemalloc.is_tracing():
+            return
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)])
+        if cls.first is None:
+            cls.first = snapshot
+            return
+        top = snapshot.compare_to(cls.first, "traceback")[:8]
+        LOG.warning("memory grown since the first report (%.1f MB traced):\n%s",
+                    sum(s.size for s in snapshot.statistics("filename")) / 1e6,
+                    "\n".join(f"{stat.size_diff / 1024:+.0f} kB {stat.count_diff:+d} blocks\n  "
+                              + "\n  ".join(stat.traceback.format()[-12:]) for stat in top))
+
+
 def _report_threads(records: RecordFile) -> None:
     """On SIGUSR2: the names of this process's threads, to tell which one leaked."""
     if _Flags.threads:
         _Flags.threads = False
         records.write("threads", t=time.time(),
                       names=sorted(t.name for t in threading.enumerate()))
+        _Memory.report()
 
 
 def _setup_logging(path: str) -> None:
@@ -307,6 +343,7 @@ def main(argv: list[str]) -> int:
 
         eventlet.monkey_patch()
     _setup_logging(cfg["log"])
+    _Memory.start()
     _on_signals()
     return serve(cfg) if role == "server" else call_loop(cfg)
 
