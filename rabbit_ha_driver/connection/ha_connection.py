@@ -160,6 +160,11 @@ class Connection:
         #: close() cut the socket of a connection another thread held; the
         #: lock's last holder finishes the close (see :mod:`.locks`).
         self._cut = False
+        #: Failed passes over the hosts since the last successful connect, and
+        #: when the next attempt is due: a reader whose turns are short (a
+        #: consumer draining in slices) keeps the backoff across its turns.
+        self._failed_passes = 0
+        self._retry_at = 0.0
         self._topology = Topology()
         self._ring = HostRing(settings.hosts, settings.kombu_failover_strategy) if settings.hosts else None
         self._backoff = backoff or Backoff(
@@ -917,10 +922,10 @@ class Connection:
         """
         recovering = self._last_host is not None
         self._set_state(State.RECOVERING if recovering else State.CONNECTING)
-        failed_passes = 0
         attempts = 0
         started = self._clock.now()
         last_error: BaseException | None = None
+        self._wait_for_retry(deadline)
         while True:
             # At least one attempt, even when the caller left no time.
             if attempts and deadline.expired():
@@ -945,22 +950,24 @@ class Connection:
                 self.events.emit(ev.ConnectFailed(self.name, host.address if host else "memory",
                                                   f"{phase[0]}: {type(error).__name__}: {error}"))
                 if self._ring is None:
-                    failed_passes += 1
-                    self._backoff_sleep(failed_passes, deadline)
+                    self._failed_passes += 1
+                    self._backoff_sleep(self._failed_passes, deadline)
                     continue
                 self._ring.advance()
                 if self._ring.pass_complete():
-                    failed_passes += 1
+                    self._failed_passes += 1
                     limit = self.settings.rabbit_max_retries
-                    if limit and failed_passes >= limit \
+                    if limit and self._failed_passes >= limit \
                             and deadline.is_never:
                         self._set_state(State.FAILED)
                         raise exc.ConnectionLost(
-                            f"gave up after {failed_passes} passes over the hosts: {error}",
+                            f"gave up after {self._failed_passes} passes over the hosts: {error}",
                             attempts=attempts) from error
-                    self._backoff_sleep(failed_passes, deadline)
+                    self._backoff_sleep(self._failed_passes, deadline)
                     self._ring.reset_pass()
                 continue
+            self._failed_passes = 0
+            self._retry_at = 0.0
             self._stop_if_closing("connection.open")
             if self._ring:
                 self._ring.reset_pass()
@@ -992,8 +999,27 @@ class Connection:
 
     def _backoff_sleep(self, failed_passes: int, deadline: Deadline) -> None:
         delay = self._backoff.delay(failed_passes)
+        self._retry_at = self._clock.now() + delay
         self.events.emit(ev.RetryScheduled(self.name, failed_passes, delay))
         self._clock.sleep(deadline.cap(delay))
+
+    def _wait_for_retry(self, deadline: Deadline) -> None:
+        """Honour a backoff an earlier, shorter turn began (see ``_retry_at``).
+
+        Raises MessagingTimeout, without an attempt, when the deadline ends
+        before the next attempt is due.
+        """
+        wait = self._retry_at - self._clock.now()
+        if wait <= 0:
+            return
+        if deadline.remaining() < wait:
+            self._clock.sleep(max(0.0, deadline.remaining()))
+            hosts = ", ".join(h.address for h in self.settings.hosts) or "memory://"
+            raise exc.MessagingTimeout(
+                f"could not connect to any of {hosts}: backing off after "
+                f"{self._failed_passes} failed passes, next attempt in {wait:.1f}s",
+                waited=wait)
+        self._clock.sleep(wait)
 
     def _open(self, host: Host | None, deadline: Deadline, phase: list[str], patient: bool = False) -> None:
         if patient:  # this attempt's own budget; no new attempt starts past the caller's

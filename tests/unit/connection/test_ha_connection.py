@@ -276,3 +276,23 @@ def test_queues_are_checked_soon_after_a_reconnect(broker, clock, recorder):
     conn.drain_events(0)
     assert "q" in broker.queues
     assert recorder.of(ev.ConsumerRestored)
+
+
+def test_a_consumer_draining_in_short_turns_keeps_backing_off(broker, clock, recorder):
+    """Every node answers, but the consumed queue cannot be declared (its home
+    node is down: 404). A consumer loop drains in short turns; the backoff must
+    grow across them, not start again at the first step every turn."""
+    conn = make(broker, clock, recorder)
+    consumer(conn)
+    broker.fail_next("queue.declare", not_found(), times=1000)
+    broker.drop_connections()
+    start = clock.now()
+    while clock.now() - start < 20.0:
+        before = clock.now()
+        conn.drain_events(0.5)
+        if clock.now() == before:
+            clock.advance(0.5)  # a turn that did not sleep still took its time
+    attempts = [e.attempt for e in recorder.of(ev.RetryScheduled)]
+    assert attempts[:4] == [1, 2, 3, 4], attempts
+    # 0.2 + 1.2 + 2.2 + 3 + 3 ... over 20 s: a handful of passes of 3 hosts each
+    assert len(broker.connects) <= 1 + 3 * 9, len(broker.connects)
