@@ -12,8 +12,7 @@ import pytest
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection import Backoff, Connection, Deadline, State
+from rabbit_ha_driver.connection import Deadline, State
 from rabbit_ha_driver.connection.channel import (
     CHANNEL_TRANSITIONS,
     BrokerClose,
@@ -25,33 +24,14 @@ from rabbit_ha_driver.connection.channel import (
     method_sig,
 )
 from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome, settle_after_refusal
-from rabbit_ha_driver.settings import from_url
-from rabbit_ha_driver.testing import FakeBroker, FakeTransport, precondition_failed
+from rabbit_ha_driver.testing import precondition_failed
+
+from .conftest import make_connection
 
 URL = "rabbit://u:p@h1:1,u:p@h2:2/"
 
-
-@pytest.fixture
-def broker():
-    return FakeBroker()
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def recorder():
-    return ev.Recorder()
-
-
 def make(broker, clock, recorder, **overrides):
-    bus = ev.EventBus()
-    bus.subscribe(recorder)
-    return Connection(from_url(URL, **overrides), name="test", events=bus, clock=clock,
-                      transport=FakeTransport, transport_options={"fake_broker": broker},
-                      backoff=Backoff(0.2, 1.0, 3.0, jitter=0.0))
+    return make_connection(broker, clock, recorder, URL, **overrides)
 
 
 # -- values ----------------------------------------------------------------------

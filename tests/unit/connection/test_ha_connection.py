@@ -8,37 +8,14 @@ import pytest
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection import Backoff, Connection, Deadline, State
-from rabbit_ha_driver.settings import from_url
-from rabbit_ha_driver.testing import FakeBroker, FakeTransport, not_found, precondition_failed
+from rabbit_ha_driver.connection import Deadline, State
+from rabbit_ha_driver.testing import not_found, precondition_failed
 
-URL = "rabbit://u:s3cret@h1:1,u:s3cret@h2:2,u:s3cret@h3:3/"
-
-
-@pytest.fixture
-def broker():
-    return FakeBroker()
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def recorder():
-    return ev.Recorder()
+from .conftest import URL, make_connection
 
 
 def make(broker, clock, recorder, url=URL, **overrides):
-    bus = ev.EventBus()
-    bus.subscribe(recorder)
-    bus.subscribe(ev.LogSubscriber())
-    settings = from_url(url, **overrides)
-    return Connection(settings, name="test", events=bus, clock=clock, transport=FakeTransport,
-                      transport_options={"fake_broker": broker},
-                      backoff=Backoff(0.2, 1.0, 3.0, jitter=0.0))
+    return make_connection(broker, clock, recorder, url, **overrides)
 
 
 def consumer(conn, queue="q", exchange="x", key="k"):
