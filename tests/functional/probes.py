@@ -6,6 +6,7 @@ resumes can be seen end to end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import threading
 import time
@@ -158,6 +159,48 @@ class Caller(threading.Thread):
     @property
     def answered(self) -> int:
         return sum(1 for d in self.done if d[2] is None)
+
+
+@dataclasses.dataclass
+class CallRecord:
+    n: int
+    started: float
+    took: float
+    error: str | None
+
+
+class PacedCaller:
+    """Calls ``echo(n=n)`` every ``interval`` seconds, one call at a time, and
+    records each (a call that takes longer delays the next, never overlaps it)."""
+
+    def __init__(self, client: Any, interval: float, stop_within: float, name: str = "caller") -> None:
+        self.client = client
+        self.interval = interval
+        self.stop_within = stop_within
+        self.records: list[CallRecord] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            n += 1
+            started = time.monotonic()
+            error = None
+            try:
+                if self.client.call({}, "echo", n=n) != n:
+                    error = "wrong result"
+            except Exception as failure:
+                error = f"{type(failure).__name__}: {str(failure)[:300]}"
+            self.records.append(CallRecord(n, started, time.monotonic() - started, error))
+            next_at = max(next_at + self.interval, time.monotonic())
+            self._stop.wait(next_at - time.monotonic())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.stop_within)
 
 
 def report(title: str, figures: list[float], bound: float) -> str:

@@ -43,7 +43,7 @@ import pytest
 from oslo_config import cfg
 from oslo_messaging import conffixture
 
-from .probes import rotate_url, wait_for
+from .probes import PacedCaller, rotate_url, wait_for
 from .swallow_proxy import SwallowProxy
 
 REPEAT = 10
@@ -82,45 +82,6 @@ class _Echo:
         with self._lock:
             self.runs[n] += 1
         return n
-
-
-@dataclasses.dataclass
-class _Record:
-    n: int
-    started: float
-    took: float
-    error: str | None
-
-
-class _Caller:
-    """One call at a time, every :data:`CALL_INTERVAL` seconds."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.records: list[_Record] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="resend-caller")
-        self._thread.start()
-
-    def _run(self) -> None:
-        n = 0
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            n += 1
-            started = time.monotonic()
-            error = None
-            try:
-                if self.client.call({}, "echo", n=n) != n:
-                    error = "wrong result"
-            except Exception as failure:
-                error = f"{type(failure).__name__}: {str(failure)[:200]}"
-            self.records.append(_Record(n, started, time.monotonic() - started, error))
-            next_at = max(next_at + CALL_INTERVAL, time.monotonic())
-            self._stop.wait(next_at - time.monotonic())
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(CALL_TIMEOUT + 5)
 
 
 def _events(transport: Any) -> Any:
@@ -185,7 +146,7 @@ def calls_through_kill(cluster: Any, fault: str, queues: str) -> Figures:
             assert info, f"queue {topic} is not mirrored"
         target = (_node_of(cluster, f"{client_name}:publish") if fault == "client"
                   else _node_of(cluster, f"{server_name}:listen:{topic}.s1"))
-        caller = _Caller(client)
+        caller = PacedCaller(client, CALL_INTERVAL, CALL_TIMEOUT + 5, name="resend-caller")
         time.sleep(1.5)
         killed = target
         cluster.kill(target)

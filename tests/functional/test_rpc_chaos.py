@@ -44,7 +44,7 @@ from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, envelope
 from rabbit_ha_driver.settings import from_url
 
-from .probes import rotate_url, unique, wait_for
+from .probes import PacedCaller, rotate_url, unique, wait_for
 
 REPEAT = 5
 CALL_INTERVAL = 0.1
@@ -90,45 +90,6 @@ def _serving(url: str, topic: str, endpoint: object, recorder: ev.Recorder,
 
 
 @dataclasses.dataclass
-class CallRecord:
-    n: int
-    started: float
-    took: float
-    error: str | None
-
-
-class Caller:
-    """Calls ``echo`` every :data:`CALL_INTERVAL` seconds, one call at a time."""
-
-    def __init__(self, client: RPCClient) -> None:
-        self.client = client
-        self.records: list[CallRecord] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="chaos-caller")
-        self._thread.start()
-
-    def _run(self) -> None:
-        n = 0
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            n += 1
-            started = time.monotonic()
-            error = None
-            try:
-                if self.client.call({}, "echo", n=n) != n:
-                    error = "wrong result"
-            except exc.RabbitHAError as failure:
-                error = f"{type(failure).__name__}: {failure}"
-            self.records.append(CallRecord(n, started, time.monotonic() - started, error))
-            next_at = max(next_at + CALL_INTERVAL, time.monotonic())
-            self._stop.wait(next_at - time.monotonic())
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=CALL_TIMEOUT + 5)
-
-
-@dataclasses.dataclass
 class CallFigures:
     calls: int
     failed: int
@@ -164,7 +125,7 @@ def calls_through_fault(cluster: Any, fault: str, quorum: bool) -> CallFigures:
                                     **overrides), topic, timeout=CALL_TIMEOUT)
         try:
             assert client.call({}, "echo", n=0) == 0
-            caller = Caller(client)
+            caller = PacedCaller(client, CALL_INTERVAL, CALL_TIMEOUT + 5, name="chaos-caller")
             try:
                 time.sleep(1.0)
                 fault_at = time.monotonic()

@@ -98,6 +98,11 @@ class Worker:
         found = [r for r in records.read(self.records_path) if r.get("k") == "threads"]
         return list(found[-1]["names"]) if found else []
 
+    def other_tasks(self) -> list[str]:
+        """OS threads that are no Python thread, from the latest ``threads`` record."""
+        found = [r for r in records.read(self.records_path) if r.get("k") == "threads"]
+        return list(found[-1].get("others", [])) if found else []
+
     def has(self, kind: str) -> bool:
         return any(r.get("k") == kind for r in records.read(self.records_path))
 
@@ -369,7 +374,8 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
                 was = collections.Counter(base_names.get(name, []))
                 violation("after: threads within 10% of warm-up",
                           f"{name}: {base_threads} -> {threads} threads; Python threads new "
-                          f"{sorted((now - was).elements())}, gone {sorted((was - now).elements())}",
+                          f"{sorted((now - was).elements())}, gone {sorted((was - now).elements())}; "
+                          f"other OS threads {worker.other_tasks()}",
                           name)
             if abs(rss - base_rss) > TOLERANCE * base_rss:
                 violation("after: RSS within 10% of warm-up",

@@ -92,12 +92,33 @@ class _Memory:
                               + "\n  ".join(stat.traceback.format()[-12:]) for stat in top))
 
 
+def _other_tasks() -> list[str]:
+    """The OS threads of this process that are no Python thread, described by
+    the kernel (name, state, where it waits): a C library's or a leak's."""
+    import os
+
+    python = {t.native_id for t in threading.enumerate()}
+    found = []
+    for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+        if tid in python:
+            continue
+        base = f"/proc/self/task/{tid}"
+        try:
+            with open(f"{base}/stat") as stat, open(f"{base}/wchan") as wchan:
+                fields = stat.read().rsplit(")", 1)[1].split()
+                found.append(f"{tid} state {fields[0]} wchan {wchan.read().strip() or '-'}")
+        except OSError:
+            continue
+    return found
+
+
 def _report_threads(records: RecordFile) -> None:
     """On SIGUSR2: the names of this process's threads, to tell which one leaked."""
     if _Flags.threads:
         _Flags.threads = False
         records.write("threads", t=time.time(),
-                      names=sorted(t.name for t in threading.enumerate()))
+                      names=sorted(t.name for t in threading.enumerate()),
+                      others=_other_tasks())
         _Memory.report()
 
 
