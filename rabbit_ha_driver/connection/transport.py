@@ -50,6 +50,10 @@ def _gone(*args: Any, **kwargs: Any) -> None:
     raise ConnectionResetError("this connection was discarded")
 
 
+def _no_goodbye() -> None:
+    """A discarded connection's transport says no TLS goodbye (see discard)."""
+
+
 class DeadlineConnection(kombu_pyamqp.Connection):
     """py-amqp connection whose blocking waits honour an absolute deadline."""
 
@@ -108,9 +112,15 @@ class DeadlineConnection(kombu_pyamqp.Connection):
         """
         self._discarded = True
         transport = self._transport
+        if transport is not None:
+            # No TLS goodbye: py-amqp's close unwraps the TLS socket, which
+            # waits for the broker's close_notify, and a lost connection's
+            # broker (frozen, partitioned) never sends one.
+            transport._shutdown_transport = _no_goodbye
         self.collect()
         if transport is not None:  # the bounded write refers to both (see Transport)
             transport.__dict__.pop("write", None)
+            transport.__dict__.pop("_shutdown_transport", None)
         self.frame_writer = _gone
         self.on_inbound_frame = _gone
         self.on_open = None  # a fulfilled promise keeps the connection as its value

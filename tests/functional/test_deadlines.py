@@ -141,3 +141,26 @@ def test_a_write_the_broker_does_not_read_gives_up_at_its_deadline(cluster: Any)
         assert took < 2.5, f"the publish took {took:.2f}s against a 2 s deadline"
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("scheme", ["amqp", "tls"])
+def test_closing_a_connection_to_a_frozen_node_returns_within_its_bound(cluster: Any, tls: Any,
+                                                                       scheme: str) -> None:
+    """close() says goodbye within 2 s and then lets go: over TLS that means no
+    TLS close handshake with a broker that will not answer it (py-amqp waits
+    for the broker's close_notify when it unwraps the socket)."""
+    node = cluster.nodes[0]
+    if scheme == "tls":
+        settings = from_url(f"rabbit://guest:guest@127.0.0.1:{node.tls_port}/",
+                            heartbeat_timeout_threshold=30, ssl=True, ssl_ca_file=tls.ca_file)
+    else:
+        settings = from_url(f"rabbit://guest:guest@127.0.0.1:{node.port}/",
+                            heartbeat_timeout_threshold=30)
+    conn = Connection(settings, name=unique(f"close-frozen-{scheme}"))
+    conn.connect()
+    with frozen(cluster, node):
+        started = time.monotonic()
+        conn.close()
+        took = time.monotonic() - started
+    print(f"close() of a {scheme} connection to a frozen node took {took:.2f}s")
+    assert took < 3.0, f"close() took {took:.2f}s"

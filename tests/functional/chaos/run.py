@@ -129,6 +129,8 @@ class Worker:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
             fields[key] = value.split()[0] if value.split() else "0"
+        if "VmRSS" not in fields:  # a zombie: the worker has exited
+            raise RuntimeError(f"worker {self.name} exited early (see its .out file)")
         return int(fields["Threads"]), int(fields["VmRSS"])
 
 
