@@ -102,3 +102,13 @@ def test_each_invariant_can_fail_and_names_its_fault_class() -> None:
 
 def test_a_plan_without_classes_has_no_episodes() -> None:
     assert make_plan(42, 120, SERVERS, CALLERS, classes=()) == []
+
+
+def test_an_overrun_names_a_stall_of_the_caller_process_but_stays_a_violation() -> None:
+    records = [call(100.0, 107.0, err="MessagingTimeout"), call(200.0, 207.0, err="MessagingTimeout"),
+               {"k": "stall", "t0": 103.0, "t1": 105.5, "seconds": 2.5, "caller": "c1"}]
+    report = checker.check(records, start=0.0, grace=10.0)
+    details = sorted(v.detail for v in report.violations)
+    assert len(details) == 2 and not report.ok
+    assert "got no CPU for 2.50s" in details[0]
+    assert "no CPU" not in details[1]

@@ -172,6 +172,10 @@ def check(records: Sequence[dict[str, Any]], *, start: float, grace: float,
     violations: list[Violation] = []
     explained: list[str] = []
 
+    stalls: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in records:
+        if r.get("k") == "stall":
+            stalls[r.get("caller", "")].append(r)
     handled: collections.Counter[tuple[str, str]] = collections.Counter()
     for r in records:
         if r.get("k") == "handled":
@@ -201,10 +205,14 @@ def check(records: Sequence[dict[str, Any]], *, start: float, grace: float,
                 violations.append(Violation("call: wrong answer", blamed, r["t0"],
                                             f"call {r['id']} to {target}", worker, r["t1"]))
             if took > timeout + OVERRUN_ALLOWED:
+                stalled = sum(s["seconds"] for s in stalls.get(worker, ())
+                              if s["t1"] > r["t0"] and s["t0"] < r["t1"])
                 violations.append(Violation(
                     "call: not done within timeout + 0.5 s", blamed, r["t0"],
                     f"call {r['id']} to {target} took {took:.2f}s (timeout {timeout:.1f}s), "
-                    f"{'answered' if r['ok'] else 'raised ' + str(r['err'])}", worker, r["t1"]))
+                    f"{'answered' if r['ok'] else 'raised ' + str(r['err'])}"
+                    + (f"; the caller process got no CPU for {stalled:.2f}s meanwhile"
+                       if stalled else ""), worker, r["t1"]))
             continue
         if not r["sent"]:
             for f in figures:

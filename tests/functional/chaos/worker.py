@@ -186,6 +186,34 @@ def serve(cfg: dict[str, Any]) -> int:
 # -- callers -------------------------------------------------------------------
 
 
+class StallWatch:
+    """Records when this process got no CPU for a while (a loaded machine).
+
+    A thread sleeps ``tick`` seconds over and over; waking more than
+    ``threshold`` late means no thread of the process could have run either.
+    An overrun during such a stall says the machine was starved, which the
+    checker prints beside the violation (it stays a violation).
+    """
+
+    def __init__(self, records: RecordFile, name: str, tick: float = 0.05,
+                 threshold: float = 0.25) -> None:
+        self.records = records
+        self.name = name
+        self.tick = tick
+        self.threshold = threshold
+        threading.Thread(target=self._watch, name="stall-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not _Flags.stop:
+            before = time.monotonic()
+            time.sleep(self.tick)
+            late = time.monotonic() - before - self.tick
+            if late > self.threshold:
+                now = time.time()
+                self.records.write("stall", t0=now - late, t1=now, seconds=late,
+                                   caller=self.name)
+
+
 class OverrunWatch:
     """Logs the stack of a call still running past its timeout plus ``grace``.
 
@@ -244,6 +272,7 @@ class Sender:
         self._count = 0
         self._lock = threading.Lock()
         self.watch = OverrunWatch()
+        self.stalls = StallWatch(records, name)
 
     def new_id(self, thread: str) -> str:
         with self._lock:
