@@ -135,9 +135,10 @@ class Worker:
 
 
 def figures(workers: list[Worker], samples: int = 5) -> dict[str, tuple[int, int]]:
-    """Each worker's fewest threads and median RSS over a couple of seconds
-    (threads come and go with the work; a leak stays). Each worker also
-    writes the names of its threads (SIGUSR2)."""
+    """Each worker's median thread count and RSS over a couple of seconds
+    (threads come and go with the work, a reconnecting runner is gone for a
+    moment; a leak or a thread that died stays). Each worker also writes the
+    names of its threads (SIGUSR2)."""
     for worker in workers:
         worker.signal(signal.SIGUSR2)
     seen: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
@@ -146,7 +147,7 @@ def figures(workers: list[Worker], samples: int = 5) -> dict[str, tuple[int, int
             with contextlib.suppress(OSError):
                 seen[worker.name].append(worker.sample())
         time.sleep(0.4)
-    return {name: (min(t for t, _ in s), int(statistics.median(r for _, r in s)))
+    return {name: (int(statistics.median(t for t, _ in s)), int(statistics.median(r for _, r in s)))
             for name, s in seen.items()}
 
 
