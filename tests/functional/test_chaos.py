@@ -5,10 +5,8 @@ long version). This test fails on any violated invariant and prints the
 table per fault class and each violation; the records and the workers'
 library logs stay in ``<RHA_TEST_DATA_DIR>/chaos-ci-<seed>``.
 
-It is marked ``chaos`` and run by ``tox -e chaos-short``, not yet by CI: the
-seed still finds calls that raise up to 1.7 s after their timeout while a
-caller's connections are silently dropped during a node fault, and RSS that
-grows under repeated failovers. It joins CI once those are fixed.
+It is part of the functional suite, so CI runs it; ``tox -e chaos-short``
+runs it alone.
 """
 
 from __future__ import annotations
@@ -17,15 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from .chaos.run import run_chaos
 
 SEED = int(os.environ.get("RHA_CHAOS_SEED", "20261203"))
 DURATION = float(os.environ.get("RHA_CHAOS_DURATION", "120"))
 
 
-@pytest.mark.chaos
 def test_chaos_run_keeps_every_invariant(cluster: Any) -> None:
     out = Path(cluster.data_dir) / f"chaos-ci-{SEED}"
     lines: list[str] = []
