@@ -146,6 +146,20 @@ class ConsumerCancelled(Event):
 
 
 @dataclasses.dataclass(frozen=True)
+class ConsumerLost(Event):
+    """The broker's queue counts no consumer although this connection consumes
+    it, twice in a row (lost without a basic.cancel): the channel is reopened
+    and consumes again."""
+
+    queue: str
+    level = logging.WARNING
+
+    def describe(self) -> str:
+        return (f"the broker lost the consumer of queue {self.queue!r} without a "
+                "consumer cancel (the queue counts no consumer); consuming again on a new channel")
+
+
+@dataclasses.dataclass(frozen=True)
 class ConsumerRestored(Event):
     """A cancelled consumer consumes again."""
 

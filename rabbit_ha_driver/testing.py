@@ -107,6 +107,17 @@ class FakeBroker:
         self.channel_closes += closed
         return closed
 
+    def lose_consumers(self, queue: str) -> int:
+        """Forget the consumers of ``queue`` without telling them, the queue kept:
+        their channels still list them and nothing reaches them."""
+        lost = 0
+        for tag, (q, _, channel) in list(self.consumers.items()):
+            if q == queue:
+                del self.consumers[tag]
+                kombu_memory.Channel.basic_cancel(channel, tag)
+                lost += 1
+        return lost
+
     def delete_queue_silently(self, queue: str) -> None:
         """Delete ``queue`` and forget its consumers without telling them (a lost basic.cancel)."""
         for tag, (q, _, channel) in list(self.consumers.items()):
@@ -193,7 +204,10 @@ class FakeChannel(MemoryChannel):
             raise not_found(f"NOT_FOUND - no queue '{kwargs.get('queue')}'")
         if not kwargs.get("queue"):
             kwargs["queue"] = f"amq.gen-{self.fake_broker.prefix}-{len(self.fake_broker.calls)}"
-        return super().queue_declare(*args, **kwargs)
+        ok = super().queue_declare(*args, **kwargs)
+        # kombu's memory transport counts no consumers; this broker does, as RabbitMQ.
+        consumers = sum(1 for q, _, _ in self.fake_broker.consumers.values() if q == ok.queue)
+        return ok._replace(consumer_count=consumers)
 
     def queue_bind(self, *args: Any, **kwargs: Any) -> Any:
         self._alive("queue.bind")
@@ -221,6 +235,8 @@ class FakeTransport(kombu_memory.Transport):
 
     Channel = FakeChannel
     polling_interval = 0.01
+    #: queue.declare-ok counts a queue's consumers (see FakeChannel.queue_declare).
+    counts_consumers = True
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         self.fake_broker: FakeBroker = client.transport_options["fake_broker"]

@@ -81,6 +81,7 @@ from rabbit_ha_driver.connection.transport import (
     AMQPTransport,
     DeadlineConnection,
     MemoryTransport,
+    counts_consumers,
     supports_confirms,
 )
 from rabbit_ha_driver.settings import Host, Settings
@@ -186,6 +187,8 @@ class Connection:
         self._tracker = ConfirmTracker()
         self._pending_cancels: dict[str, float] = {}
         self._next_consumer_check = 0.0
+        #: Consumed queues whose last check counted no consumer on the broker.
+        self._zero_consumers: set[Any] = set()
         self._active_tags: set[str] = set()
         self._recovered_cancels: set[str] = set()
         self._tags = itertools.count(1)
@@ -795,7 +798,13 @@ class Connection:
             name = self._topology.queue_name(key)
             try:
                 with self._request_deadline("queue.declare", budget):
-                    self._channel.queue_declare(queue=name, passive=True)
+                    ok = self._channel.queue_declare(queue=name, passive=True)
+                if self._consumer_lost(key, ok):
+                    self.events.emit(ev.ConsumerLost(self.name, name))
+                    if not self._reopen_channel(Deadline.after(budget, self._clock),
+                                                f"the broker lost the consumer of queue {name!r}"):
+                        self._lost(f"consuming queue {name!r} again failed")
+                    return
             except Exception as error:
                 close = close_of(error)
                 if close is not None and close.reply_code != 404:
@@ -812,6 +821,29 @@ class Connection:
                 else:
                     self._lost(f"re-creating vanished queue {name!r} failed")
                 return
+
+    def _consumer_lost(self, key: Any, declare_ok: Any) -> bool:
+        """Whether the broker's queue has no consumer although this connection
+        consumes it, at two checks in a row.
+
+        RabbitMQ can lose a consumer without a ``basic.cancel`` (a quorum
+        queue whose members restarted around a leader change): the channel
+        still lists it, the queue delivers to nobody, and messages wait for
+        ever. Only some transports count a queue's consumers (see
+        :func:`counts_consumers`). A first zero may be the broker catching
+        up: the next check comes soon, and only a second zero counts.
+        """
+        count = getattr(declare_ok, "consumer_count", None)
+        if not counts_consumers(self._transport) or count is None or count > 0:
+            self._zero_consumers.discard(key)
+            return False
+        if key in self._zero_consumers:
+            self._zero_consumers.discard(key)
+            return True
+        self._zero_consumers.add(key)
+        self._next_consumer_check = min(self._next_consumer_check,
+                                        self._clock.now() + POST_RECOVERY_CHECK)
+        return False
 
     def _drain_once(self, wait: float) -> None:
         """One read of up to ``wait`` seconds; a timeout is not an error."""
@@ -1071,6 +1103,7 @@ class Connection:
         # with the node, and such a consumer would hear nothing.
         self._next_consumer_check = self._clock.now() + min(
             self.settings.consumer_check_interval, POST_RECOVERY_CHECK)
+        self._zero_consumers.clear()
         self._confirms = supports_confirms(self._transport)
         self._tracker.lose_all()
         if self._confirms:

@@ -250,6 +250,12 @@ class MemoryTransport(kombu_memory.Transport):
     polling_interval = 0.01
 
 
+def counts_consumers(transport: Any) -> bool:
+    """True when ``queue.declare-ok`` says how many consumers a queue has
+    (AMQP does; kombu's memory transport always says 0)."""
+    return supports_confirms(transport) or bool(getattr(transport, "counts_consumers", False))
+
+
 def supports_confirms(transport: Any) -> bool:
     """True when the transport talks AMQP (publisher confirms, returns, cancels)."""
     return isinstance(transport, kombu_pyamqp.Transport)

@@ -273,3 +273,40 @@ def test_a_consumer_draining_in_short_turns_keeps_backing_off(broker, clock, rec
     assert attempts[:4] == [1, 2, 3, 4], attempts
     # 0.2 + 1.2 + 2.2 + 3 + 3 ... over 20 s: a handful of passes of 3 hosts each
     assert len(broker.connects) <= 1 + 3 * 9, len(broker.connects)
+
+
+def test_a_consumer_the_broker_lost_without_a_cancel_consumes_again(broker, clock, recorder):
+    """The broker forgets a consumer without a basic.cancel (the queue kept):
+    its queue counts no consumer at two checks in a row, so the channel is
+    reopened and consumes again; a single zero changes nothing."""
+    conn = make(broker, clock, recorder, consumer_check_interval=10)
+    got = consumer(conn)
+    clock.advance(10)
+    conn.drain_events(0)  # a check that counts our consumer
+    channel = conn._channel
+    assert broker.lose_consumers("q") == 1
+    conn.publish(b"waiting", "x", "k")
+    clock.advance(10)
+    conn.drain_events(0)  # first zero: checked again soon, nothing else
+    assert recorder.of(ev.ConsumerLost) == [] and got == []
+    clock.advance(1)
+    conn.drain_events(0)  # second zero: consume again on a new channel
+    assert [e.queue for e in recorder.of(ev.ConsumerLost)] == ["q"]
+    assert conn._channel is not channel and conn.state is State.CONNECTED
+    conn.drain_events(0)
+    assert got == [b"waiting"]
+
+
+def test_a_single_zero_count_is_not_a_lost_consumer(broker, clock, recorder):
+    conn = make(broker, clock, recorder, consumer_check_interval=10)
+    other = make(broker, clock, recorder)
+    consumer(conn)
+    clock.advance(10)
+    conn.drain_events(0)
+    broker.lose_consumers("q")
+    clock.advance(10)
+    conn.drain_events(0)  # zero once ...
+    other.consume("q", lambda m: None)  # ... then someone consumes it again
+    clock.advance(1)
+    conn.drain_events(0)
+    assert recorder.of(ev.ConsumerLost) == []
