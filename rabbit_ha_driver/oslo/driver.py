@@ -31,6 +31,7 @@ from oslo_messaging._drivers import base
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.events import EventBus, LogSubscriber
+from rabbit_ha_driver.oslo import upstream
 from rabbit_ha_driver.oslo.incoming import OsloPollListener
 from rabbit_ha_driver.oslo.policy import SendBudget, library_url, send_budget
 from rabbit_ha_driver.oslo.wire import encode, remote_exception, with_context
@@ -68,7 +69,13 @@ class RabbitHADriver(base.BaseDriver):
         clock: Clock | None = None,
     ) -> None:
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
-        self.settings = from_conf(conf, library_url(url, conf))
+        # One rule (rabbit_ha_driver.precedence): URL query, [rabbit_ha],
+        # [oslo_messaging_rabbit], defaults; every oslo.messaging option has
+        # a fate (rabbit_ha_driver.oslo.upstream).
+        reading = upstream.read(conf, getattr(url, "query", None) or {})
+        self.settings = from_conf(conf, library_url(url, conf, query=reading.query),
+                                  upstream=reading.honoured)
+        upstream.log_reading(reading)
         self.exchange = default_exchange or envelope.DEFAULT_EXCHANGE
         self.clock = clock or REAL_CLOCK
         #: Every connection of this driver reports here (logs; attach metrics).
