@@ -236,7 +236,28 @@ tls_opts = [
         "ssl_enforce_hostname_verification",
         default=True,
         help="Check that the broker's certificate names the host connected to. "
-        "On by default whenever TLS is on.",
+        "On by default whenever TLS is on. Off, the certificate chain is still "
+        "verified (against ssl_ca_file or the system's CAs): for brokers reached "
+        "by an IP address or a virtual IP their certificates do not name.",
+    ),
+    cfg.StrOpt(
+        "ssl_version",
+        default="",
+        help="Lowest TLS version accepted: TLSv1_2 or TLSv1_3 (case does not "
+        "matter). Empty or SSLv23: Python's default (TLS 1.2 and later on current "
+        "OpenSSL). A higher version is used when both ends support it. TLSv1 and "
+        "TLSv1_1 are refused: they are insecure.",
+    ),
+    cfg.StrOpt(
+        "rabbit_login_method",
+        default="AMQPLAIN",
+        choices=(
+            ("AMQPLAIN", "user name and password of the URL, AMQP table encoding"),
+            ("PLAIN", "user name and password of the URL, SASL PLAIN"),
+            ("EXTERNAL", "the client certificate (ssl_cert_file) names the user; "
+             "needs TLS and the broker's rabbitmq_auth_mechanism_ssl plugin"),
+        ),
+        help="SASL mechanism of the AMQP login.",
     ),
 ]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -190,6 +191,8 @@ class Settings:
     ssl_cert_file: str = ""
     ssl_key_file: str = ""
     ssl_enforce_hostname_verification: bool = True
+    ssl_version: str = ""
+    rabbit_login_method: str = "AMQPLAIN"
     rpc_response_timeout: int = 60
     publish_timeout: float = 30.0
     cast_confirm: str = "background"
@@ -340,7 +343,38 @@ def _validated(s: Settings) -> Settings:
                 s.option_label("ssl_key_file" if s.ssl_cert_file else "ssl_cert_file"),
                 "", "a client certificate needs both ssl_cert_file and ssl_key_file",
             )
+    tls_minimum_version(s.ssl_version, s.option_label("ssl_version"))
+    if s.rabbit_login_method == "EXTERNAL" and not s.is_memory and not (s.ssl and s.ssl_cert_file):
+        raise ConfigurationError(
+            s.option_label("rabbit_login_method"), "EXTERNAL",
+            "EXTERNAL logs in with the client certificate: it needs ssl and ssl_cert_file")
     return s
+
+
+#: ``ssl_version`` values and the lowest TLS version each accepts (None: Python's default).
+_TLS_MINIMUM = {
+    "": None,
+    "sslv23": None,
+    "tls": None,
+    "tlsv1_2": ssl.TLSVersion.TLSv1_2,
+    "tlsv1_3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+def tls_minimum_version(value: str, option: str = "[rabbit_ha] ssl_version") -> ssl.TLSVersion | None:
+    """The lowest TLS version ``ssl_version`` accepts; None leaves Python's default.
+
+    oslo.messaging pins the protocol named (``ssl.PROTOCOL_TLSv1_2``...);
+    here it is a floor, so a newer version is still used when both ends
+    support it. Versions below TLS 1.2 are refused rather than allowed.
+    """
+    key = (value or "").strip().lower().replace(".", "_")
+    if key in _TLS_MINIMUM:
+        return _TLS_MINIMUM[key]
+    if key in ("tlsv1", "tlsv1_0", "tlsv1_1", "sslv2", "sslv3"):
+        raise ConfigurationError(option, value, "TLS versions below 1.2 are insecure and "
+                                 "not allowed; use TLSv1_2 or TLSv1_3")
+    raise ConfigurationError(option, value, "expected TLSv1_2, TLSv1_3, SSLv23 or empty")
 
 
 def _raw_value(conf: cfg.ConfigOpts, name: str) -> Any:

@@ -97,8 +97,9 @@ FATES: dict[str, Rule] = {
     "conn_pool_min_size": _POOL,
     "conn_pool_ttl": _POOL,
     "ssl": _h("Or the amqps:// scheme."),
-    "ssl_version": _r("Not implemented yet: Python's default TLS context negotiates TLS "
-                      "1.2 or later; a pinned version would be silently ignored."),
+    "ssl_version": _h("A floor here, not a pin: TLSv1_2 or TLSv1_3 is the lowest version "
+                      "accepted, a newer one is used when both ends support it; TLSv1 "
+                      "and TLSv1_1 are refused (insecure)."),
     "ssl_key_file": _h("A missing file stops the service at start-up."),
     "ssl_cert_file": _h("A missing file stops the service at start-up; needs ssl_key_file."),
     "ssl_ca_file": _h("Empty: the system's CAs verify the broker's chain."),
@@ -116,9 +117,10 @@ FATES: dict[str, Rule] = {
     "kombu_missing_consumer_retry_timeout": _n(
         "A reply to a missing reply queue is retried until the caller's deadline."),
     "kombu_failover_strategy": _h("round-robin or shuffle."),
-    "rabbit_login_method": _r("Not implemented yet: the credentials of the URL are sent "
-                              "with AMQPLAIN or PLAIN, whichever the broker offers; "
-                              "EXTERNAL would silently fall back to a password."),
+    "rabbit_login_method": _h("AMQPLAIN, PLAIN or EXTERNAL (the client certificate names "
+                              "the user; needs ssl_cert_file and the broker's "
+                              "rabbitmq_auth_mechanism_ssl plugin). RABBIT-CR-DEMO is "
+                              "refused."),
     "rabbit_retry_interval": _d("0.2 s (oslo.messaging: 1 s), and only after a full pass "
                                 "over the hosts: the next host is tried at once."),
     "rabbit_retry_backoff": _d("1 s (oslo.messaging: 2 s), so a service serves again "
