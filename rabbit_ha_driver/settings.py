@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, unquote
 
 from oslo_config import cfg
 
-from rabbit_ha_driver import options, precedence
+from rabbit_ha_driver import optional, options, precedence
 from rabbit_ha_driver.exceptions import ConfigurationError
 
 LOG = logging.getLogger(__name__)
@@ -331,6 +331,8 @@ def _validated(s: Settings) -> Settings:
             s.option_label("rabbit_interval_max"), s.rabbit_interval_max,
             f"is below rabbit_retry_interval ({s.rabbit_retry_interval})",
         )
+    if s.heartbeat_runner == "green":
+        optional.require_eventlet(s.option_label("heartbeat_runner"), s.heartbeat_runner)
     if not s.is_memory and not s.hosts:
         raise ConfigurationError("[rabbit_ha] transport_url", s.transport_url.redacted(), "no host given")
     if s.ssl:
