@@ -324,7 +324,21 @@ rpc_opts = [
         "rpc_max_message_size",
         default=16 * 1024 * 1024,
         min=1024,
-        help="Largest message body, in bytes, that is sent or accepted.",
+        help="Largest message body, in bytes, that is sent or accepted. A "
+        "compressed body is also refused when it would expand beyond it (it is "
+        "never expanded further).",
+    ),
+    cfg.StrOpt(
+        "kombu_compression",
+        choices=(("gzip", "zlib data, kombu's 'application/x-gzip'"),
+                 ("zlib", "the same as gzip"),
+                 ("bz2", "kombu's 'application/x-bz2'"),
+                 ("bzip2", "the same as bz2, and kombu's name for it")),
+        help="Compress the messages sent, as oslo.messaging's option of the same "
+        "name does. Unset: sent uncompressed. Compressed messages are always "
+        "accepted, whatever this says; receivers of rabbit_ha_driver releases "
+        "before this option refuse them, so turn it on once every receiver "
+        "accepts them.",
     ),
 ]
 

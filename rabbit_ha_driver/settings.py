@@ -200,6 +200,7 @@ class Settings:
     rpc_reply_cache_size: int = 1024
     rpc_reply_cache_ttl: float = 300.0
     rpc_max_message_size: int = 16 * 1024 * 1024
+    kombu_compression: str | None = None
     metrics_http_port: int | None = None
     #: Where each value came from (see :mod:`rabbit_ha_driver.precedence`).
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False,

@@ -113,7 +113,10 @@ FATES: dict[str, Rule] = {
                                 "cancel notification."),
     "kombu_reconnect_splay": _n("The consumer-cancel delay is fixed; reconnect backoff "
                                 "has its own jitter of up to 20%."),
-    "kombu_compression": _n("Messages are sent uncompressed; every receiver accepts them."),
+    "kombu_compression": _h("gzip or bz2 (or kombu's bzip2, the only bz2 name "
+                            "oslo.messaging's driver can send with), for sending. "
+                            "Compressed messages are always accepted, expanded to at "
+                            "most rpc_max_message_size bytes."),
     "kombu_missing_consumer_retry_timeout": _n(
         "A reply to a missing reply queue is retried until the caller's deadline."),
     "kombu_failover_strategy": _h("round-robin or shuffle."),
