@@ -347,7 +347,9 @@ metrics_opts = [
         "metrics_http_port",
         help="TCP port on which rabbit_ha_driver.prometheus.serve() exposes the "
         "connection metrics in Prometheus format (loopback by default), for "
-        "services that have no HTTP server of their own. Unset: no server.",
+        "services that have no HTTP server of their own. The oslo.messaging "
+        "driver (rabbit-ha://) starts that server itself, shared by the "
+        "transports of the process. Unset: no server.",
     ),
 ]
 

@@ -157,3 +157,62 @@ def test_compressed_oslo_messaging_cast_and_call_and_a_bomb(cluster, caplog, met
         server.wait()
         server_transport.cleanup()
         sender.cleanup()
+
+
+def scrape(server: Any) -> dict[str, float]:
+    """Prometheus text of ``server``, summed by metric name (over its labels)."""
+    import urllib.request
+
+    host, port = server.address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name_labels, value = line.rsplit(" ", 1)
+            name = name_labels.split("{", 1)[0]
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def test_prometheus_scrape_of_an_oslo_service_before_and_after_a_node_kill(cluster, tmp_path):
+    from .faults import wait_until
+
+    path = tmp_path / "service.conf"
+    path.write_text("[rabbit_ha]\nmetrics_http_port = 0\n[oslo_messaging_rabbit]\n"
+                    "heartbeat_timeout_threshold = 4\n")
+    conf = cfg.ConfigOpts()
+    conffixture.ConfFixture(conf)
+    conf(["--config-file", str(path)])
+    topic = f"metrics-{uuid.uuid4().hex[:8]}"
+    transport = om.get_rpc_transport(conf, f"rabbit-ha://{cluster.url().split('://', 1)[1]}")
+    driver = transport._driver
+    server = om.get_rpc_server(transport, om.Target(topic=topic, server="s1"), [Recorder()],
+                               executor="threading")
+    server.start()
+    killed = None
+    try:
+        client = om.get_rpc_client(transport, om.Target(topic=topic), timeout=30)
+        assert client.call({}, "echo", value=1) == 1
+        before = scrape(driver.metrics_server)
+        snap = driver.metrics.snapshot()["hosts"]
+        killed = max(snap, key=lambda h: snap[h]["connected"])  # the node most connections use
+        cluster.kill(next(n for n in cluster.nodes if n.address == killed))
+        wait_until(lambda: scrape(driver.metrics_server).get("rabbit_ha_host_failovers_total", 0)
+                   > before.get("rabbit_ha_host_failovers_total", 0), 30, "no failover counted")
+        assert client.call({}, "echo", value=2) == 2
+        after = scrape(driver.metrics_server)
+        host, port = driver.metrics_server.address
+        print(f"\n  scrape of http://{host}:{port}/metrics, node {killed} killed in between")
+        for name in ("rabbit_ha_host_failovers_total", "rabbit_ha_host_connections_lost_total",
+                     "rabbit_ha_host_connects_total", "rabbit_ha_connection_calls_total",
+                     "rabbit_ha_host_connected"):
+            print(f"    {name}: {before.get(name, 0):g} -> {after.get(name, 0):g}")
+        assert after["rabbit_ha_host_failovers_total"] >= 1
+        assert after["rabbit_ha_connection_calls_total"] == before["rabbit_ha_connection_calls_total"] + 1
+    finally:
+        server.stop()
+        server.wait()
+        transport.cleanup()
+        if killed is not None:
+            cluster.start(next(n for n in cluster.nodes if n.address == killed))
