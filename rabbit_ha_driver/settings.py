@@ -346,7 +346,9 @@ def _validated(s: Settings) -> Settings:
                 s.option_label("ssl_key_file" if s.ssl_cert_file else "ssl_cert_file"),
                 "", "a client certificate needs both ssl_cert_file and ssl_key_file",
             )
-    tls_minimum_version(s.ssl_version, s.option_label("ssl_version"))
+    if tls_minimum_version(s.ssl_version, s.option_label("ssl_version")) and not _amqp_tls_minimum():
+        raise ConfigurationError(s.option_label("ssl_version"), s.ssl_version,
+                                 "a minimum TLS version needs py-amqp 5.4.0 or later")
     if s.rabbit_login_method == "EXTERNAL" and not s.is_memory and not (s.ssl and s.ssl_cert_file):
         raise ConfigurationError(
             s.option_label("rabbit_login_method"), "EXTERNAL",
@@ -378,6 +380,15 @@ def tls_minimum_version(value: str, option: str = "[rabbit_ha] ssl_version") -> 
         raise ConfigurationError(option, value, "TLS versions below 1.2 are insecure and "
                                  "not allowed; use TLSv1_2 or TLSv1_3")
     raise ConfigurationError(option, value, "expected TLSv1_2, TLSv1_3, SSLv23 or empty")
+
+
+def _amqp_tls_minimum() -> bool:
+    """Whether the installed py-amqp can set a minimum TLS version (5.4.0 and later)."""
+    import inspect
+
+    from amqp.transport import SSLTransport
+
+    return "tls_minimum_version" in inspect.signature(SSLTransport._wrap_socket_sni).parameters
 
 
 def _raw_value(conf: cfg.ConfigOpts, name: str) -> Any:
