@@ -15,5 +15,6 @@ html_static_path = ["_static"]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 nitpicky = False
-exclude_patterns = ["_build"]
+# generated/ holds tables included by other pages, not pages of their own.
+exclude_patterns = ["_build", "generated"]
 html_theme = "alabaster"

@@ -236,7 +236,28 @@ tls_opts = [
         "ssl_enforce_hostname_verification",
         default=True,
         help="Check that the broker's certificate names the host connected to. "
-        "On by default whenever TLS is on.",
+        "On by default whenever TLS is on. Off, the certificate chain is still "
+        "verified (against ssl_ca_file or the system's CAs): for brokers reached "
+        "by an IP address or a virtual IP their certificates do not name.",
+    ),
+    cfg.StrOpt(
+        "ssl_version",
+        default="",
+        help="Lowest TLS version accepted: TLSv1_2 or TLSv1_3 (case does not "
+        "matter). Empty or SSLv23: Python's default (TLS 1.2 and later on current "
+        "OpenSSL). A higher version is used when both ends support it. TLSv1 and "
+        "TLSv1_1 are refused: they are insecure.",
+    ),
+    cfg.StrOpt(
+        "rabbit_login_method",
+        default="AMQPLAIN",
+        choices=(
+            ("AMQPLAIN", "user name and password of the URL, AMQP table encoding"),
+            ("PLAIN", "user name and password of the URL, SASL PLAIN"),
+            ("EXTERNAL", "the client certificate (ssl_cert_file) names the user; "
+             "needs TLS and the broker's rabbitmq_auth_mechanism_ssl plugin"),
+        ),
+        help="SASL mechanism of the AMQP login.",
     ),
 ]
 
@@ -303,7 +324,21 @@ rpc_opts = [
         "rpc_max_message_size",
         default=16 * 1024 * 1024,
         min=1024,
-        help="Largest message body, in bytes, that is sent or accepted.",
+        help="Largest message body, in bytes, that is sent or accepted. A "
+        "compressed body is also refused when it would expand beyond it (it is "
+        "never expanded further).",
+    ),
+    cfg.StrOpt(
+        "kombu_compression",
+        choices=(("gzip", "zlib data, kombu's 'application/x-gzip'"),
+                 ("zlib", "the same as gzip"),
+                 ("bz2", "kombu's 'application/x-bz2'"),
+                 ("bzip2", "the same as bz2, and kombu's name for it")),
+        help="Compress the messages sent, as oslo.messaging's option of the same "
+        "name does. Unset: sent uncompressed. Compressed messages are always "
+        "accepted, whatever this says; receivers of rabbit_ha_driver releases "
+        "before this option refuse them, so turn it on once every receiver "
+        "accepts them.",
     ),
 ]
 
@@ -312,7 +347,9 @@ metrics_opts = [
         "metrics_http_port",
         help="TCP port on which rabbit_ha_driver.prometheus.serve() exposes the "
         "connection metrics in Prometheus format (loopback by default), for "
-        "services that have no HTTP server of their own. Unset: no server.",
+        "services that have no HTTP server of their own. The oslo.messaging "
+        "driver (rabbit-ha://) starts that server itself, shared by the "
+        "transports of the process. Unset: no server.",
     ),
 ]
 

@@ -1,11 +1,16 @@
 """Frozen settings, built once at the edge from oslo.config and a transport URL.
 
 How it works: :func:`from_conf` reads every option of ``[rabbit_ha]`` (oslo.config
-checks types and bounds), lets the transport URL's query string override any of
-them, then applies the checks that involve more than one value. Each failure
-raises :class:`~rabbit_ha_driver.exceptions.ConfigurationError` naming the option
-and the value, so a bad configuration stops a service at start-up rather than
-at the first fault. :func:`from_url` does the same without a ``ConfigOpts``.
+checks types and bounds), takes each value by the one rule of
+:mod:`rabbit_ha_driver.precedence` (URL query, then ``[rabbit_ha]``, then the
+``[oslo_messaging_rabbit]`` values the oslo.messaging driver hands over, then
+the default), then applies the checks that involve more than one value. Each
+failure raises :class:`~rabbit_ha_driver.exceptions.ConfigurationError` naming
+the option (in the group its value came from) and the value, so a bad
+configuration stops a service at start-up rather than at the first fault.
+Unknown keys, in a ``[rabbit_ha]`` file section or in the query string, are
+warned about by name and ignored. :func:`from_url` does the same without a
+``ConfigOpts``.
 
 Nothing below this module reads oslo.config: the connection and RPC layers get a
 :class:`Settings`.
@@ -14,15 +19,19 @@ Nothing below this module reads oslo.config: the connection and RPC layers get a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-from collections.abc import Mapping
+import ssl
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from oslo_config import cfg
 
-from rabbit_ha_driver import options
+from rabbit_ha_driver import optional, options, precedence
 from rabbit_ha_driver.exceptions import ConfigurationError
+
+LOG = logging.getLogger(__name__)
 
 #: URL schemes understood by :func:`parse_transport_url`.
 AMQP_SCHEMES = {"rabbit", "rabbit-ha", "amqp", "amqps", "pyamqp"}
@@ -182,6 +191,8 @@ class Settings:
     ssl_cert_file: str = ""
     ssl_key_file: str = ""
     ssl_enforce_hostname_verification: bool = True
+    ssl_version: str = ""
+    rabbit_login_method: str = "AMQPLAIN"
     rpc_response_timeout: int = 60
     publish_timeout: float = 30.0
     cast_confirm: str = "background"
@@ -189,7 +200,17 @@ class Settings:
     rpc_reply_cache_size: int = 1024
     rpc_reply_cache_ttl: float = 300.0
     rpc_max_message_size: int = 16 * 1024 * 1024
+    kombu_compression: str | None = None
     metrics_http_port: int | None = None
+    #: Where each value came from (see :mod:`rabbit_ha_driver.precedence`).
+    origins: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False,
+                                                   compare=False)
+
+    def option_label(self, name: str) -> str:
+        """``[group] name`` for errors: the group the value of ``name`` came from."""
+        source = self.origins.get(name, "")
+        group = source if source.startswith("[") else f"[{options.GROUP}]"
+        return f"{group} {name}"
 
     @property
     def hosts(self) -> tuple[Host, ...]:
@@ -211,14 +232,20 @@ class Settings:
         return f"<Settings {self.transport_url.redacted()} T={self.heartbeat_timeout_threshold}>"
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"transport_url"}
+_FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"transport_url", "origins"}
+_KNOWN = {opt.dest for opt in options.ALL_OPTS}
+#: The source name of values the oslo.messaging driver takes from oslo.messaging's group.
+UPSTREAM = "[oslo_messaging_rabbit]"
 
 
-def from_conf(conf: cfg.ConfigOpts, url: str | None = None) -> Settings:
+def from_conf(conf: cfg.ConfigOpts, url: str | None = None, *,
+              upstream: Mapping[str, Any] | None = None) -> Settings:
     """Settings from ``conf`` (registering our options if needed) and a URL.
 
     ``url`` overrides ``[rabbit_ha] transport_url``; its query string overrides
-    any other option of the group.
+    any other option of the group. ``upstream`` holds the options a service set
+    in ``[oslo_messaging_rabbit]`` that have the same name and meaning here;
+    they apply where ``[rabbit_ha]`` and the query say nothing.
     """
     try:
         options.register_opts(conf)
@@ -233,47 +260,62 @@ def from_conf(conf: cfg.ConfigOpts, url: str | None = None) -> Settings:
         except (ValueError, cfg.ConfigFileValueError) as exc:
             raise ConfigurationError(f"[{options.GROUP}] {opt.dest}", _raw_value(conf, opt.dest),
                                      str(exc)) from exc
-    if url is not None:
-        values["transport_url"] = url
-    return _build(values)
+    for key, closest in precedence.unknown_keys(precedence.file_keys(conf, options.GROUP),
+                                                _KNOWN):
+        LOG.warning("%s", precedence.describe_unknown(key, closest, f"[{options.GROUP}]"))
+    own = {name: values[name] for name in _FIELDS
+           if precedence.was_set(conf, name, options.GROUP)}
+    raw_url = url if url is not None else values["transport_url"]
+    layers = [(f"[{options.GROUP}]", own)]
+    if upstream:
+        layers.append((UPSTREAM, {name: _coerce(name, value, source=UPSTREAM)
+                                  for name, value in upstream.items()}))
+    return _build(raw_url, values, layers)
 
 
 def from_url(url: str = "memory://", **overrides: Any) -> Settings:
     """Settings from a transport URL and keyword overrides, without oslo.config.
 
     Keyword values are checked against the options' types and bounds like
-    values from a configuration file.
+    values from a configuration file; an unknown keyword is an error (it is
+    code, not configuration).
     """
-    values: dict[str, Any] = {opt.dest: opt.default for opt in options.ALL_OPTS}
-    for name, value in overrides.items():
-        values[name] = _coerce(name, value, source="argument")
-    values["transport_url"] = url
-    return _build(values)
+    defaults: dict[str, Any] = {opt.dest: opt.default for opt in options.ALL_OPTS}
+    given = {name: _coerce(name, value, source="argument") for name, value in overrides.items()}
+    return _build(url, defaults, [("argument", given)])
 
 
-def _build(values: dict[str, Any]) -> Settings:
-    raw_url = values.pop("transport_url")
+def _build(raw_url: str, defaults: Mapping[str, Any],
+           layers: Sequence[tuple[str, Mapping[str, Any]]]) -> Settings:
     parsed = parse_transport_url(raw_url)
+    query: dict[str, Any] = {}
     for name, text in parsed.query.items():
-        values[name] = _coerce(name, text, source="transport_url query")
+        if name in _FIELDS:
+            query[name] = _coerce(name, text, source=precedence.QUERY)
+    for key, closest in precedence.unknown_keys(parsed.query, _FIELDS):
+        LOG.warning("%s", precedence.describe_unknown(key, closest, precedence.QUERY))
+    merged = precedence.merge({k: v for k, v in defaults.items() if k in _FIELDS},
+                              (precedence.QUERY, query), *layers)
     if parsed.scheme == "amqps":
-        values["ssl"] = True
-    fields = {k: v for k, v in values.items() if k in _FIELDS}
-    return _validated(Settings(transport_url=parsed, **fields))
+        merged["ssl"] = precedence.Sourced(True, "transport_url scheme")
+    fields = {name: sourced.value for name, sourced in merged.items()}
+    origins = {name: sourced.source for name, sourced in merged.items()}
+    return _validated(Settings(transport_url=parsed, origins=origins, **fields))
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Convert and bound-check one value with its option's own type."""
     opt = options.opt_by_name(name)
-    if opt is None or name == "transport_url":
+    if opt is None or name not in _FIELDS:
         raise ConfigurationError(name, value, f"unknown option in {source}; known: "
                                  + ", ".join(sorted(_FIELDS)))
     if value is None:
         return None
+    group = source if source.startswith("[") else f"[{options.GROUP}]"
     try:
         return opt.type(value)
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"[{options.GROUP}] {name}", value, f"{exc} (from {source})") from exc
+        raise ConfigurationError(f"{group} {name}", value, f"{exc} (from {source})") from exc
 
 
 def _validated(s: Settings) -> Settings:
@@ -281,28 +323,72 @@ def _validated(s: Settings) -> Settings:
     t = s.heartbeat_timeout_threshold
     if t is not None and 0 < t < 2:
         raise ConfigurationError(
-            "[rabbit_ha] heartbeat_timeout_threshold", t,
+            s.option_label("heartbeat_timeout_threshold"), t,
             "must be 0 (off) or at least 2 seconds: the broker's heartbeat "
             "interval is whole seconds and must be shorter than T",
         )
     if s.rabbit_interval_max < s.rabbit_retry_interval:
         raise ConfigurationError(
-            "[rabbit_ha] rabbit_interval_max", s.rabbit_interval_max,
+            s.option_label("rabbit_interval_max"), s.rabbit_interval_max,
             f"is below rabbit_retry_interval ({s.rabbit_retry_interval})",
         )
+    if s.heartbeat_runner == "green":
+        optional.require_eventlet(s.option_label("heartbeat_runner"), s.heartbeat_runner)
     if not s.is_memory and not s.hosts:
         raise ConfigurationError("[rabbit_ha] transport_url", s.transport_url.redacted(), "no host given")
     if s.ssl:
         for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
             path = getattr(s, name)
             if path and not os.path.isfile(path):
-                raise ConfigurationError(f"[rabbit_ha] {name}", path, "no such file")
+                raise ConfigurationError(s.option_label(name), path, "no such file")
         if bool(s.ssl_cert_file) != bool(s.ssl_key_file):
             raise ConfigurationError(
-                "[rabbit_ha] ssl_key_file" if s.ssl_cert_file else "[rabbit_ha] ssl_cert_file",
+                s.option_label("ssl_key_file" if s.ssl_cert_file else "ssl_cert_file"),
                 "", "a client certificate needs both ssl_cert_file and ssl_key_file",
             )
+    if tls_minimum_version(s.ssl_version, s.option_label("ssl_version")) and not _amqp_tls_minimum():
+        raise ConfigurationError(s.option_label("ssl_version"), s.ssl_version,
+                                 "a minimum TLS version needs py-amqp 5.4.0 or later")
+    if s.rabbit_login_method == "EXTERNAL" and not s.is_memory and not (s.ssl and s.ssl_cert_file):
+        raise ConfigurationError(
+            s.option_label("rabbit_login_method"), "EXTERNAL",
+            "EXTERNAL logs in with the client certificate: it needs ssl and ssl_cert_file")
     return s
+
+
+#: ``ssl_version`` values and the lowest TLS version each accepts (None: Python's default).
+_TLS_MINIMUM = {
+    "": None,
+    "sslv23": None,
+    "tls": None,
+    "tlsv1_2": ssl.TLSVersion.TLSv1_2,
+    "tlsv1_3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+def tls_minimum_version(value: str, option: str = "[rabbit_ha] ssl_version") -> ssl.TLSVersion | None:
+    """The lowest TLS version ``ssl_version`` accepts; None leaves Python's default.
+
+    oslo.messaging pins the protocol named (``ssl.PROTOCOL_TLSv1_2``...);
+    here it is a floor, so a newer version is still used when both ends
+    support it. Versions below TLS 1.2 are refused rather than allowed.
+    """
+    key = (value or "").strip().lower().replace(".", "_")
+    if key in _TLS_MINIMUM:
+        return _TLS_MINIMUM[key]
+    if key in ("tlsv1", "tlsv1_0", "tlsv1_1", "sslv2", "sslv3"):
+        raise ConfigurationError(option, value, "TLS versions below 1.2 are insecure and "
+                                 "not allowed; use TLSv1_2 or TLSv1_3")
+    raise ConfigurationError(option, value, "expected TLSv1_2, TLSv1_3, SSLv23 or empty")
+
+
+def _amqp_tls_minimum() -> bool:
+    """Whether the installed py-amqp can set a minimum TLS version (5.4.0 and later)."""
+    import inspect
+
+    from amqp.transport import SSLTransport
+
+    return "tls_minimum_version" in inspect.signature(SSLTransport._wrap_socket_sni).parameters
 
 
 def _raw_value(conf: cfg.ConfigOpts, name: str) -> Any:

@@ -94,6 +94,8 @@ APT_PACKAGES = ("rabbitmq-server", "iptables", "openssl")
 FIREWALL_COMMENT = "rha-test"
 MARKER_VAR = "RHA_TEST_NODE"
 USER = PASSWORD = "guest"
+#: The user a client certificate (CN=rha-test-client) logs in as with EXTERNAL.
+TLS_EXTERNAL_USER = "rha-test-client"
 HOST = "127.0.0.1"
 # iptables lives in /usr/sbin, which a non-login PATH may lack.
 SEARCH_PATH = os.pathsep.join(filter(None, [
@@ -300,7 +302,7 @@ class TlsMaterial:
         _make_leaf(self.dir / "server", self.dir / "ca", "localhost",
                    "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
                    "extendedKeyUsage=serverAuth\n")
-        _make_leaf(self.dir / "client", self.dir / "ca", "rha-test-client",
+        _make_leaf(self.dir / "client", self.dir / "ca", TLS_EXTERNAL_USER,
                    "extendedKeyUsage=clientAuth\n")
         LOG.info("created test TLS material in %s", self.dir)
 
@@ -1098,6 +1100,33 @@ class Cluster:
     def clear_policy(self, name: str, vhost: str = "/") -> None:
         self.api("DELETE", f"/api/policies/{_q(vhost)}/{_q(name)}", missing_ok=True)
 
+    @contextlib.contextmanager
+    def external_login(self, vhost: str = "/") -> Iterator[str]:
+        """EXTERNAL login offered by every running node during the block.
+
+        A TLS client presenting ``tls.client_cert`` may then log in with the
+        EXTERNAL mechanism as :data:`TLS_EXTERNAL_USER` (its CN), a user that
+        exists, with all permissions on ``vhost``, for the block only. The
+        mechanisms go back to PLAIN and AMQPLAIN after it (and a node that
+        restarts reads them from its configuration anyway).
+        """
+        self.api("PUT", f"/api/users/{_q(TLS_EXTERNAL_USER)}", {"password_hash": "", "tags": ""})
+        self.api("PUT", f"/api/permissions/{_q(vhost)}/{_q(TLS_EXTERNAL_USER)}",
+                 {"configure": ".*", "write": ".*", "read": ".*"})
+        running = [n for n in self.nodes if n.pid is not None]
+        try:
+            for node in running:
+                self.rabbitmqctl(node, "eval", "application:set_env(rabbit, auth_mechanisms, "
+                                 "['PLAIN', 'AMQPLAIN', 'EXTERNAL']).")
+            yield TLS_EXTERNAL_USER
+        finally:
+            for node in running:
+                with contextlib.suppress(ClusterError):
+                    self.rabbitmqctl(node, "eval", "application:set_env(rabbit, auth_mechanisms, "
+                                     "['PLAIN', 'AMQPLAIN']).")
+            with contextlib.suppress(ClusterError):
+                self.api("DELETE", f"/api/users/{_q(TLS_EXTERNAL_USER)}", missing_ok=True)
+
     # -- logs and rabbitmqctl -----------------------------------------------
 
     def missed_heartbeat_closes(self, node: Node | int | str | None = None) -> int:
@@ -1138,7 +1167,10 @@ class Cluster:
         for node in self.nodes:
             shutil.rmtree(node.dir, ignore_errors=True)
             (node.dir / "log").mkdir(parents=True)
-            (node.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+            # rabbitmq_auth_mechanism_ssl: EXTERNAL login with a client
+            # certificate (ships with RabbitMQ).
+            (node.dir / "enabled_plugins").write_text(
+                "[rabbitmq_management,rabbitmq_auth_mechanism_ssl].\n")
             node.config_file.write_text(self._config(node))
 
     def _config(self, node: Node) -> str:
@@ -1150,6 +1182,11 @@ class Cluster:
             f"ssl_options.keyfile = {self.tls.server_key}",
             "ssl_options.verify = verify_peer",
             "ssl_options.fail_if_no_peer_cert = false",
+            # A client certificate logs in as the user its CN names when
+            # EXTERNAL is offered, which only Cluster.external_login() does:
+            # a py-amqp client naming no login method would pick EXTERNAL
+            # before AMQPLAIN on a TLS connection.
+            "ssl_cert_login_from = common_name",
             f"management.tcp.ip = {HOST}",
             f"management.tcp.port = {node.mgmt_port}",
             "management.rates_mode = none",

@@ -7,7 +7,9 @@ Each subject runs RPC servers of one topic and a client in this process:
   :meth:`~rabbit_ha_driver.rpc.RPCClient.cast_async`, each one confirmed
   before the figure's clock stops;
 * ``rabbit_ha_oslo``: oslo.messaging's API on this library (``rabbit-ha://``);
-* ``oslo_rabbit``: oslo.messaging's API on its own rabbit driver (``rabbit://``);
+* ``oslo_rabbit``: oslo.messaging's API on its own rabbit driver (``rabbit://``),
+  whose casts wait for the broker's confirm of each message (its kombu
+  transport sets ``confirm_publish``);
 * ``oslo_fake``: oslo.messaging's API on its in-process ``fake://`` driver, the
   ceiling of oslo.messaging's own layers (no broker at all);
 * ``bare_amqp``: py-amqp with no framework: JSON bodies, a reply queue and a

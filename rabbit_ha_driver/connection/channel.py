@@ -39,6 +39,8 @@ import amqp.exceptions
 from amqp import spec
 from kombu.transport import pyamqp as kombu_pyamqp
 
+from rabbit_ha_driver.connection.inbound import AMQPMessage
+
 LOG = logging.getLogger(__name__)
 
 
@@ -122,6 +124,9 @@ def concerns(close: BrokerClose, operation: str) -> bool:
 
 class RecoverableChannel(kombu_pyamqp.Channel):
     """kombu's py-amqp channel, released (never reopened) when the broker closes it."""
+
+    #: Deliveries keep a compressed body compressed (see connection.inbound).
+    Message = AMQPMessage
 
     broker_close: BrokerClose | None = None
     #: Called with the channel and the close, before the error is raised.

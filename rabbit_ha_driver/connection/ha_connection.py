@@ -44,7 +44,6 @@ import itertools
 import logging
 import os
 import socket
-import ssl
 import sys
 import uuid
 import weakref
@@ -70,6 +69,7 @@ from rabbit_ha_driver.connection.confirms import (
 from rabbit_ha_driver.connection.hosts import HostRing
 from rabbit_ha_driver.connection.locks import HandoverLock
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
+from rabbit_ha_driver.connection.tls_options import amqp_ssl_options
 from rabbit_ha_driver.connection.topology import (
     BindingDecl,
     ConsumerDecl,
@@ -1071,7 +1071,7 @@ class Connection:
                 password=host.password, virtual_host=self.settings.virtual_host,
                 transport=self._transport_cls, heartbeat=self.liveness.heartbeat,
                 connect_timeout=budget, ssl=self._ssl_options(host),
-                transport_options=options)
+                login_method=self.settings.rabbit_login_method, transport_options=options)
         self._kombu = kconn
         self._transport = kconn.transport
         self._raw = self._transport.establish_connection()
@@ -1237,19 +1237,7 @@ class Connection:
 
     def _ssl_options(self, host: Host) -> Any:
         """py-amqp's TLS options: the chain is always verified, the name on request."""
-        s = self.settings
-        if not s.ssl:
-            return False
-        options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
-        if s.ssl_ca_file:
-            options["ca_certs"] = s.ssl_ca_file
-        if s.ssl_cert_file:
-            options["certfile"] = s.ssl_cert_file
-            options["keyfile"] = s.ssl_key_file or None
-        # With a server_hostname py-amqp turns hostname checking on; without
-        # one the certificate chain is still verified.
-        options["server_hostname"] = host.hostname if s.ssl_enforce_hostname_verification else None
-        return options
+        return amqp_ssl_options(self.settings, host)
 
     def _lost(self, reason: str) -> None:
         if self._state in _OPEN_STATES:

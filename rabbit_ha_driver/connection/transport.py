@@ -35,6 +35,7 @@ from kombu.transport import pyamqp as kombu_pyamqp
 
 from rabbit_ha_driver.connection.channel import RecoverableChannel
 from rabbit_ha_driver.connection.errors import RequestTimeout, WriteTimeout
+from rabbit_ha_driver.connection.inbound import MemoryMessage
 from rabbit_ha_driver.exceptions import Unroutable
 
 LOG = logging.getLogger(__name__)
@@ -226,6 +227,9 @@ class AMQPTransport(kombu_pyamqp.Transport):
 class MemoryChannel(kombu_memory.Channel):
     """kombu's memory channel, plus what RabbitMQ does with a mandatory message
     that no queue takes: it is refused (:class:`Unroutable`), not dropped."""
+
+    #: Deliveries keep a compressed body compressed (see connection.inbound).
+    Message = MemoryMessage
 
     def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
         if kwargs.get("mandatory") and not self._routable(exchange, routing_key):

@@ -28,9 +28,11 @@ from oslo_config import cfg
 from oslo_messaging import exceptions as oslo_exc
 from oslo_messaging._drivers import base
 
+from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.events import EventBus, LogSubscriber
+from rabbit_ha_driver.oslo import exposition, upstream
 from rabbit_ha_driver.oslo.incoming import OsloPollListener
 from rabbit_ha_driver.oslo.policy import SendBudget, library_url, send_budget
 from rabbit_ha_driver.oslo.wire import encode, remote_exception, with_context
@@ -68,12 +70,23 @@ class RabbitHADriver(base.BaseDriver):
         clock: Clock | None = None,
     ) -> None:
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
-        self.settings = from_conf(conf, library_url(url, conf))
+        # One rule (rabbit_ha_driver.precedence): URL query, [rabbit_ha],
+        # [oslo_messaging_rabbit], defaults; every oslo.messaging option has
+        # a fate (rabbit_ha_driver.oslo.upstream).
+        reading = upstream.read(conf, getattr(url, "query", None) or {})
+        self.settings = from_conf(conf, library_url(url, conf, query=reading.query),
+                                  upstream=reading.honoured)
+        upstream.log_reading(reading)
         self.exchange = default_exchange or envelope.DEFAULT_EXCHANGE
         self.clock = clock or REAL_CLOCK
         #: Every connection of this driver reports here (logs; attach metrics).
         self.events = EventBus()
         self.events.subscribe(LogSubscriber())
+        self._exported = exposition.export(self.events, self.settings)
+        #: The metrics served on ``metrics_http_port`` (shared by the drivers
+        #: of the process naming that port), or None when it is unset.
+        self.metrics = self._exported.metrics if self._exported else None
+        self.metrics_server = self._exported.server if self._exported else None
         self._factory = (connections(self.settings) if connections is not None
                          else default_connection_factory(self.settings, events=self.events,
                                                          clock=self.clock))
@@ -85,9 +98,10 @@ class RabbitHADriver(base.BaseDriver):
         # retrying while the brokers are away.
         self._replies = Publisher(self.settings, self._factory, purpose="reply-send",
                                   clock=self.clock)
-        LOG.info("rabbit-ha driver for %s (heartbeat_timeout_threshold=%s)",
+        LOG.info("rabbit-ha driver for %s (heartbeat_timeout_threshold=%s%s)",
                  self.settings.transport_url.redacted(),
-                 self.settings.heartbeat_timeout_threshold)
+                 self.settings.heartbeat_timeout_threshold,
+                 f", metrics on {self.metrics_server!r}" if self.metrics_server else "")
 
     def __repr__(self) -> str:
         return f"<RabbitHADriver {self.settings.transport_url.redacted()}>"
@@ -163,6 +177,24 @@ class RabbitHADriver(base.BaseDriver):
 
     def _call(self, ctxt: Any, message: Mapping[str, Any], exchange: ExchangeSpec, key: str,
               budget: SendBudget, call_monitor_timeout: float | None, what: str) -> Any:
+        """A call, reported on the event bus as the library's own calls are (metrics)."""
+        assert budget.reply_by is not None
+        events, where = self._transport.events, self._transport.publisher.where
+        started = self.clock.now()
+        try:
+            result = self._call_once(ctxt, message, exchange, key, budget, call_monitor_timeout,
+                                     what)
+        except oslo_exc.MessagingTimeout:
+            events.emit(ev.CallTimedOut(*where(), budget.reply_by - started))
+            raise
+        except Exception:
+            events.emit(ev.CallCompleted(*where(), self.clock.now() - started, False))
+            raise
+        events.emit(ev.CallCompleted(*where(), self.clock.now() - started, True))
+        return result
+
+    def _call_once(self, ctxt: Any, message: Mapping[str, Any], exchange: ExchangeSpec, key: str,
+                   budget: SendBudget, call_monitor_timeout: float | None, what: str) -> Any:
         """A call, sent and re-sent by the library's rules (:mod:`rabbit_ha_driver.rpc.calls`).
 
         The request is written without waiting for its confirm, unless the
@@ -318,3 +350,5 @@ class RabbitHADriver(base.BaseDriver):
         """Fail calls still waiting, close the connections; never hangs."""
         self._transport.close()
         self._replies.close()
+        if self._exported is not None:
+            self._exported.release()

@@ -26,17 +26,19 @@ from rabbit_ha_driver.settings import Settings
 SCHEME = "rabbit-ha"
 
 
-def library_url(url: Any, conf: cfg.ConfigOpts) -> str:
+def library_url(url: Any, conf: cfg.ConfigOpts, query: Mapping[str, str] | None = None) -> str:
     """The library's transport URL for oslo.messaging's parsed ``url``.
 
     Hosts, credentials, virtual host and query string are taken over as they
-    are; the query string overrides options of ``[rabbit_ha]``. A URL without
+    are (``query``, when given, replaces the URL's own); the query string
+    overrides options of ``[rabbit_ha]``. A URL without
     hosts (``rabbit-ha://``) uses ``[rabbit_ha] transport_url`` instead, which
     must then be set: its default is kombu's in-process memory transport,
     never what a service means.
     """
     hosts = list(getattr(url, "hosts", None) or [])
-    query: Mapping[str, str] = getattr(url, "query", None) or {}
+    if query is None:
+        query = getattr(url, "query", None) or {}
     if not hosts:
         with contextlib.suppress(cfg.DuplicateOptError):  # from_conf() reports it
             options.register_opts(conf)

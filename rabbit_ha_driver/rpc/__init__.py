@@ -29,8 +29,12 @@ cast, fanout and notify each other both ways. The differences:
   or quorum queues); oslo.messaging marks every message persistent. Replies
   are transient. Either way the receiver sees no difference.
 * Only ``application/json`` in UTF-8 is accepted; oslo.messaging lets kombu
-  decode whatever content type it is given (kombu's own accept list applies)
-  and supports ``kombu_compression``, which is refused here.
+  decode whatever content type it is given (kombu's own accept list applies).
+  Bodies compressed with ``kombu_compression`` (gzip, bz2) are accepted by
+  both; here they are expanded to at most ``rpc_max_message_size`` bytes,
+  and a body that would expand beyond it is refused (kombu expands it
+  whole). Sending compressed is off unless ``kombu_compression`` is set, as
+  in oslo.messaging.
 * A malformed request or one over ``rpc_max_message_size`` is rejected
   without requeue, and its caller, when it can be found, gets an
   ``InvalidMessage`` failure reply at once; oslo.messaging has no size limit.

@@ -60,7 +60,7 @@ from rabbit_ha_driver.events import (
     LogSubscriber,
     UnroutableRetry,
 )
-from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc import compression, envelope
 from rabbit_ha_driver.rpc.calls import CallSender, ResendRule
 from rabbit_ha_driver.rpc.envelope import DEFAULT_EXCHANGE, ExchangeSpec, QueueSpec, durable
 from rabbit_ha_driver.rpc.replies import ClientClosed, ReplyListener, ReplyWaiters
@@ -296,8 +296,17 @@ class Publisher:
         dl = Deadline(deadline, self._clock)
         properties = self._prepare(conn, exchange, dl, expires_at, ttl=ttl,
                                    persistent=persistent, declare=declare)
-        conn.publish(body, exchange_name, routing_key, properties=properties,
+        body, headers = self._compressed(body)
+        conn.publish(body, exchange_name, routing_key, headers=headers, properties=properties,
                      mandatory=True, deadline=dl, retry_uncertain=retry_uncertain)
+
+    def _compressed(self, body: bytes) -> tuple[bytes, dict[str, Any] | None]:
+        """The body as sent, and its headers: compressed with ``kombu_compression``."""
+        method = self.settings.kombu_compression
+        if not method:
+            return body, None
+        packed, header = compression.compress(body, method)
+        return packed, {"compression": header}
 
     def publish_async(
         self,
@@ -344,7 +353,8 @@ class Publisher:
                 dl = Deadline(deadline, self._clock)
                 properties = self._prepare(conn, exchange, dl, deadline, ttl=ttl,
                                            persistent=persistent, declare=declare)
-                pending = conn.publish_nowait(body, exchange_name, routing_key,
+                wire, headers = self._compressed(body)
+                pending = conn.publish_nowait(wire, exchange_name, routing_key, headers=headers,
                                               properties=properties, deadline=dl)
             except exc.RabbitHAError as error:
                 # Not written: the receipt sends it by publish()'s rules.

@@ -20,7 +20,8 @@ properties are ``content_type=application/json`` and
 
 Decoding is strict about what it trusts and liberal about what oslo.messaging
 itself accepts: any content type other than JSON (pickle, YAML, msgpack...),
-kombu compression, a body over the size limit, text that is not JSON, a
+a body over the size limit (compressed, or once expanded: gzip and bz2
+``kombu_compression`` bodies are expanded within the limit), text that is not JSON, a
 half-formed envelope or an envelope of another major version raises
 :class:`~rabbit_ha_driver.exceptions.InvalidMessage`; nothing here can run code
 from the wire. A bare JSON object without envelope keys is accepted as a
@@ -50,6 +51,7 @@ from types import TracebackType
 from typing import Any
 
 from rabbit_ha_driver.exceptions import InvalidMessage, RemoteError
+from rabbit_ha_driver.rpc import compression as compression_codec
 from rabbit_ha_driver.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -192,19 +194,25 @@ def decode(
     content_encoding: str | None,
     headers: Mapping[str, Any] | None,
     max_size: int,
+    compression: str | None = None,
 ) -> dict[str, Any]:
     """The inner message of a received body; raises InvalidMessage.
 
-    Checks, in this order: size, kombu compression, content type, encoding,
-    JSON, envelope. Nothing is deserialised before the content type is known
-    to be JSON.
+    Checks, in this order: size, kombu compression (``compression``, the
+    header the transport kept aside, see :mod:`rabbit_ha_driver.connection.inbound`:
+    the body is expanded to at most ``max_size`` bytes), content type,
+    encoding, JSON, envelope. Nothing is deserialised before the content
+    type is known to be JSON.
     """
     check_size(body_size(body, max_size), max_size, "received message")
     if headers and headers.get("compression"):
+        # Still in the headers: something expanded the body without a bound.
         raise InvalidMessage(
-            f"compressed message ({headers['compression']!r}) refused: only "
-            f"uncompressed JSON is accepted"
+            f"compressed message ({headers['compression']!r}) refused: it was not "
+            f"received through the library's transports, which bound its expansion"
         )
+    if compression:
+        body = compression_codec.decompress(body, compression, max_size)
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != CONTENT_TYPE:
         raise InvalidMessage(

@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rabbit_ha_driver import optional
+
 LOG = logging.getLogger(__name__)
 
 EXECUTORS = ("threading", "eventlet")
@@ -155,6 +157,7 @@ class EventletExecutor(Executor):
     name = "eventlet"
 
     def __init__(self, max_workers: int = 64) -> None:
+        optional.require_eventlet("executor", self.name)
         super().__init__(max_workers)
         import eventlet
         import eventlet.patcher

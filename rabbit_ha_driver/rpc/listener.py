@@ -481,7 +481,8 @@ class PollListener:
         try:
             inner = envelope.decode(
                 body, content_type=raw.content_type, content_encoding=raw.content_encoding,
-                headers=raw.headers, max_size=self.settings.rpc_max_message_size)
+                headers=raw.headers, max_size=self.settings.rpc_max_message_size,
+                compression=getattr(raw, "compression", None))
             if self.kind == "rpc":
                 incoming: IncomingMessage = self._rpc_incoming(raw, inner)
             else:

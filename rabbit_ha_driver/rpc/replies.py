@@ -337,6 +337,7 @@ def handle_reply_message(waiters: ReplyWaiters, message: Any, max_size: int) -> 
             content_encoding=message.content_encoding,
             headers=message.headers,
             max_size=max_size,
+            compression=getattr(message, "compression", None),
         )
         reply = envelope.parse_reply(inner)
     except InvalidMessage as exc:

@@ -67,6 +67,8 @@ whatever is active is undone at teardown, pass or fail.
 ``tls`` -- ``cluster.tls``. ``cluster.tls_url(nodes=None)`` is the transport
 URL of the TLS listeners and ``cluster.tls_options()`` the library's
 ``ssl_ca_file``/``ssl_cert_file``/``ssl_key_file`` for it.
+``with cluster.external_login() as user:`` offers EXTERNAL login (client
+certificate, CN ``rha-test-client``) on every node during the block.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ SHARED_WITH_OSLO = {
     "rabbit_interval_max", "rabbit_qos_prefetch_count", "amqp_durable_queues",
     "rabbit_quorum_queue", "enable_cancel_on_failover", "rabbit_transient_queues_ttl",
     "ssl", "ssl_ca_file", "ssl_cert_file", "ssl_key_file",
-    "ssl_enforce_hostname_verification",
+    "ssl_enforce_hostname_verification", "ssl_version", "rabbit_login_method",
+    "kombu_compression",
 }
 
 

@@ -208,19 +208,27 @@ def test_the_query_string_overrides_the_options(conf, transports):
     assert settings.rabbit_qos_prefetch_count == 7
 
 
-def test_options_come_from_the_rabbit_ha_group(conf, transports):
+def test_rabbit_ha_wins_over_oslo_messaging_rabbit(conf, transports):
     from rabbit_ha_driver import options
     options.register_opts(conf)
     conf.set_override("rabbit_qos_prefetch_count", 7, group="rabbit_ha")
+    conf.set_override("rabbit_qos_prefetch_count", 3, group="oslo_messaging_rabbit")
     conf.set_override("heartbeat_timeout_threshold", 0, group="oslo_messaging_rabbit")
     settings = transports()._driver.settings
     assert settings.rabbit_qos_prefetch_count == 7
-    assert settings.heartbeat_timeout_threshold == 30  # [oslo_messaging_rabbit] is not read
+    assert settings.heartbeat_timeout_threshold == 0  # only [oslo_messaging_rabbit] set it
+    assert settings.origins["heartbeat_timeout_threshold"] == "[oslo_messaging_rabbit]"
 
 
-def test_an_unknown_query_option_fails_naming_it(conf):
-    with pytest.raises(exc.ConfigurationError, match="no_such_option"):
-        om.get_rpc_transport(conf, "rabbit-ha://u:p@h1/?no_such_option=1")
+def test_an_unknown_query_option_is_reported_naming_it(conf, caplog):
+    transport = om.get_rpc_transport(conf, "rabbit-ha://u:p@h1/?heartbeat_timout_threshold=1")
+    try:
+        assert transport._driver.settings.heartbeat_timeout_threshold == 30
+    finally:
+        transport.cleanup()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "'heartbeat_timout_threshold'" in warning
+    assert "did you mean 'heartbeat_timeout_threshold'" in warning
 
 
 def test_a_url_without_hosts_needs_the_option(conf):

@@ -90,9 +90,31 @@ def test_bad_query_value_names_option_and_value(query, option, value):
     assert option in str(err.value) and str(value) in str(err.value)
 
 
-def test_unknown_query_option_is_refused():
+def test_unknown_query_option_is_reported_with_the_closest_name(caplog):
+    s = from_url("rabbit://h1/?heartbeat_timout_threshold=3&zzz=1")
+    assert s.heartbeat_timeout_threshold == 30
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "unknown option 'heartbeat_timout_threshold' in transport_url query is ignored; "
+        "did you mean 'heartbeat_timeout_threshold'?",
+        "unknown option 'zzz' in transport_url query is ignored",
+    ]
+
+
+def test_unknown_file_key_is_reported_like_a_query_key(tmp_path, caplog):
+    conf = _conf(tmp_path, "[rabbit_ha]\nrabbit_qos_prefech_count = 3\n"
+                 "transport_url = rabbit://h1/\n")
+    s = from_conf(conf)
+    assert s.rabbit_qos_prefetch_count == 64
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "unknown option 'rabbit_qos_prefech_count' in [rabbit_ha] is ignored; "
+        "did you mean 'rabbit_qos_prefetch_count'?"]
+
+
+def test_unknown_keyword_is_an_error():
     with pytest.raises(ConfigurationError, match="unknown option"):
-        from_url("rabbit://h1/?heartbeat_timout_threshold=3")
+        from_url("rabbit://h1/", heartbeat_timout_threshold=3)
 
 
 def test_keyword_overrides_are_checked():

@@ -1,0 +1,168 @@
+"""Every [oslo_messaging_rabbit] option has a fate, and the driver applies it."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import subprocess
+import sys
+
+import oslo_messaging as om
+import pytest
+from oslo_config import cfg
+
+from rabbit_ha_driver import ConfigurationError, options
+from rabbit_ha_driver.oslo import RabbitHADriver, upstream
+from rabbit_ha_driver.oslo.upstream import FATES, Fate, unclassified, upstream_opts
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TABLE = ROOT / "docs" / "generated" / "oslo_option_fates.rst"
+
+
+# -- the table -------------------------------------------------------------------
+
+
+def test_every_option_of_the_installed_oslo_messaging_has_a_fate():
+    opts = upstream_opts()
+    assert len(opts) > 30  # oslo.messaging's list was found
+    assert unclassified(opts) == []
+
+
+def test_an_option_upstream_adds_is_reported_until_classified():
+    conf = cfg.ConfigOpts()
+    upstream.register(conf)
+    conf.register_opt(cfg.BoolOpt("rabbit_made_up_option"), group=upstream.GROUP)
+    conf([])
+    opts = [conf._get_opt_info(name, upstream.GROUP)["opt"] for name in conf[upstream.GROUP]]
+    assert unclassified(opts) == ["rabbit_made_up_option"]
+    assert "UNCLASSIFIED" in upstream.fate_table_rst(opts)
+
+
+def test_the_table_has_no_option_upstream_lacks():
+    assert set(FATES) == {opt.dest for opt in upstream_opts()}
+
+
+def test_honoured_options_exist_here_with_the_default_the_table_claims():
+    theirs = {opt.dest: opt for opt in upstream_opts()}
+    for name, rule in FATES.items():
+        ours = options.opt_by_name(name)
+        if not rule.fate.honoured:
+            continue
+        assert ours is not None, f"{name} is honoured but [rabbit_ha] has no such option"
+        same = ours.default == theirs[name].default
+        assert same is (rule.fate is Fate.HONOURED), name
+
+
+def test_the_docs_table_is_up_to_date():
+    assert TABLE.read_text() == upstream.fate_table_rst(), (
+        "run: python tools/gen_option_fates.py")
+
+
+def test_the_generator_writes_the_table(tmp_path):
+    out = tmp_path / "t.rst"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "gen_option_fates.py"), str(out)],
+                   check=True, cwd=ROOT)
+    assert out.read_text() == upstream.fate_table_rst()
+
+
+# -- the driver applies it --------------------------------------------------------------
+
+
+def _conf(tmp_path, body: str) -> cfg.ConfigOpts:
+    path = tmp_path / "svc.conf"
+    path.write_text(body)
+    conf = cfg.ConfigOpts()
+    conf(["--config-file", str(path)])
+    return conf
+
+
+def _driver(conf, url="rabbit-ha://u:p@h1:1/"):
+    return RabbitHADriver(conf, om.TransportURL.parse(conf, url), "openstack", [])
+
+
+def test_a_service_keeps_its_oslo_messaging_rabbit_section(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    conf = _conf(tmp_path, f"""
+[oslo_messaging_rabbit]
+ssl = true
+ssl_ca_file = {ca}
+heartbeat_timeout_threshold = 6
+rabbit_quorum_queue = true
+kombu_reconnect_delay = 2
+rabbit_retry_interval = 1
+rabbit_retry_backoff = 2
+rabbit_interval_max = 30
+""")
+    driver = _driver(conf)
+    try:
+        s = driver.settings
+        assert (s.ssl, s.ssl_ca_file, s.heartbeat_timeout_threshold, s.rabbit_quorum_queue,
+                s.kombu_reconnect_delay) == (True, str(ca), 6, True, 2.0)
+        assert (s.rabbit_retry_interval, s.rabbit_retry_backoff,
+                s.rabbit_interval_max) == (1.0, 2.0, 30.0)
+        # Not set anywhere: the library's default, not oslo.messaging's 0.
+        assert s.rabbit_qos_prefetch_count == 64
+    finally:
+        driver.cleanup()
+
+
+def test_rabbit_ha_and_the_query_win_over_oslo_messaging_rabbit(tmp_path):
+    conf = _conf(tmp_path, """
+[oslo_messaging_rabbit]
+heartbeat_timeout_threshold = 6
+kombu_reconnect_delay = 2
+rabbit_qos_prefetch_count = 5
+[rabbit_ha]
+heartbeat_timeout_threshold = 8
+""")
+    driver = _driver(conf, "rabbit-ha://u:p@h1:1/?kombu_reconnect_delay=3")
+    try:
+        s = driver.settings
+        assert (s.heartbeat_timeout_threshold, s.kombu_reconnect_delay,
+                s.rabbit_qos_prefetch_count) == (8, 3.0, 5)
+    finally:
+        driver.cleanup()
+
+
+@pytest.mark.parametrize(("body", "query", "option"), [
+    ("amqp_auto_delete = true", "", "amqp_auto_delete"),
+    ("rabbit_quorum_delivery_limit = 3", "", "rabbit_quorum_delivery_limit"),
+    ("rabbit_stream_fanout = true", "", "rabbit_stream_fanout"),
+    ("", "?amqp_auto_delete=true", "amqp_auto_delete"),
+    ("", "?rabbit_transient_quorum_queue=1", "rabbit_transient_quorum_queue"),
+])
+def test_a_refused_option_set_stops_the_driver_naming_it(tmp_path, body, query, option):
+    conf = _conf(tmp_path, f"[oslo_messaging_rabbit]\n{body}\n")
+    with pytest.raises(ConfigurationError) as err:
+        _driver(conf, f"rabbit-ha://u:p@h1:1/{query}")
+    assert err.value.option == f"[oslo_messaging_rabbit] {option}"
+    assert "not supported by the rabbit-ha driver" in str(err.value)
+
+
+def test_a_refused_option_at_its_default_is_accepted(tmp_path):
+    conf = _conf(tmp_path, "[oslo_messaging_rabbit]\namqp_auto_delete = false\n"
+                 "rabbit_quorum_delivery_limit = 0\n")
+    _driver(conf, "rabbit-ha://u:p@h1:1/?rabbit_stream_fanout=false").cleanup()
+
+
+def test_options_not_needed_are_logged_once_at_info(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rabbit_ha_driver.oslo.upstream")
+    conf = _conf(tmp_path, "[oslo_messaging_rabbit]\nrpc_conn_pool_size = 10\n"
+                 "heartbeat_timeout_threshold = 6\n")
+    _driver(conf, "rabbit-ha://u:p@h1:1/?kombu_reconnect_splay=0.5").cleanup()
+    lines = [r.getMessage() for r in caplog.records if r.name == "rabbit_ha_driver.oslo.upstream"]
+    assert {r.levelname for r in caplog.records
+            if r.name == "rabbit_ha_driver.oslo.upstream"} == {"INFO"}
+    assert [line for line in lines if "rpc_conn_pool_size" in line] == [
+        "rabbit-ha: [oslo_messaging_rabbit] rpc_conn_pool_size is accepted and not needed: "
+        + FATES["rpc_conn_pool_size"].why]
+    assert len([line for line in lines if "kombu_reconnect_splay" in line]) == 1
+    assert "transport_url query kombu_reconnect_splay" in lines[-1]
+    assert any("heartbeat_timeout_threshold=6" in line for line in lines)
+
+
+def test_an_unconvertible_upstream_query_value_is_named(tmp_path):
+    conf = _conf(tmp_path, "")
+    with pytest.raises(ConfigurationError, match=r"\[oslo_messaging_rabbit\] amqp_auto_delete"):
+        _driver(conf, "rabbit-ha://u:p@h1:1/?amqp_auto_delete=maybe")
