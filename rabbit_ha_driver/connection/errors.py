@@ -95,6 +95,17 @@ def lookup(reply_code: int, operation: str, recovering: bool) -> Action:
     return entry[0] if recovering else entry[1]
 
 
+#: TLS handshake failures that say the two sides do not agree (no common
+#: protocol version, the peer refuses our certificate or speaks no TLS):
+#: trying again changes nothing, so they are raised at once, like a
+#: certificate that does not verify.
+TLS_REFUSALS = frozenset({
+    "TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE",
+    "WRONG_VERSION_NUMBER", "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+})
+
+
 def reply_code_of(error: BaseException) -> int | None:
     code = getattr(error, "reply_code", None) or getattr(error, "code", None)
     return code if isinstance(code, int) else None
@@ -107,6 +118,8 @@ def classify(error: BaseException, operation: str, recovering: bool = False) -> 
     if isinstance(error, exc.RecoverableError | RequestTimeout):
         return Action.RECONNECT
     if isinstance(error, ssl.SSLCertVerificationError):
+        return Action.RAISE
+    if isinstance(error, ssl.SSLError) and getattr(error, "reason", None) in TLS_REFUSALS:
         return Action.RAISE
     if isinstance(error, amqp.exceptions.AccessRefused) and operation == "connection.open":
         return Action.RAISE

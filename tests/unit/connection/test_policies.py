@@ -107,3 +107,23 @@ def test_host_ring_shuffle_keeps_every_host():
     ring = HostRing(hosts, "shuffle", rng=random.Random(4))
     assert sorted(h.hostname for h in ring.hosts) == sorted(h.hostname for h in hosts)
     assert [h.hostname for h in ring.hosts] != [h.hostname for h in hosts]
+
+
+def _ssl_error(reason: str) -> Exception:
+    import ssl
+
+    error = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower()}")
+    error.reason = reason
+    error.library = "SSL"
+    return error
+
+
+@pytest.mark.parametrize("reason", ["TLSV1_ALERT_PROTOCOL_VERSION", "WRONG_VERSION_NUMBER",
+                                    "TLSV13_ALERT_CERTIFICATE_REQUIRED"])
+def test_a_tls_disagreement_is_raised_at_once(reason):
+    assert classify(_ssl_error(reason), "connection.open", recovering=True) is Action.RAISE
+
+
+def test_other_tls_failures_are_retried():
+    assert classify(_ssl_error("UNEXPECTED_EOF_WHILE_READING"), "connection.open",
+                    recovering=True) is Action.RECONNECT
