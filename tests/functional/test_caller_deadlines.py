@@ -1,0 +1,98 @@
+"""A caller's own deadline is not a broker fault.
+
+A caller whose deadline is shorter than ``request_timeout`` can run out of
+time while the broker is merely slow (a node paused for a moment, a busy
+node). Two contracts meet there:
+
+* the caller gets its :class:`MessagingTimeout` by its deadline (+ 0.5 s),
+  even when recovering the channel would take longer;
+* a healthy connection shared with other publishers is not torn down
+  because one of them ran out of its own time: that turns every other
+  message waiting for a confirm on it into an uncertain one (casts raise
+  ConnectionLost although delivered, calls are sent twice).
+
+The node is paused with SIGSTOP, well below the heartbeat timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+import rabbit_ha_driver as rha
+from rabbit_ha_driver import events as ev
+from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.connection import Connection, State
+
+from .probes import unique
+from .test_deadlines import frozen
+
+
+def _connection(node: Any, recorder: ev.Recorder, name: str) -> Connection:
+    bus = ev.EventBus()
+    bus.subscribe(recorder)
+    bus.subscribe(ev.LogSubscriber())
+    settings = rha.from_url(f"rabbit://guest:guest@127.0.0.1:{node.port}/",
+                            heartbeat_timeout_threshold=30, request_timeout=5)
+    return Connection(settings, name=unique(name), events=bus)
+
+
+def test_a_confirm_slower_than_the_callers_deadline_raises_timeout_and_keeps_the_connection(
+        cluster: Any) -> None:
+    """Contract: ``publish``/``wait_confirm`` raise MessagingTimeout when the
+    caller's deadline passes before the confirm, and a connection that is
+    merely slow (silent for less than ``request_timeout``) is not dropped.
+
+    Broken: wait_confirm reads under a request deadline capped at the
+    caller's deadline, and takes the RequestTimeout it gets for a broker
+    fault: the connection is torn down (ConnectionLost event, new socket)
+    and the publish raises ConnectionLost, although the node was paused
+    for 1.5 s against a request_timeout of 5 s."""
+    node = cluster.nodes[0]
+    recorder = ev.Recorder()
+    conn = _connection(node, recorder, "slow-confirm")
+    queue = unique("slow-confirm")
+    try:
+        conn.declare_queue(queue)
+        port = conn.local_port
+        with frozen(cluster, node):
+            with pytest.raises(exc.RabbitHAError) as raised:
+                conn.publish(b"x", "", queue, deadline=rha.Deadline.after(0.5))
+            time.sleep(1.0)
+        conn.publish(b"y", "", queue, deadline=rha.Deadline.after(5.0))
+        lost = [e.reason for e in recorder.of(ev.ConnectionLost)]
+        assert isinstance(raised.value, exc.MessagingTimeout), repr(raised.value)
+        assert not lost, f"a healthy connection was dropped: {lost}"
+        assert conn.state is State.CONNECTED and conn.local_port == port
+    finally:
+        conn.close()
+
+
+def test_a_channel_close_read_by_a_publish_is_restored_within_its_deadline(
+        cluster: Any) -> None:
+    """Contract: no public call returns later than its deadline + 0.5 s.
+
+    A publish that reads a channel close after its write (here the broker's
+    404 for an earlier publish to a missing exchange) restores the channel
+    before it returns. Broken: that restore is bounded by
+    ``request_timeout`` (5 s), not by the publish's deadline (1 s), so with
+    a node that stops answering right after closing the channel the
+    publish returns seconds late."""
+    node = cluster.nodes[0]
+    recorder = ev.Recorder()
+    conn = _connection(node, recorder, "close-then-freeze")
+    queue = unique("close-then-freeze")
+    try:
+        conn.declare_queue(queue)
+        conn.publish_nowait(b"refused", unique("missing-exchange"), "k")
+        time.sleep(0.5)  # the broker's channel.close is now waiting in the socket
+        with frozen(cluster, node):
+            started = time.monotonic()
+            with pytest.raises(exc.RabbitHAError):
+                conn.publish(b"x", "", queue, deadline=rha.Deadline.after(1.0))
+            took = time.monotonic() - started
+        assert took <= 1.5, f"publish(deadline=1 s) returned after {took:.2f}s"
+    finally:
+        conn.close()
