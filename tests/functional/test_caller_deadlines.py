@@ -96,3 +96,56 @@ def test_a_channel_close_read_by_a_publish_is_restored_within_its_deadline(
         assert took <= 1.5, f"publish(deadline=1 s) returned after {took:.2f}s"
     finally:
         conn.close()
+
+
+def test_a_channel_restored_while_a_consumer_cancel_waits_does_not_reconsume_twice(
+        cluster: Any) -> None:
+    """Contract: a channel closed by the broker ends restored on the same
+    connection, never with the connection lost.
+
+    The broker cancelled a consumer (its queue was deleted); the re-consume
+    waits ``kombu_reconnect_delay``. Meanwhile the broker closes the channel
+    (here over a publish to a missing exchange) and the restore replays the
+    whole topology, that consumer included. Broken: the pending cancel is
+    still noted, so when its delay is up the consumer is declared a second
+    time with the same tag on the same channel, which RabbitMQ answers by
+    closing the whole connection (530 NOT_ALLOWED, reuse of a consumer tag)."""
+    node = cluster.nodes[0]
+    recorder = ev.Recorder()
+    bus = ev.EventBus()
+    bus.subscribe(recorder)
+    bus.subscribe(ev.LogSubscriber())
+    settings = rha.from_url(f"rabbit://guest:guest@127.0.0.1:{node.port}/",
+                            heartbeat_timeout_threshold=30, kombu_reconnect_delay=1.0)
+    conn = Connection(settings, name=unique("cancel-then-close"), events=bus)
+    queue = unique("cancel-then-close")
+    got: list[bytes] = []
+    try:
+        conn.declare_queue(queue)
+        conn.consume(queue, lambda message: got.append(message.body))
+        cluster.delete_queue(queue)
+        deadline = time.monotonic() + 5
+        while not recorder.of(ev.ConsumerCancelled) and time.monotonic() < deadline:
+            conn.drain_events(0.1)
+        assert recorder.of(ev.ConsumerCancelled), "the broker's basic.cancel was not seen"
+        conn.publish_nowait(b"refused", unique("missing-exchange"), "k")
+        deadline = time.monotonic() + 5
+        while not recorder.of(ev.ChannelRestored) and time.monotonic() < deadline:
+            conn.drain_events(0.1)
+        assert recorder.of(ev.ChannelRestored), "the channel close was not seen"
+        errors = []
+        until = time.monotonic() + 2 * settings.kombu_reconnect_delay + 1
+        while time.monotonic() < until:
+            try:
+                conn.drain_events(0.1)
+            except exc.RabbitHAError as error:
+                errors.append(error)
+        conn.publish(b"after", "", queue, deadline=rha.Deadline.after(5.0))
+        deadline = time.monotonic() + 5
+        while b"after" not in got and time.monotonic() < deadline:
+            conn.drain_events(0.1)
+        lost = [e.reason for e in recorder.of(ev.ConnectionLost)]
+        assert not errors and not lost, f"errors {errors}, connection lost: {lost}"
+        assert got == [b"after"]
+    finally:
+        conn.close()
