@@ -582,7 +582,7 @@ class Connection:
         except Exception as error:
             close = close_of(error)
             if close is not None:
-                self._restore_after_close(close)
+                self._restore_after_close(close, deadline)
             else:
                 self._lost(f"reading after a publish failed: {error}")
         return pending
@@ -617,6 +617,11 @@ class Connection:
         with self._locked(deadline, "basic.publish"):
             budget = self.settings.request_timeout
             while not pending.done:
+                # When the caller's deadline comes before request_timeout,
+                # running out of it says nothing about the broker: the wait
+                # ends, the connection (and every other message waiting for
+                # a confirm on it) stays.
+                callers = deadline.remaining() < budget
                 try:
                     with self._request_deadline("basic.publish", deadline.cap(budget)):
                         self._drain_once(deadline.cap(budget))
@@ -624,9 +629,13 @@ class Connection:
                     # A broker under a resource alarm holds confirms back on
                     # purpose: that is not a dead channel. Wait up to the
                     # publish's own deadline instead.
-                    if self._state is not State.BLOCKED:
+                    if self._state is not State.BLOCKED and not callers:
                         self._lost(f"no publisher confirm within {error.timeout:g}s")
                         continue
+                    if self._state is not State.BLOCKED:
+                        raise exc.MessagingTimeout(
+                            f"broker {self._addr()} did not confirm the message before the deadline",
+                            waited=0.0) from None
                     if deadline.expired():
                         raise exc.MessagingTimeout(
                             f"broker {self._addr()} kept publishing blocked (resource alarm) past "
@@ -636,7 +645,7 @@ class Connection:
                     close = close_of(error)
                     if close is not None:
                         # Settles every waiting message of the closed channel.
-                        self._restore_after_close(close)
+                        self._restore_after_close(close, deadline)
                         continue
                     if errors.classify(error, "basic.publish") is errors.Action.RAISE:
                         raise errors.translate(error, "basic.publish", self._addr()) from error
@@ -910,6 +919,10 @@ class Connection:
             if self._restore_channel(deadline if not patient else self._request_budget()):
                 return
             self._lost(f"restoring the channel the broker closed ({self._life.last_close}) failed")
+        elif self._state in _OPEN_STATES:
+            # Connected without a channel (reopening one failed after a
+            # refusal): tear it down before connecting again, or it is left open.
+            self._lost("the connection has no channel: reopening it failed")
         self._establish(deadline, patient)
 
     def _establish(self, deadline: Deadline, patient: bool = False) -> None:
@@ -1361,6 +1374,11 @@ class _ChannelDeclarer:
 
     def consume(self, queue: str, decl: ConsumerDecl) -> None:
         conn = self._conn
+        if decl.tag in conn._active_tags:
+            # Already consuming on this channel (a channel restore replayed
+            # it while its cancel waited for its delay): a second
+            # basic.consume with the tag makes RabbitMQ close the connection.
+            return
         kwargs: dict[str, Any] = {}
         if supports_confirms(conn._transport):
             kwargs["on_cancel"] = conn._on_cancel
