@@ -149,3 +149,39 @@ def test_a_channel_restored_while_a_consumer_cancel_waits_does_not_reconsume_twi
         assert got == [b"after"]
     finally:
         conn.close()
+
+
+def test_a_publish_refused_over_an_exchange_the_connection_declared_is_told_apart(
+        cluster: Any) -> None:
+    """Contract (docs: a close over a publish is attributed precisely): after
+    the broker closes a channel over a publish to a missing exchange, the
+    oldest message to it is REFUSED and the messages written after it were
+    DROPPED unread (safe to send again); none of them is LOST, whose
+    meaning is "may have been delivered".
+
+    Broken when the missing exchange is one the connection declared itself
+    (the common case: a publisher declares the exchanges it sends to, and
+    the issue's own example is a fanout exchange that went away): the
+    channel restore replays the topology, which declares the exchange
+    again before the passive probe looks for it, so the probe finds it and
+    every waiting message is settled LOST: a cast that provably never
+    arrived raises ConnectionLost ("may have been delivered"), a durable one
+    is sent twice."""
+    from rabbit_ha_driver.connection.confirms import Outcome
+
+    node = cluster.nodes[0]
+    recorder = ev.Recorder()
+    conn = _connection(node, recorder, "refused-declared")
+    exchange, queue = unique("gone-fanout"), unique("refused-declared")
+    try:
+        conn.declare_exchange(exchange, "fanout")
+        conn.declare_queue(queue)
+        conn.bind(queue, exchange)
+        cluster.api("DELETE", f"/api/exchanges/%2F/{exchange}")
+        refused = conn.publish_nowait(b"refused", exchange, "")
+        dropped = conn.publish_nowait(b"dropped", "", queue)
+        conn.wait_confirm(dropped, rha.Deadline.after(5.0))
+        conn.wait_confirm(refused, rha.Deadline.after(5.0))
+        assert (refused.outcome, dropped.outcome) == (Outcome.REFUSED, Outcome.DROPPED)
+    finally:
+        conn.close()
