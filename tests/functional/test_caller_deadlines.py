@@ -182,6 +182,9 @@ def test_a_publish_refused_over_an_exchange_the_connection_declared_is_told_apar
         dropped = conn.publish_nowait(b"dropped", "", queue)
         conn.wait_confirm(dropped, rha.Deadline.after(5.0))
         conn.wait_confirm(refused, rha.Deadline.after(5.0))
-        assert (refused.outcome, dropped.outcome) == (Outcome.REFUSED, Outcome.DROPPED)
+        # The second one is ACKED when the close was read before it was
+        # written (it then went out on the restored channel).
+        assert refused.outcome is Outcome.REFUSED, refused
+        assert dropped.outcome in (Outcome.DROPPED, Outcome.ACKED), dropped
     finally:
         conn.close()
