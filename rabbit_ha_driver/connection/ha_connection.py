@@ -1159,9 +1159,11 @@ class Connection:
         """A new channel in place of one the broker closed; False if that failed."""
         started = self._clock.now()
         try:
+            # Before the replay: it declares the connection's exchanges
+            # again, and the probe would then find the missing one present.
+            self._settle_refused(deadline)
             if not self._reopen_channel(deadline, f"the broker closed the channel ({self._life.last_close})"):
                 return False
-            self._settle_refused(deadline)
         finally:
             # Never leave a publisher waiting: unknown stays lost.
             waiting, self._refused_waiting = self._refused_waiting, []
@@ -1175,28 +1177,39 @@ class Connection:
         """After a close over a publish: find the missing exchange, settle who waited.
 
         The broker names the refused method, not the message. A passive
-        declare of each exchange the waiting messages went to finds the
-        missing one (and closes the new channel again, which is restored);
-        the oldest message to it was refused, later ones were dropped
-        unread, earlier ones may have been taken.
+        declare of each exchange the waiting messages went to, on a channel
+        of its own opened before the restore replays the topology, finds
+        the missing one (and makes the broker close that channel); the
+        oldest message to it was refused, later ones were dropped unread,
+        earlier ones may have been taken.
         """
         waiting, close = self._refused_waiting, self._refused_close
-        if not waiting or close is None:
+        names = sorted({p.exchange for p in waiting if p.exchange})
+        if not names or close is None:
             return
-        for name in sorted({p.exchange for p in waiting if p.exchange}):
-            try:
-                with self._request_deadline("exchange.declare", deadline.cap(self.settings.request_timeout)):
-                    self._channel.exchange_declare(exchange=name, type="topic", passive=True)
-            except Exception as error:
-                probe = close_of(error)
-                if probe is None or probe.reply_code != 404:
-                    LOG.debug("[%s] could not tell which publish was refused: %s", self.name, error)
+        try:
+            with self._request_deadline("channel.open", deadline.cap(self.settings.request_timeout)):
+                probe_channel = self._transport.create_channel(self._raw)
+        except Exception as error:
+            LOG.debug("[%s] could not tell which publish was refused: %s", self.name, error)
+            return
+        try:
+            for name in names:
+                try:
+                    with self._request_deadline("exchange.declare",
+                                                deadline.cap(self.settings.request_timeout)):
+                        probe_channel.exchange_declare(exchange=name, type="topic", passive=True)
+                except Exception as error:
+                    probe = close_of(error)
+                    if probe is None or probe.reply_code != 404:
+                        LOG.debug("[%s] could not tell which publish was refused: %s", self.name, error)
+                        return
+                    self._refused_waiting = []
+                    settle_after_refusal(waiting, close, name)
                     return
-                self._refused_waiting = []
-                settle_after_refusal(waiting, close, name)
-                self._channel_closed(probe)  # the probe closed the new channel: once more
-                self._reopen_channel(deadline, f"exchange {name!r} is missing")
-                return
+        finally:
+            with self._request_deadline("channel.close", deadline.cap(self.settings.request_timeout)):
+                self._release(probe_channel)
 
     def _restore_after_close(self, close: BrokerClose, bound: Deadline | None = None) -> None:
         """Seen by a reader: note the close and restore at once (or reconnect).
