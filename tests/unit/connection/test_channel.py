@@ -274,3 +274,30 @@ def test_a_refusal_whose_channel_cannot_be_reopened_leaves_no_connection_behind(
     assert conn.state is State.CONNECTED and conn.channel_state is ChannelState.OPEN
     assert broker.open_connections == 1, (
         f"{broker.open_connections} connections open after {broker.connects}")
+
+
+def test_a_refusal_whose_channel_replay_times_out_leaves_no_deaf_consumer(
+        broker, clock, recorder):
+    """Contract: a channel closed by the broker ends restored (consumers
+    included) or reconnected, never CONNECTED without its consumers.
+
+    A declare is refused (the broker closes the channel); the channel
+    reopened for the next caller replays the topology, and the broker does
+    not answer the consumer's basic.consume in time. The refusal is raised
+    and the half-restored channel is kept as if it were whole: the
+    connection stays CONNECTED, its channel never reaches OPEN, and the
+    consumer hears nothing again."""
+    from rabbit_ha_driver.connection.errors import RequestTimeout
+
+    conn = make(broker, clock, recorder)
+    got = []
+    _consumer(conn, got)
+    broker.fail_next("queue.declare", precondition_failed())
+    broker.fail_next("basic.consume", RequestTimeout("basic.consume", 10.0))
+    with pytest.raises(exc.IrrecoverableError):
+        conn.declare_queue("bad", deadline=Deadline.after(5, clock))
+    conn.publish(b"after", "", "q")
+    for _ in range(3):
+        conn.drain_events(0)
+    assert conn.channel_state is ChannelState.OPEN, conn
+    assert [m.body for m in got] == [b"after"]
