@@ -335,9 +335,12 @@ class Connection:
             self._channel_closed(close)
         action = errors.classify(error, operation, recovering)
         if action is errors.Action.RAISE:
-            if errors.closes_channel(error) and self._state in _OPEN_STATES:
-                # The broker closed the channel: give the next caller a fresh one.
-                self._reopen_channel(deadline, f"{operation} refused")
+            # The broker closed the channel: give the next caller a fresh one,
+            # whole (a replay cut short would leave it without its
+            # consumers), or a new connection.
+            if errors.closes_channel(error) and self._state in _OPEN_STATES \
+                    and not self._reopen_channel(deadline, f"{operation} refused"):
+                self._lost(f"reopening the channel after {operation} was refused failed")
             raise errors.translate(error, operation, host) from error
         if isinstance(error, errors.RequestTimeout):
             self.events.emit(ev.RequestDeadlineMissed(self.name, host or "-", operation, error.timeout))
