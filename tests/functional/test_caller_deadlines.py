@@ -16,6 +16,7 @@ The node is paused with SIGSTOP, well below the heartbeat timeout.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -188,3 +189,85 @@ def test_a_publish_refused_over_an_exchange_the_connection_declared_is_told_apar
         assert dropped.outcome in (Outcome.DROPPED, Outcome.ACKED), dropped
     finally:
         conn.close()
+
+
+class _SlowProxy:
+    """A loopback proxy that delays every frame from the broker by ``delay``
+    seconds (a slow, loaded broker: it answers, late)."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        import socket
+        import threading
+
+        self._socket = socket
+        self.delay = delay
+        self._target = ("127.0.0.1", target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = self._socket.create_connection(self._target, timeout=5)
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, self.delay),
+                             daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any, delay: float) -> None:
+        import contextlib
+        import struct
+
+        buffer = b""
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not delay:
+                    dst.sendall(data)
+                    continue
+                buffer += data
+                while len(buffer) >= 7:
+                    size = struct.unpack(">BHI", buffer[:7])[2]
+                    if len(buffer) < 8 + size:
+                        break
+                    frame, buffer = buffer[:8 + size], buffer[8 + size:]
+                    time.sleep(delay)
+                    dst.sendall(frame)
+
+    def close(self) -> None:
+        import contextlib
+
+        for sock in [self._listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_connecting_to_a_slow_broker_keeps_the_callers_deadline(cluster: Any) -> None:
+    """Contract: no public call returns later than its deadline + 0.5 s.
+
+    The broker answers every frame 0.4 s late. A connect with a 1 s deadline
+    must end (connected or MessagingTimeout) by 1.5 s. Broken: the AMQP
+    handshake reads each frame with the whole connect budget (a per-read
+    timeout, like py-amqp's, that every answer restarts), and the channel
+    open and confirm.select get the budget computed before the connect
+    started again, so the connect returns about 2 s after it began."""
+    proxy = _SlowProxy(cluster.nodes[0].port, delay=0.4)
+    settings = rha.from_url(f"rabbit://guest:guest@127.0.0.1:{proxy.port}/",
+                            heartbeat_timeout_threshold=30)
+    conn = Connection(settings, name=unique("slow-broker"))
+    try:
+        started = time.monotonic()
+        with contextlib.suppress(exc.MessagingTimeout):
+            conn.connect(rha.Deadline.after(1.0))
+        took = time.monotonic() - started
+        assert took <= 1.5, f"connect(deadline=1 s) returned after {took:.2f}s ({conn.state})"
+    finally:
+        conn.close()
+        proxy.close()
