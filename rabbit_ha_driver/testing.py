@@ -58,7 +58,10 @@ class FakeBroker:
         self.open_connections = 0
 
     def fail_next(self, operation: str, error: BaseException, times: int = 1) -> None:
-        """Make the next ``times`` calls of ``operation`` (``queue.declare``...) raise ``error``."""
+        """Make the next ``times`` calls of ``operation`` (``queue.declare``...) raise ``error``.
+
+        ``channel.open`` makes opening a channel fail (not recorded in ``calls``).
+        """
         for _ in range(times):
             self.failures[operation].append(error)
 
@@ -156,6 +159,9 @@ class FakeChannel(MemoryChannel):
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         self.fake_broker: FakeBroker = connection.fake_broker
+        failures = self.fake_broker.failures.get("channel.open")
+        if failures:  # fail_next("channel.open", ...): opening a channel fails
+            raise failures.popleft()
         self._generation = self.fake_broker.generation
         super().__init__(connection, **kwargs)
         self.fake_broker.channels.append(self)

@@ -338,9 +338,12 @@ class Connection:
             self._channel_closed(close)
         action = errors.classify(error, operation, recovering)
         if action is errors.Action.RAISE:
-            if errors.closes_channel(error) and self._state in _OPEN_STATES:
-                # The broker closed the channel: give the next caller a fresh one.
-                self._reopen_channel(deadline, f"{operation} refused")
+            # The broker closed the channel: give the next caller a fresh one,
+            # whole (a replay cut short would leave it without its
+            # consumers), or a new connection.
+            if errors.closes_channel(error) and self._state in _OPEN_STATES \
+                    and not self._reopen_channel(deadline, f"{operation} refused"):
+                self._lost(f"reopening the channel after {operation} was refused failed")
             raise errors.translate(error, operation, host) from error
         if isinstance(error, errors.RequestTimeout):
             self.events.emit(ev.RequestDeadlineMissed(self.name, host or "-", operation, error.timeout))
@@ -585,7 +588,7 @@ class Connection:
         except Exception as error:
             close = close_of(error)
             if close is not None:
-                self._restore_after_close(close)
+                self._restore_after_close(close, deadline)
             else:
                 self._lost(f"reading after a publish failed: {error}")
         return pending
@@ -620,6 +623,11 @@ class Connection:
         with self._locked(deadline, "basic.publish"):
             budget = self.settings.request_timeout
             while not pending.done:
+                # When the caller's deadline comes before request_timeout,
+                # running out of it says nothing about the broker: the wait
+                # ends, the connection (and every other message waiting for
+                # a confirm on it) stays.
+                callers = deadline.remaining() < budget
                 try:
                     with self._request_deadline("basic.publish", deadline.cap(budget)):
                         self._drain_once(deadline.cap(budget))
@@ -627,9 +635,13 @@ class Connection:
                     # A broker under a resource alarm holds confirms back on
                     # purpose: that is not a dead channel. Wait up to the
                     # publish's own deadline instead.
-                    if self._state is not State.BLOCKED:
+                    if self._state is not State.BLOCKED and not callers:
                         self._lost(f"no publisher confirm within {error.timeout:g}s")
                         continue
+                    if self._state is not State.BLOCKED:
+                        raise exc.MessagingTimeout(
+                            f"broker {self._addr()} did not confirm the message before the deadline",
+                            waited=0.0) from None
                     if deadline.expired():
                         raise exc.MessagingTimeout(
                             f"broker {self._addr()} kept publishing blocked (resource alarm) past "
@@ -639,7 +651,7 @@ class Connection:
                     close = close_of(error)
                     if close is not None:
                         # Settles every waiting message of the closed channel.
-                        self._restore_after_close(close)
+                        self._restore_after_close(close, deadline)
                         continue
                     if errors.classify(error, "basic.publish") is errors.Action.RAISE:
                         raise errors.translate(error, "basic.publish", self._addr()) from error
@@ -942,6 +954,10 @@ class Connection:
             if self._restore_channel(deadline if not patient else self._request_budget()):
                 return
             self._lost(f"restoring the channel the broker closed ({self._life.last_close}) failed")
+        elif self._state in _OPEN_STATES:
+            # Connected without a channel (reopening one failed after a
+            # refusal): tear it down before connecting again, or it is left open.
+            self._lost("the connection has no channel: reopening it failed")
         self._establish(deadline, patient)
 
     def _establish(self, deadline: Deadline, patient: bool = False) -> None:
@@ -1179,9 +1195,11 @@ class Connection:
         """A new channel in place of one the broker closed; False if that failed."""
         started = self._clock.now()
         try:
+            # Before the replay: it declares the connection's exchanges
+            # again, and the probe would then find the missing one present.
+            self._settle_refused(deadline)
             if not self._reopen_channel(deadline, f"the broker closed the channel ({self._life.last_close})"):
                 return False
-            self._settle_refused(deadline)
         finally:
             # Never leave a publisher waiting: unknown stays lost.
             waiting, self._refused_waiting = self._refused_waiting, []
@@ -1195,28 +1213,39 @@ class Connection:
         """After a close over a publish: find the missing exchange, settle who waited.
 
         The broker names the refused method, not the message. A passive
-        declare of each exchange the waiting messages went to finds the
-        missing one (and closes the new channel again, which is restored);
-        the oldest message to it was refused, later ones were dropped
-        unread, earlier ones may have been taken.
+        declare of each exchange the waiting messages went to, on a channel
+        of its own opened before the restore replays the topology, finds
+        the missing one (and makes the broker close that channel); the
+        oldest message to it was refused, later ones were dropped unread,
+        earlier ones may have been taken.
         """
         waiting, close = self._refused_waiting, self._refused_close
-        if not waiting or close is None:
+        names = sorted({p.exchange for p in waiting if p.exchange})
+        if not names or close is None:
             return
-        for name in sorted({p.exchange for p in waiting if p.exchange}):
-            try:
-                with self._request_deadline("exchange.declare", deadline.cap(self.settings.request_timeout)):
-                    self._channel.exchange_declare(exchange=name, type="topic", passive=True)
-            except Exception as error:
-                probe = close_of(error)
-                if probe is None or probe.reply_code != 404:
-                    LOG.debug("[%s] could not tell which publish was refused: %s", self.name, error)
+        try:
+            with self._request_deadline("channel.open", deadline.cap(self.settings.request_timeout)):
+                probe_channel = self._transport.create_channel(self._raw)
+        except Exception as error:
+            LOG.debug("[%s] could not tell which publish was refused: %s", self.name, error)
+            return
+        try:
+            for name in names:
+                try:
+                    with self._request_deadline("exchange.declare",
+                                                deadline.cap(self.settings.request_timeout)):
+                        probe_channel.exchange_declare(exchange=name, type="topic", passive=True)
+                except Exception as error:
+                    probe = close_of(error)
+                    if probe is None or probe.reply_code != 404:
+                        LOG.debug("[%s] could not tell which publish was refused: %s", self.name, error)
+                        return
+                    self._refused_waiting = []
+                    settle_after_refusal(waiting, close, name)
                     return
-                self._refused_waiting = []
-                settle_after_refusal(waiting, close, name)
-                self._channel_closed(probe)  # the probe closed the new channel: once more
-                self._reopen_channel(deadline, f"exchange {name!r} is missing")
-                return
+        finally:
+            with self._request_deadline("channel.close", deadline.cap(self.settings.request_timeout)):
+                self._release(probe_channel)
 
     def _restore_after_close(self, close: BrokerClose, bound: Deadline | None = None) -> None:
         """Seen by a reader: note the close and restore at once (or reconnect).
@@ -1382,6 +1411,11 @@ class _ChannelDeclarer:
 
     def consume(self, queue: str, decl: ConsumerDecl) -> None:
         conn = self._conn
+        if decl.tag in conn._active_tags:
+            # Already consuming on this channel (a channel restore replayed
+            # it while its cancel waited for its delay): a second
+            # basic.consume with the tag makes RabbitMQ close the connection.
+            return
         kwargs: dict[str, Any] = {}
         if supports_confirms(conn._transport):
             kwargs["on_cancel"] = conn._on_cancel

@@ -10,7 +10,8 @@ values of replies and requests seen, calls that finished, reply queues found
 gone, and the replies a server keeps to answer repeated requests.
 
 Times come from the caller (its clock), so tests drive expiry with a fake
-clock. Thread-safe.
+clock. Thread-safe, and fork-safe: a child gets a fresh lock (see
+:mod:`rabbit_ha_driver.forks`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import collections
 import math
 import threading
 from typing import Generic, TypeVar
+
+from rabbit_ha_driver import forks
 
 V = TypeVar("V")
 
@@ -35,6 +38,11 @@ class Recent(Generic[V]):
         self.ttl = ttl
         self._items: collections.OrderedDict[str, tuple[float, V | None]] = (
             collections.OrderedDict())
+        self._lock = threading.Lock()
+        forks.at_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a thread of the parent may have held the lock."""
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:

@@ -12,8 +12,11 @@ connection). The listener asks :meth:`ReplyCache.seen` before it runs a call:
 * seen and answered: the copy is answered with the reply that was sent,
   without running the method again.
 
-The cache is a :class:`~rabbit_ha_driver.rpc.recent.Recent` map: at most
-``rpc_reply_cache_size`` entries, each kept ``rpc_reply_cache_ttl`` seconds.
+The cache is two :class:`~rabbit_ha_driver.rpc.recent.Recent` maps, each of
+at most ``rpc_reply_cache_size`` entries kept ``rpc_reply_cache_ttl`` seconds:
+the replies, and apart from them the marks of requests still running, so
+that calls finishing meanwhile never push out the mark of a slow one (its
+copy would then run a second time).
 It lives in one listener of one process: a copy that reaches another server of
 a shared topic, or a server that restarted, runs the method again.
 """
@@ -39,27 +42,33 @@ class ReplyCache:
     """Replies (encoded bodies) by request message id; ``size`` 0 keeps nothing."""
 
     def __init__(self, size: int, ttl: float, clock: Clock) -> None:
-        self._recent: Recent[bytes | Running] = Recent(size, ttl)
+        self._recent: Recent[bytes] = Recent(size, ttl)
+        self._running: Recent[None] = Recent(size, ttl)
         self._clock = clock
 
     def __repr__(self) -> str:
-        return f"<ReplyCache {self._recent!r}>"
+        return f"<ReplyCache {self._recent!r} running {self._running!r}>"
 
     @property
     def enabled(self) -> bool:
         return self._recent.size > 0
 
     def __len__(self) -> int:
-        return len(self._recent)
+        return len(self._recent) + len(self._running)
 
     def seen(self, msg_id: str) -> bytes | Running | None:
         """The reply sent for ``msg_id``, :data:`RUNNING`, or None if not seen lately."""
-        return self._recent.get(msg_id, now=self._clock.now())
+        now = self._clock.now()
+        reply = self._recent.get(msg_id, now=now)
+        if reply is not None:
+            return reply
+        return RUNNING if self._running.contains(msg_id, now=now) else None
 
     def running(self, msg_id: str) -> None:
         """``msg_id`` is about to run."""
-        self._recent.add(msg_id, RUNNING, now=self._clock.now())
+        self._running.add(msg_id, now=self._clock.now())
 
     def replied(self, msg_id: str, body: bytes) -> None:
         """``body`` is the reply sent for ``msg_id``."""
         self._recent.add(msg_id, body, now=self._clock.now())
+        self._running.discard(msg_id)

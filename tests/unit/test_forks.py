@@ -242,3 +242,52 @@ def test_the_registry_holds_objects_weakly_and_resets_them_in_the_child():
 
     assert in_child(child) == {"resets": 1}
     assert kept.resets == 0  # the parent is not reset
+
+
+def test_the_reply_waiters_duplicate_filters_are_free_in_the_child(settings, topic):
+    """Contract: a child forked while a parent thread was inside the reply
+    waiters (a reader delivering a reply holds the ``_unique_id`` filter's
+    lock, a finishing call the finished-calls filter's) calls at once.
+
+    The filters are :class:`~rabbit_ha_driver.rpc.recent.Recent` maps whose
+    lock is not reset at the fork: the child's first reply delivery waits
+    for ever on a lock nobody will release, inside the waiters' condition,
+    so the call never returns, not even at its timeout."""
+    server = RPCServer(settings, topic, "parent", [Echo()], start_timeout=5.0)
+    server.start()
+    transport = RPCTransport(settings)
+    client = RPCClient(transport, topic, timeout=10.0)
+    holding, release = threading.Event(), threading.Event()
+    locks = [transport.waiters._seen._lock, transport.waiters._finished._lock]
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        holding.set()
+        release.wait(30)
+        for lock in reversed(locks):
+            lock.release()
+
+    try:
+        assert client.call({}, "echo", value=1) == 1
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert holding.wait(5)
+
+        def child() -> dict[str, Any]:
+            own = RPCServer(settings, topic, "child", [Echo()], start_timeout=5.0)
+            own.start()
+            answer, took = timed(lambda: RPCClient(transport, topic, timeout=3.0).call(
+                {}, "echo", value=2))
+            transport.close()
+            own.stop()
+            return {"answer": answer, "took": took}
+
+        result = in_child(child)
+        release.set()
+        holder.join(5)
+        assert result["answer"] == 2 and result["took"] < 2.0, result
+    finally:
+        release.set()
+        transport.close()
+        server.stop()

@@ -253,3 +253,51 @@ def test_close_during_a_reconnect_in_another_thread_leaves_no_connection(broker,
     assert conn.state is State.CLOSED
     assert outcome and isinstance(outcome[0], exc.ConnectionLost)
     assert broker.open_connections == 0
+
+
+def test_a_refusal_whose_channel_cannot_be_reopened_leaves_no_connection_behind(
+        broker, clock, recorder):
+    """Contract: no socket leak; a connection is torn down before another is opened.
+
+    A declare is refused (the broker closes the channel) and reopening the
+    channel right after fails. The refusal is raised, and the connection
+    stays CONNECTED without a channel; the next operation then connects
+    anew over it, without tearing the old connection down, which is left
+    open (on AMQP: its socket, until the garbage collector finds it)."""
+    conn = make(broker, clock, recorder)
+    conn.declare_queue("q")
+    broker.fail_next("queue.declare", precondition_failed())
+    broker.fail_next("channel.open", ConnectionResetError("reset while reopening"))
+    with pytest.raises(exc.IrrecoverableError):
+        conn.declare_queue("bad", deadline=Deadline.after(5, clock))
+    assert conn.declare_queue("q2", deadline=Deadline.after(5, clock)) == "q2"
+    assert conn.state is State.CONNECTED and conn.channel_state is ChannelState.OPEN
+    assert broker.open_connections == 1, (
+        f"{broker.open_connections} connections open after {broker.connects}")
+
+
+def test_a_refusal_whose_channel_replay_times_out_leaves_no_deaf_consumer(
+        broker, clock, recorder):
+    """Contract: a channel closed by the broker ends restored (consumers
+    included) or reconnected, never CONNECTED without its consumers.
+
+    A declare is refused (the broker closes the channel); the channel
+    reopened for the next caller replays the topology, and the broker does
+    not answer the consumer's basic.consume in time. The refusal is raised
+    and the half-restored channel is kept as if it were whole: the
+    connection stays CONNECTED, its channel never reaches OPEN, and the
+    consumer hears nothing again."""
+    from rabbit_ha_driver.connection.errors import RequestTimeout
+
+    conn = make(broker, clock, recorder)
+    got = []
+    _consumer(conn, got)
+    broker.fail_next("queue.declare", precondition_failed())
+    broker.fail_next("basic.consume", RequestTimeout("basic.consume", 10.0))
+    with pytest.raises(exc.IrrecoverableError):
+        conn.declare_queue("bad", deadline=Deadline.after(5, clock))
+    conn.publish(b"after", "", "q")
+    for _ in range(3):
+        conn.drain_events(0)
+    assert conn.channel_state is ChannelState.OPEN, conn
+    assert [m.body for m in got] == [b"after"]

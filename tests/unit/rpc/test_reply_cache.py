@@ -208,3 +208,31 @@ def test_cast_duplicates_are_dropped_within_the_window_only(make_rpc_listener, p
         listener._seen.add(f"other-{n}")
     send(publisher, topic, request("record", unique_id="cast-1"))
     assert [m.unique_id for m in poll_until(listener, 1)] == ["cast-1"]  # runs again
+
+
+def test_a_call_still_running_is_not_forgotten_when_other_calls_finish(
+        settings, listen_conn, publisher, replies, topic):
+    """Contract: a call whose request is sent again (same msg_id) runs at most once.
+
+    The mark of a call that is still running sits in the same bounded LRU as
+    the cached replies, so ``rpc_reply_cache_size`` calls that finish while a
+    slow one runs (1,024 by default: 34 calls a second during a 30 s call)
+    push the mark out, and the copy of the slow call that arrives then is
+    handed out and runs a second time, concurrently with the first."""
+    listener = rpc_listener(settings.replace(rpc_reply_cache_size=2), topic, "s1",
+                            connection=listen_conn, publisher=publisher)
+    assert listener.subscribe(time.monotonic() + 2)
+    try:
+        slow = request("slow", msg_id="m-slow", reply_q="reply_old", unique_id="u-slow")
+        send(publisher, topic, slow)
+        (running,) = poll_until(listener, 1)
+        for n in range(2):  # quick calls that run and reply while the slow one runs
+            send(publisher, topic, request("quick", msg_id=f"m{n}", reply_q="reply_old",
+                                           unique_id=f"u{n}"))
+            (quick,) = poll_until(listener, 1)
+            quick.reply(n)
+        send(publisher, topic, slow)  # the caller's copy, sent again after an uncertain publish
+        assert poll_briefly(listener) == [], "the copy of a call still running was handed out again"
+        running.reply("done")
+    finally:
+        listener.cleanup()
