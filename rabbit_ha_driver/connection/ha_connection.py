@@ -1098,7 +1098,8 @@ class Connection:
         if self.liveness is not None and supports_confirms(self._transport):
             self.liveness.attach(self._raw)
         phase[0] = "channel.open"
-        with self._request_deadline("channel.open", budget):
+        # What is left of the caller's time, not the budget the connect began with.
+        with self._request_deadline("channel.open", max(0.05, deadline.cap(self.settings.connect_timeout))):
             self._open_channel()
         phase[0] = "queue.declare"
         with self._request_deadline("queue.declare", deadline.cap(self.settings.request_timeout)):

@@ -96,7 +96,13 @@ class DeadlineConnection(kombu_pyamqp.Connection):
             # is read; a discarded one must stay gone.
             raise ConnectionResetError("this connection was discarded")
         try:
-            return super().connect(*args, **kwargs)
+            # The whole handshake within connect_timeout (the caller's budget),
+            # not each of its reads: a broker answering every frame late
+            # would otherwise get the full timeout once per frame.
+            timeout = self.connect_timeout
+            with (self.deadline("connection.open", max(0.001, timeout)) if timeout
+                  else contextlib.nullcontext()):
+                return super().connect(*args, **kwargs)
         except BaseException:
             self.discard()  # a failed attempt is freed at once too
             raise
