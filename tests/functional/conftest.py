@@ -85,12 +85,14 @@ LOG = logging.getLogger(__name__)
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Any]:
-    rabbit_cluster.install()
     settings = rabbit_cluster.Settings.from_env()
+    rabbit_cluster.install(settings)
     the_cluster = rabbit_cluster.Cluster(settings)
     with rabbit_cluster.ClusterLock(settings.data_dir, settings.lock_timeout):
         reuse = (os.environ.get("RHA_TEST_REUSE_CLUSTER") == "1"
-                 and the_cluster.started_by() == "cli" and the_cluster.is_healthy())
+                 and the_cluster.started_by() == "cli"
+                 and the_cluster.running_version() == settings.rabbitmq
+                 and the_cluster.is_healthy())
         if reuse:
             LOG.info("reusing the running cluster in %s", settings.data_dir)
             rabbit_cluster.remove_tagged_rules(the_cluster.client_ports())
