@@ -69,6 +69,7 @@ from rabbit_ha_driver.connection.confirms import (
     settled,
 )
 from rabbit_ha_driver.connection.hosts import HostRing
+from rabbit_ha_driver.connection.refusals import closed_connection, note_refusal
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
 from rabbit_ha_driver.connection.topology import (
     BindingDecl,
@@ -326,10 +327,15 @@ class Connection:
             self._channel_closed(close)
         action = errors.classify(error, operation, recovering)
         if action is errors.Action.RAISE:
+            refused = errors.translate(error, operation, host)
+            note_refusal(self, error, operation, refused)
             if errors.closes_channel(error) and self._state in _OPEN_STATES:
                 # The broker closed the channel: give the next caller a fresh one.
                 self._reopen_channel(deadline, f"{operation} refused")
-            raise errors.translate(error, operation, host) from error
+            elif closed_connection(error):
+                # The broker closed the connection: the next caller reconnects.
+                self._lost(str(refused))
+            raise refused from error
         if isinstance(error, errors.RequestTimeout):
             self.events.emit(ev.RequestDeadlineMissed(self.name, host or "-", operation, error.timeout))
         reason = str(errors.translate(error, operation, host, failures))
@@ -936,7 +942,9 @@ class Connection:
                 action = errors.classify(error, phase[0], recovering=True)
                 if action is errors.Action.RAISE:
                     self._set_state(State.FAILED)
-                    raise errors.translate(error, phase[0], host.address if host else None) from error
+                    refused = errors.translate(error, phase[0], host.address if host else None)
+                    note_refusal(self, error, phase[0], refused)
+                    raise refused from error
                 last_error = error
                 self.events.emit(ev.ConnectFailed(self.name, host.address if host else "memory",
                                                   f"{phase[0]}: {type(error).__name__}: {error}"))
