@@ -190,6 +190,16 @@ class Settings:
     rpc_reply_cache_ttl: float = 300.0
     rpc_max_message_size: int = 16 * 1024 * 1024
     metrics_http_port: int | None = None
+    # -- queue types (RabbitMQ 4): options.queue_type_opts ----------------------
+    rabbit_transient_quorum_queue: bool = False
+    rabbit_stream_fanout: bool = False
+    rabbit_quorum_delivery_limit: int = 0
+    rabbit_quorum_max_memory_length: int = 0
+    rabbit_quorum_max_memory_bytes: int = 0
+    use_queue_manager: bool = False
+    hostname: str = options.DEFAULT_HOSTNAME
+    processname: str = options.DEFAULT_PROCESSNAME
+    amqp_auto_delete: bool = False
 
     @property
     def hosts(self) -> tuple[Host, ...]:
@@ -290,6 +300,7 @@ def _validated(s: Settings) -> Settings:
             "[rabbit_ha] rabbit_interval_max", s.rabbit_interval_max,
             f"is below rabbit_retry_interval ({s.rabbit_retry_interval})",
         )
+    _validate_queue_types(s)
     if not s.is_memory and not s.hosts:
         raise ConfigurationError("[rabbit_ha] transport_url", s.transport_url.redacted(), "no host given")
     if s.ssl:
@@ -303,6 +314,25 @@ def _validated(s: Settings) -> Settings:
                 "", "a client certificate needs both ssl_cert_file and ssl_key_file",
             )
     return s
+
+
+def _validate_queue_types(s: Settings) -> None:
+    """oslo.messaging's rules for stream fanout, and names the queue manager can use."""
+    if s.rabbit_stream_fanout and not s.rabbit_transient_quorum_queue:
+        raise ConfigurationError(
+            "[rabbit_ha] rabbit_stream_fanout", True,
+            "needs rabbit_transient_quorum_queue = true (as in oslo.messaging)")
+    if s.rabbit_stream_fanout and s.rabbit_qos_prefetch_count <= 0:
+        raise ConfigurationError(
+            "[rabbit_ha] rabbit_qos_prefetch_count", s.rabbit_qos_prefetch_count,
+            "must be above 0 with rabbit_stream_fanout: a stream consumer needs a prefetch limit")
+    if s.use_queue_manager:
+        for name in ("hostname", "processname"):
+            value = getattr(s, name)
+            if not value or any(c.isspace() for c in value):
+                raise ConfigurationError(f"[rabbit_ha] {name}", value,
+                                         "must be a non-empty name without spaces with "
+                                         "use_queue_manager (it is part of queue names)")
 
 
 def _raw_value(conf: cfg.ConfigOpts, name: str) -> Any:

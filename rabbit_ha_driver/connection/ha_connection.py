@@ -414,6 +414,13 @@ class Connection:
             raise
         return decl.tag
 
+    def set_consumer_argument(self, tag: str, key: str, value: Any) -> None:
+        """Change an argument the consumer ``tag`` is re-created with after a
+        reconnect or a cancel (a stream consumer's ``x-stream-offset``)."""
+        decl = self._topology.consumers.get(tag)
+        if decl is not None:
+            decl.arguments[key] = value
+
     def cancel(self, tag: str, deadline: Deadline | None = None) -> None:
         """Stop a consumer. It is forgotten even if the broker cannot be told."""
         with self._lock:

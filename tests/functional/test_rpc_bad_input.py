@@ -58,7 +58,7 @@ class Caller:
     def __init__(self, url: str, topic: str) -> None:
         self.conn = Connection(from_url(url), name="bad-input-caller")
         self.topic = topic
-        self.reply_q = envelope.reply_queue_name()
+        self.reply_q = envelope.reply_queue_name(from_url())
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self.received: dict[str, envelope.Reply] = {}
         self.conn.declare_queue(self.reply_q)
