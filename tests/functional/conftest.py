@@ -77,10 +77,28 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from oslo_config import cfg
+
+from rabbit_ha_driver import options
 
 from .faults import BrokerFaults, SilentDropper, rabbit_cluster
 
 LOG = logging.getLogger(__name__)
+
+
+#: The library's defaults for a RabbitMQ 4 test cluster, which denies transient
+#: non-exclusive queues: what docs/operator_guide.rst advises for such a broker.
+RABBITMQ_4_DEFAULTS = {"rabbit_quorum_queue": True, "rabbit_transient_quorum_queue": True}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if rabbit_cluster.Settings.from_env().in_chroot:
+        extra = {}
+        if os.environ.get("RHA_TEST_STREAM_FANOUT") == "1":
+            extra["rabbit_stream_fanout"] = True
+        # oslo.config's own way to change option defaults; from_url() and
+        # from_conf() read them, so every test's settings get them.
+        cfg.set_defaults(options.ALL_OPTS, **RABBITMQ_4_DEFAULTS, **extra)
 
 
 @pytest.fixture(scope="session")
