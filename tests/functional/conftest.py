@@ -6,6 +6,16 @@ they are missing) and stops it at the end, also after a failure, Ctrl-C,
 SIGTERM or SIGHUP. Nothing is skipped: if the broker cannot be installed or
 started, every test using it errors with the reason. Needs root (iptables).
 
+``RHA_TEST_RABBITMQ=4`` runs the session against RabbitMQ 4.0 (Debian
+trixie's, from a cached chroot; see docs/testing.rst) with the deprecated
+features ``transient_nonexcl_queues`` and ``global_qos`` denied. The library's
+defaults are then ``rabbit_quorum_queue = true`` and
+``rabbit_transient_quorum_queue = true`` (``faults.library_defaults()``, set with
+oslo.config's ``set_defaults``), the configuration the docs advise for such a
+broker; ``RHA_TEST_STREAM_FANOUT=1`` adds ``rabbit_stream_fanout = true``.
+Tests that need a 3.10-only feature are skipped there, each named with its
+reason in ``SKIPPED_ON_RABBITMQ_4``; every other test runs on both.
+
 With ``RHA_TEST_REUSE_CLUSTER=1`` a healthy cluster started earlier by
 ``python tools/rabbit_cluster.py start`` is used and left running. A lock on
 the data directory keeps two runs from sharing one cluster: a second run
@@ -78,17 +88,13 @@ from typing import Any
 
 import pytest
 from oslo_config import cfg
+from oslo_messaging._drivers import impl_rabbit
 
 from rabbit_ha_driver import options
 
-from .faults import BrokerFaults, SilentDropper, rabbit_cluster
+from .faults import BrokerFaults, SilentDropper, library_defaults, rabbit_cluster
 
 LOG = logging.getLogger(__name__)
-
-
-#: The library's defaults for a RabbitMQ 4 test cluster, which denies transient
-#: non-exclusive queues: what docs/operator_guide.rst advises for such a broker.
-RABBITMQ_4_DEFAULTS = {"rabbit_quorum_queue": True, "rabbit_transient_quorum_queue": True}
 
 
 #: The only tests not run on RabbitMQ 4, by node id, with the reason. Every
@@ -115,13 +121,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if rabbit_cluster.Settings.from_env().in_chroot:
-        extra = {}
-        if os.environ.get("RHA_TEST_STREAM_FANOUT") == "1":
-            extra["rabbit_stream_fanout"] = True
+    defaults = library_defaults()
+    if defaults:
         # oslo.config's own way to change option defaults; from_url() and
-        # from_conf() read them, so every test's settings get them.
-        cfg.set_defaults(options.ALL_OPTS, **RABBITMQ_4_DEFAULTS, **extra)
+        # from_conf() read them, so every test's settings get them. The same
+        # for oslo.messaging's rabbit driver, which runs next to ours.
+        cfg.set_defaults(options.ALL_OPTS, **defaults)
+        cfg.set_defaults(impl_rabbit.rabbit_opts, **defaults)
 
 
 @pytest.fixture(scope="session")

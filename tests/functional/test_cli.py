@@ -13,10 +13,13 @@ import sys
 
 from rabbit_ha_driver.settings import from_url
 
+from .faults import config_file_args
 from .probes import wait_for
 
 
 def rabbit_ha(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    # The command, then the session's option defaults (RabbitMQ 4), then the rest.
+    args = (*args[:1], *config_file_args(), *args[1:])
     result = subprocess.run([sys.executable, "-m", "rabbit_ha_driver.cli", *args],
                             capture_output=True, text=True, timeout=timeout, check=False)
     print(result.stdout, result.stderr, sep="\n")
