@@ -108,6 +108,15 @@ SKIPPED_ON_RABBITMQ_4 = {
         "classic mirrored queues (ha-mode policies) were removed in RabbitMQ 4.0",
     "test_call_resend.py::test_a_node_kill_loses_no_call[server-mirrored]":
         "classic mirrored queues (ha-mode policies) were removed in RabbitMQ 4.0",
+    # The quorum case of each of these runs on RabbitMQ 4.
+    "test_recovery.py::test_kill_consumer_node_consumes_again_on_another_node[classic]":
+        "needs a transient classic queue, which dies with its node and is declared again "
+        "on another; the RabbitMQ 4 cluster denies transient non-exclusive queues, and a "
+        "durable classic queue stays down with its node",
+    "test_rpc_chaos.py::test_calls_every_100ms_through_a_fault_do_not_fail[kill-classic]":
+        "needs a transient classic queue, which dies with its node and is declared again "
+        "on another; the RabbitMQ 4 cluster denies transient non-exclusive queues, and a "
+        "durable classic queue stays down with its node",
 }
 
 

@@ -32,7 +32,7 @@ def test_check_reports_every_host_and_a_round_trip(cluster):
     out = result.stdout
     settings = from_url(cluster.url())
     for node in cluster.nodes:
-        assert re.search(rf"ok   {node.address}: connected in [\d.]+ ms to RabbitMQ 3\.", out), node
+        assert re.search(rf"ok   {node.address}: connected in [\d.]+ ms to RabbitMQ [34]\.", out), node
     # The library asks for H = T // 2 with the default T = 30.
     expected = max(1, settings.heartbeat_timeout_threshold // 2)
     assert out.count(f"heartbeat: negotiated {expected}s (asked {expected}s") == 3
