@@ -35,9 +35,9 @@ _MAX_REASON = 300
 ADVICE = {
     "transient_nonexcl_queues": (
         "the broker denies non-durable, non-exclusive queues: set "
-        "rabbit_transient_quorum_queue = true (reply and fanout queues become "
-        "quorum queues), or rabbit_stream_fanout = true for fanout queues, or "
-        "permit the feature on the broker"),
+        "rabbit_quorum_queue = true (topic, server and notification queues) and "
+        "rabbit_transient_quorum_queue = true (reply and fanout queues), "
+        "or permit the feature on the broker"),
     "global_qos": "the broker denies global QoS (basic.qos with global=true)",
 }
 
