@@ -265,8 +265,21 @@ class PollListener:
 
         def consume(name: str, dl: Deadline) -> None:
             arguments = dict(consumer_arguments.get(name, ()))
-            self._tags.append(conn.consume(name, self._on_delivery, deadline=dl,
-                                           arguments=arguments or None))
+            if queue_types.STREAM_OFFSET not in arguments:
+                self._tags.append(conn.consume(name, self._on_delivery, deadline=dl,
+                                               arguments=arguments or None))
+                return
+            tag: list[str] = []
+
+            def on_stream(raw: Any) -> None:
+                # A stream: after a reconnect, go on after this delivery.
+                resume_at = queue_types.stream_offset_after(raw.headers)
+                if resume_at is not None and tag:
+                    conn.set_consumer_argument(tag[0], queue_types.STREAM_OFFSET, resume_at)
+                self._on_delivery(raw)
+
+            tag.append(conn.consume(name, on_stream, deadline=dl, arguments=arguments))
+            self._tags.append(tag[0])
 
         consumer_arguments = {q.name: q.consumer_arguments for q in self._queues
                               if q.consumer_arguments}
@@ -483,12 +496,6 @@ class PollListener:
 
     def _on_delivery(self, raw: Any) -> None:
         body = raw.body
-        resume_at = queue_types.stream_offset_after(raw.headers)
-        if resume_at is not None:
-            # A stream: after a reconnect, go on after this delivery.
-            tag = (getattr(raw, "delivery_info", None) or {}).get("consumer_tag")
-            if tag:
-                self._conn.set_consumer_argument(tag, queue_types.STREAM_OFFSET, resume_at)
         try:
             inner = envelope.decode(
                 body, content_type=raw.content_type, content_encoding=raw.content_encoding,
