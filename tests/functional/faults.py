@@ -62,7 +62,7 @@ rabbit_cluster = _load_cluster_module()
 OWN_QUEUES_DURABLE = rabbit_cluster.Settings.from_env().in_chroot
 
 
-def library_defaults() -> dict[str, bool]:
+def library_defaults() -> dict[str, Any]:
     """Option defaults of the library for this session's broker (none on 3.10).
 
     RabbitMQ 4 denies transient non-exclusive queues: the library runs with
@@ -70,9 +70,10 @@ def library_defaults() -> dict[str, bool]:
     (``RHA_TEST_STREAM_FANOUT=1``: stream fanout too)."""
     if not rabbit_cluster.Settings.from_env().in_chroot:
         return {}
-    defaults = {"rabbit_quorum_queue": True, "rabbit_transient_quorum_queue": True}
+    defaults: dict[str, Any] = {"rabbit_quorum_queue": True, "rabbit_transient_quorum_queue": True}
     if os.environ.get("RHA_TEST_STREAM_FANOUT") == "1":
-        defaults["rabbit_stream_fanout"] = True
+        # oslo.messaging refuses stream fanout without a prefetch limit (its default is 0).
+        defaults.update(rabbit_stream_fanout=True, rabbit_qos_prefetch_count=64)
     return defaults
 
 
