@@ -12,10 +12,11 @@ The count lives where oslo.messaging keeps it, in
 ``/dev/shm/<hostname>_<processname>_qmanager``, as ``<pgid>:<N>:<start
 time>``: the process group id and the start time of its leader (clock ticks
 since boot, from ``/proc``) tell a new run from the old one, even when a pid
-is reused. An ``flock`` on the file serialises the processes of the group.
-The same file format means an oslo.messaging service and a ``rabbit-ha://``
-one with the same host and process names count together instead of taking
-the same name twice.
+is reused. An ``flock`` on the file serialises the processes of the group
+that use this library. oslo.messaging serialises with its own lock
+(oslo.concurrency's external lock), not this one: give an oslo.messaging
+process and a ``rabbit-ha://`` one different ``processname`` values, as
+every process of a host needs anyway.
 """
 
 from __future__ import annotations
