@@ -39,6 +39,7 @@ runs with its defaults, so they are compared on equal terms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import statistics
@@ -377,9 +378,43 @@ def check_host(settings: Settings, host: Host, timeout: float, out: TextIO) -> b
             runner = f"{watch.runner} ({writer})"
         print(f"       heartbeat runner: {runner}", file=out)
         print(f"       socket: {describe_socket_options(liveness.in_force)}", file=out)
+        _warn_if_transient_queues_denied(conn, settings, timeout, out)
         return True
     finally:
         conn.close()
+
+
+def declares_transient_queues(settings: Settings) -> bool:
+    """Whether these settings make the library declare non-durable non-exclusive queues."""
+    topic_transient = not (settings.amqp_durable_queues or settings.rabbit_quorum_queue)
+    return topic_transient or not settings.rabbit_transient_quorum_queue
+
+
+def _warn_if_transient_queues_denied(conn: Any, settings: Settings, timeout: float,
+                                     out: TextIO) -> None:
+    """RabbitMQ 4 may deny the transient queues these settings declare: say so now.
+
+    Declares one such queue (it expires in a second, and is deleted at once);
+    a broker that denies the feature closes the connection, the last use of it."""
+    from rabbit_ha_driver.connection import Deadline
+
+    if not declares_transient_queues(settings):
+        return
+    probe = _private_topic("probe")
+    try:
+        conn.declare_queue(probe, durable=False, arguments={"x-expires": 1000},
+                           deadline=Deadline.after(timeout))
+    except exc.FeatureDenied as error:
+        print(f"  WARN the broker denies transient non-exclusive queues ({error.feature}), which "
+              "these settings declare: set rabbit_quorum_queue = true and "
+              "rabbit_transient_quorum_queue = true", file=out)
+        return
+    except exc.RabbitHAError as error:
+        print(f"       (could not tell whether the broker denies transient queues: {error})",
+              file=out)
+        return
+    with contextlib.suppress(exc.RabbitHAError):
+        conn.delete_queue(probe, deadline=Deadline.after(timeout))
 
 
 def _num(value: Any) -> str:

@@ -97,6 +97,21 @@ class ConnectionLost(Event):
 
 
 @dataclasses.dataclass(frozen=True)
+class Refused(Event):
+    """The broker refused an operation in a way retrying cannot mend."""
+
+    host: str
+    operation: str
+    reply_code: int
+    reason: str
+    level = logging.ERROR
+
+    def describe(self) -> str:
+        return (f"{self.host} refused {self.operation} ({self.reply_code}): {self.reason}; "
+                "not retried")
+
+
+@dataclasses.dataclass(frozen=True)
 class RetryScheduled(Event):
     """Every host failed in one pass; waiting before the next pass."""
 

@@ -8,7 +8,8 @@ split by what a caller can do about it:
   retry may mend. The library retries these itself until the caller's deadline;
   a caller sees one only when the deadline or the retry budget ran out.
 * :class:`IrrecoverableError`: retrying cannot help (wrong credentials,
-  inequivalent queue arguments, access refused); raised at once.
+  inequivalent queue arguments, access refused, a deprecated feature the
+  broker denies: :class:`FeatureDenied`); raised at once.
 * :class:`MessagingTimeout`: a deadline passed; says what it waited for.
 * :class:`RemoteError`: the remote endpoint raised; carries its type and text.
 
@@ -92,6 +93,17 @@ class IrrecoverableError(RabbitHAError):
         self.reply_code = reply_code
         self.operation = operation
         super().__init__(message)
+
+
+class FeatureDenied(IrrecoverableError):
+    """The broker denies a deprecated feature the request used (RabbitMQ 3.13+, 4).
+
+    ``feature`` is the broker's name for it (``transient_nonexcl_queues``...)."""
+
+    def __init__(self, message: str, *, feature: str, host: str | None = None,
+                 reply_code: int | None = None, operation: str | None = None) -> None:
+        self.feature = feature
+        super().__init__(message, host=host, reply_code=reply_code, operation=operation)
 
 
 class AuthenticationError(IrrecoverableError):

@@ -12,6 +12,9 @@ turns a ``ConfigOpts`` (plus a transport URL's query string) into frozen values.
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from collections.abc import Iterable
 
 from oslo_config import cfg
@@ -353,6 +356,91 @@ metrics_opts = [
     ),
 ]
 
+# -- queue types (RabbitMQ 4) ---------------------------------------------------
+#
+# oslo.messaging's names, defaults and meaning ([oslo_messaging_rabbit] of its
+# rabbit driver), so operators copy values across and both declare the same
+# queues with the same arguments. Kept in one block of its own.
+
+#: oslo.messaging's defaults for the queue manager's names.
+DEFAULT_HOSTNAME = socket.gethostname()
+DEFAULT_PROCESSNAME = os.path.basename(sys.argv[0])
+
+queue_type_opts = [
+    cfg.BoolOpt(
+        "rabbit_transient_quorum_queue",
+        default=False,
+        help="Declare reply and fanout queues as quorum queues (durable, "
+        "x-queue-type: quorum, with the quorum limits below and x-expires), and "
+        "the fanout exchanges durable, as oslo.messaging does. Needed on a "
+        "RabbitMQ that denies transient non-exclusive queues "
+        "(deprecated_features.permit.transient_nonexcl_queues = false, the "
+        "default of future releases).",
+    ),
+    cfg.BoolOpt(
+        "rabbit_stream_fanout",
+        default=False,
+        help="One stream per fanout topic (queue <topic>_fanout, x-queue-type: "
+        "stream, x-max-age from rabbit_transient_queues_ttl) instead of one "
+        "queue per server. Every server reads the stream from its end when it "
+        "starts, and from where it stopped after a reconnect. Needs "
+        "rabbit_transient_quorum_queue and rabbit_qos_prefetch_count > 0.",
+    ),
+    cfg.IntOpt(
+        "rabbit_quorum_delivery_limit",
+        default=0,
+        min=0,
+        help="x-delivery-limit of the quorum queues the library declares: a "
+        "message redelivered more often is dropped or dead-lettered. 0: not set "
+        "(RabbitMQ 4 then applies its own default of 20).",
+    ),
+    cfg.IntOpt(
+        "rabbit_quorum_max_memory_length",
+        default=0,
+        min=0,
+        help="x-max-in-memory-length of the quorum queues the library declares. "
+        "0: not set.",
+    ),
+    cfg.IntOpt(
+        "rabbit_quorum_max_memory_bytes",
+        default=0,
+        min=0,
+        help="x-max-in-memory-bytes of the quorum queues the library declares. "
+        "0: not set.",
+    ),
+    cfg.BoolOpt(
+        "use_queue_manager",
+        default=False,
+        help="Stable reply and fanout queue names, reply_<hostname>:<processname>:N "
+        "and <topic>_fanout_<hostname>:<processname>:N, as oslo.messaging's "
+        "queue manager builds them (N counts the queues of one run of the "
+        "service and starts again at 1 when it restarts), so a restarted "
+        "service takes up its queues again instead of leaving them behind. "
+        "These queues are not deleted on close; x-expires removes them.",
+    ),
+    cfg.StrOpt(
+        "hostname",
+        default=DEFAULT_HOSTNAME,
+        sample_default="node1.example.com",
+        help="Host name in the queue manager's queue names. Default: "
+        "socket.gethostname().",
+    ),
+    cfg.StrOpt(
+        "processname",
+        default=DEFAULT_PROCESSNAME,
+        sample_default="nova-api",
+        help="Process name in the queue manager's queue names. Default: the "
+        "program's file name.",
+    ),
+    cfg.BoolOpt(
+        "amqp_auto_delete",
+        default=False,
+        help="Declare topic exchanges and topic, server and notification queues "
+        "auto-delete (removed by the broker when their last consumer or "
+        "binding goes), as oslo.messaging does.",
+    ),
+]
+
 ALL_OPTS: list[cfg.Opt] = [
     *broker_opts,
     *retry_opts,
@@ -361,6 +449,7 @@ ALL_OPTS: list[cfg.Opt] = [
     *tls_opts,
     *rpc_opts,
     *metrics_opts,
+    *queue_type_opts,
 ]
 
 

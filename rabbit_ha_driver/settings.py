@@ -202,6 +202,17 @@ class Settings:
     rpc_max_message_size: int = 16 * 1024 * 1024
     kombu_compression: str | None = None
     metrics_http_port: int | None = None
+    # -- queue types (RabbitMQ 4): options.queue_type_opts ----------------------
+    rabbit_transient_quorum_queue: bool = False
+    rabbit_stream_fanout: bool = False
+    rabbit_quorum_delivery_limit: int = 0
+    rabbit_quorum_max_memory_length: int = 0
+    rabbit_quorum_max_memory_bytes: int = 0
+    use_queue_manager: bool = False
+    hostname: str = options.DEFAULT_HOSTNAME
+    processname: str = options.DEFAULT_PROCESSNAME
+    amqp_auto_delete: bool = False
+
     #: Where each value came from (see :mod:`rabbit_ha_driver.precedence`).
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False,
                                                    compare=False)
@@ -334,6 +345,7 @@ def _validated(s: Settings) -> Settings:
         )
     if s.heartbeat_runner == "green":
         optional.require_eventlet(s.option_label("heartbeat_runner"), s.heartbeat_runner)
+    _validate_queue_types(s)
     if not s.is_memory and not s.hosts:
         raise ConfigurationError("[rabbit_ha] transport_url", s.transport_url.redacted(), "no host given")
     if s.ssl:
@@ -389,6 +401,25 @@ def _amqp_tls_minimum() -> bool:
     from amqp.transport import SSLTransport
 
     return "tls_minimum_version" in inspect.signature(SSLTransport._wrap_socket_sni).parameters
+
+
+def _validate_queue_types(s: Settings) -> None:
+    """oslo.messaging's rules for stream fanout, and names the queue manager can use."""
+    if s.rabbit_stream_fanout and not s.rabbit_transient_quorum_queue:
+        raise ConfigurationError(
+            "[rabbit_ha] rabbit_stream_fanout", True,
+            "needs rabbit_transient_quorum_queue = true (as in oslo.messaging)")
+    if s.rabbit_stream_fanout and s.rabbit_qos_prefetch_count <= 0:
+        raise ConfigurationError(
+            "[rabbit_ha] rabbit_qos_prefetch_count", s.rabbit_qos_prefetch_count,
+            "must be above 0 with rabbit_stream_fanout: a stream consumer needs a prefetch limit")
+    if s.use_queue_manager:
+        for name in ("hostname", "processname"):
+            value = getattr(s, name)
+            if not value or any(c.isspace() for c in value):
+                raise ConfigurationError(f"[rabbit_ha] {name}", value,
+                                         "must be a non-empty name without spaces with "
+                                         "use_queue_manager (it is part of queue names)")
 
 
 def _raw_value(conf: cfg.ConfigOpts, name: str) -> Any:

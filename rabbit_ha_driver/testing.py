@@ -149,6 +149,20 @@ def precondition_failed(text: str = "PRECONDITION_FAILED - inequivalent arg") ->
     return amqp.exceptions.PreconditionFailed(text, reply_code=406)
 
 
+def feature_denied(feature: str = "transient_nonexcl_queues") -> BaseException:
+    """RabbitMQ 4's connection.close for a deprecated feature its configuration denies."""
+    return amqp.exceptions.InternalError(
+        f"INTERNAL_ERROR - Feature `{feature}` is deprecated.\nIts use is not permitted per "
+        "the configuration (overriding the default, which is permitted):\n    "
+        f'"deprecated_features.permit.{feature} = false"', reply_code=541,
+        method_sig=(50, 10))
+
+
+def internal_error(text: str = "INTERNAL_ERROR") -> BaseException:
+    """A 541 that is not a denied feature: a node in trouble, retried."""
+    return amqp.exceptions.InternalError(text, reply_code=541, method_sig=(50, 10))
+
+
 class FakeChannel(MemoryChannel):
     """A memory channel that consults its :class:`FakeBroker` before each operation."""
 

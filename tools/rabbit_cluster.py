@@ -116,7 +116,21 @@ DEFAULT_CHANNEL_TICK_MS = 60_000
 DEFAULT_WATERMARK = 0.4
 ALARM_WATERMARK = 0.0000001
 
+#: Where the RabbitMQ 4 root file system is built once and kept.
+DEFAULT_ROOTFS = Path("/var/cache/rabbit-ha-test/trixie")
+ROOTFS_SUITE = "trixie"
+ROOTFS_READY = ".rha-rootfs-ready"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+#: Deprecated features a RabbitMQ 4 test cluster refuses, as later releases do
+#: by default (classic queue mirroring is gone altogether in 4.0).
+DENIED_DEPRECATED_FEATURES = ("transient_nonexcl_queues", "global_qos")
+
 T = TypeVar("T")
+
+
+def _major_version(value: str) -> str:
+    """"4", "4.0" or "4.0.5" -> "4"; "3.10" -> "3"."""
+    return value.strip().split(".", 1)[0]
 
 
 class ClusterError(RuntimeError):
@@ -148,6 +162,10 @@ class Settings:
     data_dir: Path = Path("/tmp/rha-test-cluster")
     start_timeout: float = 120.0
     lock_timeout: float = 0.0
+    #: Major version of the broker: "3" (the machine's RabbitMQ 3.10) or "4"
+    #: (RabbitMQ 4.0 of Debian trixie, run from a cached chroot).
+    rabbitmq: str = "3"
+    rootfs: Path = DEFAULT_ROOTFS
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -162,6 +180,8 @@ class Settings:
                                             defaults.start_timeout)),
                 lock_timeout=float(env.get("RHA_TEST_LOCK_TIMEOUT",
                                            defaults.lock_timeout)),
+                rabbitmq=_major_version(env.get("RHA_TEST_RABBITMQ", defaults.rabbitmq)),
+                rootfs=Path(env.get("RHA_TEST_ROOTFS", str(defaults.rootfs))),
             )
         except ValueError as exc:
             raise ClusterError(f"bad RHA_TEST_* setting: {exc}") from exc
@@ -186,6 +206,15 @@ class Settings:
                                f"{clash} of a default RabbitMQ installation")
         if not self.data_dir.is_absolute():
             raise ClusterError("RHA_TEST_DATA_DIR must be an absolute path")
+        if self.rabbitmq not in ("3", "4"):
+            raise ClusterError(f"RHA_TEST_RABBITMQ={self.rabbitmq!r}: use 3 (RabbitMQ "
+                               "3.10 of this machine) or 4 (RabbitMQ 4.0 from a chroot)")
+        if not self.rootfs.is_absolute():
+            raise ClusterError("RHA_TEST_ROOTFS must be an absolute path")
+
+    @property
+    def in_chroot(self) -> bool:
+        return self.rabbitmq == "4"
 
     @property
     def ctl_port_range(self) -> tuple[int, int]:
@@ -339,10 +368,15 @@ def _make_leaf(stem: Path, ca: Path, common_name: str, extensions: str) -> None:
 # Installation
 # --------------------------------------------------------------------------
 
-def missing_requirements() -> list[str]:
+def missing_requirements(settings: Settings | None = None) -> list[str]:
     """Packages whose programs are missing on this machine."""
+    settings = settings or Settings.from_env()
     missing = []
-    if not os.access(RABBITMQ_SERVER, os.X_OK):
+    if settings.in_chroot:
+        # The broker comes from the chroot; the host only builds it.
+        if shutil.which("debootstrap", path=SEARCH_PATH) is None:
+            missing.append("debootstrap")
+    elif not os.access(RABBITMQ_SERVER, os.X_OK):
         missing.append("rabbitmq-server")
     for program in ("iptables", "openssl"):
         if shutil.which(program, path=SEARCH_PATH) is None:
@@ -350,12 +384,24 @@ def missing_requirements() -> list[str]:
     return missing
 
 
-def install() -> None:
-    """Install what is missing with apt-get when root; otherwise explain and fail."""
-    missing = missing_requirements()
-    if not missing:
-        return
-    command = "apt-get update && apt-get install -y " + " ".join(APT_PACKAGES)
+def install(settings: Settings | None = None) -> None:
+    """Install what is missing with apt-get when root; otherwise explain and fail.
+
+    For RabbitMQ 4 (``RHA_TEST_RABBITMQ=4``) this also builds the trixie root
+    file system once (:func:`ensure_rootfs`)."""
+    settings = settings or Settings.from_env()
+    missing = missing_requirements(settings)
+    if missing:
+        _apt_install(missing, settings)
+    if settings.in_chroot:
+        ensure_rootfs(settings.rootfs)
+
+
+def _apt_install(missing: list[str], settings: Settings) -> None:
+    packages = list(missing)
+    if not settings.in_chroot:
+        packages = sorted(set(packages) | set(APT_PACKAGES))
+    command = "apt-get update && apt-get install -y " + " ".join(packages)
     if os.geteuid() != 0:
         raise ClusterError(f"missing: {', '.join(missing)}. Install with: sudo sh -c "
                            f"'{command}' (the tests also need root for iptables)")
@@ -366,11 +412,109 @@ def install() -> None:
     # The package's attempt to start its own service fails without an init
     # system; the install itself succeeds, so the exit status is what counts.
     _run(["apt-get", *lock_wait, "install", "-y", "--no-install-recommends",
-          *APT_PACKAGES], env=env, timeout=1800)
-    still = missing_requirements()
+          *packages], env=env, timeout=1800)
+    still = missing_requirements(settings)
     if still:
         raise ClusterError(f"apt-get install finished but {', '.join(still)} "
                            "is still missing")
+
+
+# --------------------------------------------------------------------------
+# RabbitMQ 4 from a Debian trixie chroot
+# --------------------------------------------------------------------------
+#
+# Debian 12 packages RabbitMQ 3.10; trixie packages 4.0 with Erlang 27, whose
+# libc would replace the host's. So the broker runs from a minimal trixie root
+# file system, built once with debootstrap and kept (a marker file says it is
+# complete; a second run reuses it). Every command run in it goes through
+# ``unshare --mount``: /proc, /dev and the cluster's data directory are
+# bind-mounted into the chroot in a private mount namespace, at the same
+# paths, so pid files, logs, TLS files and the Erlang cookie are where the
+# host expects them, and the mounts vanish with the process: nothing is ever
+# left mounted under the cached tree (which ``rm -rf`` could then follow into
+# the host's /dev). The chroot shares the host's network: its nodes listen on
+# loopback, use the host's epmd, and iptables rules apply to them as to 3.10.
+
+# $1 root file system, $2 data directory (may be empty), then the command.
+_CHROOT_SCRIPT = r"""
+set -e
+root=$1; data=$2; shift 2
+mount --bind /proc "$root/proc"
+mount --rbind /dev "$root/dev"
+if [ -n "$data" ]; then
+    mkdir -p "$root$data"
+    mount --bind "$data" "$root$data"
+fi
+exec chroot "$root" "$@"
+"""
+
+
+def chroot_command(rootfs: Path, data_dir: Path | None, args: Sequence[str]) -> list[str]:
+    """``args`` run inside ``rootfs`` with /proc, /dev and ``data_dir`` mounted."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", _CHROOT_SCRIPT,
+            "chroot-run", str(rootfs), str(data_dir or ""), *args]
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses (deb822 or one-line format)."""
+    candidates = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"),
+                  *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
+                  *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]
+    for path in candidates:
+        with contextlib.suppress(OSError):
+            for match in re.finditer(r"(?m)^(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(\S+)",
+                                     path.read_text()):
+                uri = match.group(1).rstrip("/")
+                if uri.startswith("http") and uri.endswith("/debian"):
+                    return uri
+    return DEFAULT_MIRROR
+
+
+def rootfs_ready(rootfs: Path) -> bool:
+    return (rootfs / ROOTFS_READY).is_file()
+
+
+def ensure_rootfs(rootfs: Path = DEFAULT_ROOTFS) -> Path:
+    """Build the trixie root file system with RabbitMQ 4 unless already built.
+
+    Built in ``<rootfs>.partial`` and renamed when complete, under a lock, so
+    an interrupted build is redone and two runs never build at once."""
+    if rootfs_ready(rootfs):
+        return rootfs
+    if os.geteuid() != 0:
+        raise ClusterError(f"{rootfs} is not built and building it needs root "
+                           "(debootstrap, chroot)")
+    rootfs.parent.mkdir(parents=True, exist_ok=True)
+    with ClusterLock(rootfs.parent, timeout=1800, name=f"{rootfs.name}.lock"):
+        if rootfs_ready(rootfs):
+            return rootfs
+        began = time.monotonic()
+        partial = rootfs.with_name(rootfs.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(rootfs, ignore_errors=True)
+        mirror = debian_mirror()
+        LOG.info("building the %s root file system in %s from %s (once; about a minute)",
+                 ROOTFS_SUITE, rootfs, mirror)
+        env = dict(os.environ, PATH=SEARCH_PATH, DEBIAN_FRONTEND="noninteractive",
+                   LANG="C.UTF-8", LC_ALL="C.UTF-8")
+        _run(["debootstrap", "--variant=minbase", ROOTFS_SUITE, str(partial), mirror],
+             env=env, timeout=1800)
+        # No init system in there: tell the package scripts not to start services.
+        policy = partial / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        _run(chroot_command(partial, None, [
+            "sh", "-c", "apt-get -q update && apt-get -q install -y --no-install-recommends "
+                        "rabbitmq-server && apt-get clean"]), env=env, timeout=1800)
+        if not os.access(partial / str(RABBITMQ_SERVER).lstrip("/"), os.X_OK):
+            raise ClusterError(f"rabbitmq-server is not in {partial} after apt-get install")
+        version = _run(chroot_command(partial, None, [
+            "dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"]), timeout=60).stdout
+        (partial / ROOTFS_READY).write_text(f"rabbitmq-server {version}\n")
+        partial.rename(rootfs)
+        LOG.info("built %s (rabbitmq-server %s) in %.0fs", rootfs, version,
+                 time.monotonic() - began)
+    return rootfs
 
 
 # --------------------------------------------------------------------------
@@ -657,14 +801,24 @@ class Cluster:
             raise ClusterError(
                 f"ports {busy} are already in use by processes that are not our nodes; "
                 "set RHA_TEST_BASE_PORT to another base (see `ss -tlnp`)")
+        if self.settings.in_chroot and not rootfs_ready(self.settings.rootfs):
+            raise ClusterError(f"{self.settings.rootfs} is not built: run "
+                               "RHA_TEST_RABBITMQ=4 tools/rabbit_cluster.py install")
         self._prepare_files()
         try:
             for node in self.nodes:
                 self._spawn(node)
             _parallel(lambda n: self._await_boot(n, spawned=True), self.nodes)
             seed = self.nodes[0]
-            # Joining both at once is safe: join_cluster serialises on the seed.
-            _parallel(lambda n: self._join(n, seed), self.nodes[1:])
+            if self.settings.in_chroot:
+                # RabbitMQ 4.0: two nodes joining at once can crash the
+                # joiner's Mnesia schema commit; one after the other is safe.
+                for node in self.nodes[1:]:
+                    self._join(node, seed)
+            else:
+                # 3.10: joining both at once is safe (join_cluster serialises
+                # on the seed).
+                _parallel(lambda n: self._join(n, seed), self.nodes[1:])
             self.wait_healthy(self.settings.start_timeout)
         except BaseException:
             LOG.error("cluster start failed; stopping what was started")
@@ -714,6 +868,13 @@ class Cluster:
             for name in self.memory_alarms():
                 LOG.warning("%s has a memory alarm; restoring its watermark", name)
                 self.set_memory_watermark(name, DEFAULT_WATERMARK)
+
+    def running_version(self) -> str | None:
+        """Major version ("3", "4") of the running cluster, from state.json."""
+        try:
+            return str(json.loads((self.data_dir / "state.json").read_text()).get("rabbitmq", "3"))
+        except (OSError, ValueError):
+            return None
 
     def started_by(self) -> str | None:
         """Who started the running cluster ("cli" or "pytest"), from state.json."""
@@ -1141,8 +1302,8 @@ class Cluster:
     def rabbitmqctl(self, node: Node | int | str, *args: str, timeout: float = 60.0) -> str:
         """Run ``rabbitmqctl -n NODE ARGS`` with our cookie; return its stdout."""
         node = self.node(node)
-        return _run([str(RABBITMQCTL), "-n", node.name, *args], env=self._ctl_env(),
-                    timeout=timeout).stdout
+        return _run(self._command([str(RABBITMQCTL), "-n", node.name, *args]),
+                    env=self._ctl_env(), timeout=timeout).stdout
 
     def cluster_status(self, node: Node | int | str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(
@@ -1153,7 +1314,8 @@ class Cluster:
 
     def _write_state(self, owner: str) -> None:
         (self.data_dir / "state.json").write_text(json.dumps(
-            {"owner": owner, "pid": os.getpid(), "started": time.time()}))
+            {"owner": owner, "pid": os.getpid(), "started": time.time(),
+             "rabbitmq": self.settings.rabbitmq}))
 
     def _prepare_files(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -1199,8 +1361,17 @@ class Cluster:
             "log.console = false",
             # A throwaway broker on a CI disk must not block publishers.
             "disk_free_limit.absolute = 5MB",
+            # RabbitMQ 4: refuse what later releases refuse by default.
+            *([f"deprecated_features.permit.{feature} = false"
+               for feature in DENIED_DEPRECATED_FEATURES] if self.settings.in_chroot else []),
             "",
         ])
+
+    def _command(self, args: list[str]) -> list[str]:
+        """``args`` as they run for this cluster's broker (in the chroot for 4)."""
+        if self.settings.in_chroot:
+            return chroot_command(self.settings.rootfs, self.data_dir, args)
+        return args
 
     def _base_env(self) -> dict[str, str]:
         return {
@@ -1243,7 +1414,7 @@ class Cluster:
         # is not delivered to it) and is not our child, so it never lingers
         # as our zombie or as a running subprocess at interpreter exit.
         with open(node.stdout_file, "ab") as out:
-            subprocess.run(["setsid", "--fork", str(RABBITMQ_SERVER)],
+            subprocess.run(["setsid", "--fork", *self._command([str(RABBITMQ_SERVER)])],
                            env=self._server_env(node), cwd=node.dir, check=True,
                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                            timeout=30)
@@ -1268,8 +1439,8 @@ class Cluster:
             self.rabbitmqctl(node, "start_app", timeout=self.settings.start_timeout)
         while True:
             remaining = max(5, int(deadline - time.monotonic()))
-            result = _run([str(RABBITMQCTL), "-n", node.name, "await_startup",
-                           "--timeout", str(remaining)], env=self._ctl_env(),
+            result = _run(self._command([str(RABBITMQCTL), "-n", node.name, "await_startup",
+                                         "--timeout", str(remaining)]), env=self._ctl_env(),
                           timeout=remaining + 30, check=False)
             if result.returncode == 0:
                 break
@@ -1318,8 +1489,8 @@ def _q(value: str) -> str:
 class ClusterLock:
     """``flock`` on ``<data dir>/lock``: one run per cluster at a time."""
 
-    def __init__(self, data_dir: Path, timeout: float = 0.0) -> None:
-        self.path = data_dir / "lock"
+    def __init__(self, data_dir: Path, timeout: float = 0.0, name: str = "lock") -> None:
+        self.path = data_dir / name
         self.timeout = timeout
         self._file: Any = None
 
@@ -1439,12 +1610,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["install", "start", "stop", "status", "env"])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", choices=["3", "4"], default=None,
+                        help="broker major version: 3 (this machine's RabbitMQ 3.10) or 4 "
+                             "(RabbitMQ 4.0 from a cached Debian trixie chroot); the same as "
+                             "RHA_TEST_RABBITMQ, which it overrides")
     args = parser.parse_args(argv)
+    if args.version is not None:
+        os.environ["RHA_TEST_RABBITMQ"] = args.version
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
         if args.command == "install":
-            install()
+            install(Settings.from_env())
             return 0
         cluster = Cluster(Settings.from_env())
         if args.command == "env":
@@ -1454,7 +1631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if _print_status(cluster) else 1
         with ClusterLock(cluster.data_dir, cluster.settings.lock_timeout):
             if args.command == "start":
-                install()
+                install(cluster.settings)
                 took = cluster.bootstrap(owner="cli")
                 print(f"started in {took:.1f}s; stop with: {sys.argv[0]} stop")
                 _print_env(cluster)

@@ -160,12 +160,32 @@ def _iter_tests(suite: unittest.TestSuite | unittest.TestCase) -> Iterator[unitt
         yield suite
 
 
+#: JSON object of option defaults for both drivers (run_scheme's ``option_defaults``).
+OPTION_DEFAULTS_ENV = "RHA_OSLO_FUNCTIONAL_OPTION_DEFAULTS"
+
+
+def _apply_option_defaults() -> None:
+    """Give both drivers' options the defaults the parent asked for (a RabbitMQ 4
+    broker that denies transient queues needs quorum queues on both sides)."""
+    defaults = json.loads(os.environ.get(OPTION_DEFAULTS_ENV) or "{}")
+    if not defaults:
+        return
+    from oslo_config import cfg
+    from oslo_messaging._drivers import impl_rabbit
+
+    from rabbit_ha_driver import options
+
+    cfg.set_defaults(impl_rabbit.rabbit_opts, **defaults)
+    cfg.set_defaults(options.ALL_OPTS, **defaults)
+
+
 def run_child(modules: Sequence[str], only: str | None, shard: int = 0, shards: int = 1) -> int:
     """Run this shard's tests of ``modules`` in this process; one JSON line per test.
 
     Tests are dealt out to ``shards`` processes in the order the loader gives
     them (tests of one class stay apart, so the slow ones spread out).
     """
+    _apply_option_defaults()
     loader = unittest.TestLoader()
     pattern = re.compile(only) if only else None
     result = _Recorder()
@@ -207,13 +227,16 @@ def scheme_url(url: str, scheme: str) -> str:
 
 
 def run_scheme(url: str, scheme: str, *, only: str | None, timeout: float, workers: int,
-               log_dir: str | None) -> tuple[list[Outcome], float, str | None]:
+               log_dir: str | None, option_defaults: dict[str, Any] | None = None,
+               ) -> tuple[list[Outcome], float, str | None]:
     """Run the suites on one scheme in ``workers`` child processes.
 
+    ``option_defaults``: defaults of options of both drivers (the same names).
     Returns the outcomes, the seconds it took and why a child crashed, if one did.
     """
     target = scheme_url(url, scheme)
     env = dict(os.environ, RPC_TRANSPORT_URL=target, NOTIFY_TRANSPORT_URL=target)
+    env[OPTION_DEFAULTS_ENV] = json.dumps(option_defaults or {})
     env.setdefault("OS_TEST_TIMEOUT", "60")
     env.setdefault("PYTHONWARNINGS", "ignore")
     started = time.monotonic()

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import amqp.exceptions
 
 from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.connection import refusals
 
 
 class Action(enum.Enum):
@@ -127,6 +128,8 @@ def classify(error: BaseException, operation: str, recovering: bool = False) -> 
         code = reply_code_of(error)
         if code is None:
             return Action.RECONNECT
+        if refusals.is_permanent(error):  # a denied deprecated feature (541)
+            return Action.RAISE
         action = lookup(code, operation, recovering)
         if action is Action.REOPEN_CHANNEL and isinstance(error, amqp.exceptions.ConnectionError):
             return Action.RECONNECT
@@ -154,8 +157,13 @@ def translate(error: BaseException, operation: str, host: str | None, attempts: 
     if isinstance(error, exc.RabbitHAError):
         return error
     code = reply_code_of(error)
-    text = getattr(error, "reply_text", None) or str(error) or type(error).__name__
+    text = refusals.reason_of(error)
     where = f" on {host}" if host else ""
+    feature = refusals.denied_feature(error)
+    if feature is not None:
+        return exc.FeatureDenied(
+            f"{operation}{where} refused with {code}: {text} ({refusals.advice_for(feature)})",
+            feature=feature, host=host, reply_code=code, operation=operation)
     if isinstance(error, ssl.SSLError):
         return exc.TLSError(f"TLS handshake with {host} failed: {text}", host=host, operation=operation)
     refused = code in (403, 530) or isinstance(error, amqp.exceptions.AccessRefused)

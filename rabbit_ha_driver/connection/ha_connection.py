@@ -68,6 +68,7 @@ from rabbit_ha_driver.connection.confirms import (
 )
 from rabbit_ha_driver.connection.hosts import HostRing
 from rabbit_ha_driver.connection.locks import HandoverLock
+from rabbit_ha_driver.connection.refusals import closed_connection, note_refusal
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
 from rabbit_ha_driver.connection.tls_options import amqp_ssl_options
 from rabbit_ha_driver.connection.topology import (
@@ -338,13 +339,18 @@ class Connection:
             self._channel_closed(close)
         action = errors.classify(error, operation, recovering)
         if action is errors.Action.RAISE:
-            # The broker closed the channel: give the next caller a fresh one,
-            # whole (a replay cut short would leave it without its
-            # consumers), or a new connection.
-            if errors.closes_channel(error) and self._state in _OPEN_STATES \
-                    and not self._reopen_channel(deadline, f"{operation} refused"):
-                self._lost(f"reopening the channel after {operation} was refused failed")
-            raise errors.translate(error, operation, host) from error
+            refused = errors.translate(error, operation, host)
+            note_refusal(self, error, operation, refused)
+            if errors.closes_channel(error) and self._state in _OPEN_STATES:
+                # The broker closed the channel: give the next caller a fresh one,
+                # whole (a replay cut short would leave it without its
+                # consumers), or a new connection.
+                if not self._reopen_channel(deadline, f"{operation} refused"):
+                    self._lost(f"reopening the channel after {operation} was refused failed")
+            elif closed_connection(error):
+                # The broker closed the connection: the next caller reconnects.
+                self._lost(str(refused))
+            raise refused from error
         if isinstance(error, errors.RequestTimeout):
             self.events.emit(ev.RequestDeadlineMissed(self.name, host or "-", operation, error.timeout))
         reason = str(errors.translate(error, operation, host, failures))
@@ -422,6 +428,13 @@ class Connection:
             self._topology.remove_consumer(decl.tag)
             raise
         return decl.tag
+
+    def set_consumer_argument(self, tag: str, key: str, value: Any) -> None:
+        """Change an argument the consumer ``tag`` is re-created with after a
+        reconnect or a cancel (a stream consumer's ``x-stream-offset``)."""
+        decl = self._topology.consumers.get(tag)
+        if decl is not None:
+            decl.arguments[key] = value
 
     def cancel(self, tag: str, deadline: Deadline | None = None) -> None:
         """Stop a consumer. It is forgotten even if the broker cannot be told."""
@@ -993,7 +1006,9 @@ class Connection:
                 action = errors.classify(error, phase[0], recovering=True)
                 if action is errors.Action.RAISE:
                     self._set_state(State.FAILED)
-                    raise errors.translate(error, phase[0], host.address if host else None) from error
+                    refused = errors.translate(error, phase[0], host.address if host else None)
+                    note_refusal(self, error, phase[0], refused)
+                    raise refused from error
                 last_error = error
                 self.events.emit(ev.ConnectFailed(self.name, host.address if host else "memory",
                                                   f"{phase[0]}: {type(error).__name__}: {error}"))

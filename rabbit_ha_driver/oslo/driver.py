@@ -124,7 +124,7 @@ class RabbitHADriver(base.BaseDriver):
             retry=retry, fanout=fanout,
             at_least_once=bool(getattr(transport_options, "at_least_once", False)))
         if fanout:
-            exchange, key = envelope.fanout_exchange(target.topic), target.topic
+            exchange, key = envelope.fanout_exchange(self.settings, target.topic), target.topic
         else:
             exchange = envelope.topic_exchange(self.settings, target.exchange or self.exchange)
             key = f"{target.topic}.{target.server}" if target.server else target.topic

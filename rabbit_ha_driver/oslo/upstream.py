@@ -81,18 +81,17 @@ def _r(why: str) -> Rule:
 
 _POOL = _n("No connection pool: one publishing connection per transport that threads "
            "take turns on, one for replies, one per listener.")
-_QUEUE_MANAGER = _n("Only used by the queue manager (use_queue_manager), which is not "
-                    "needed.")
-_QUORUM_LIMITS = _r("Sets an argument of quorum queues that rabbit-ha does not declare: "
-                    "a fleet would declare the same queue two ways (406 "
-                    "PRECONDITION_FAILED), and the limit changes what is delivered. "
-                    "Set it with a broker policy instead.")
+_QUEUE_MANAGER = _h("Part of the stable reply and fanout queue names of "
+                    "use_queue_manager, in oslo.messaging's format.")
+_QUORUM_LIMITS = _h("The same argument on the quorum queues declared (topic, server, "
+                    "notification; reply and fanout with rabbit_transient_quorum_queue), "
+                    "so both drivers declare a queue alike.")
 
 #: Every ``[oslo_messaging_rabbit]`` option of the supported oslo.messaging releases.
 FATES: dict[str, Rule] = {
     "amqp_durable_queues": _h("Durable topic exchanges and queues, persistent casts."),
-    "amqp_auto_delete": _r("Topic queues are never auto-delete here: ignoring it would "
-                           "declare shared queues differently from the rest of the fleet."),
+    "amqp_auto_delete": _h("Topic exchanges and topic, server and notification queues "
+                           "auto-delete, as in oslo.messaging."),
     "rpc_conn_pool_size": _POOL,
     "conn_pool_min_size": _POOL,
     "conn_pool_ttl": _POOL,
@@ -134,9 +133,9 @@ FATES: dict[str, Rule] = {
                            "since 3.0; classic mirroring is gone in 4.0. Use "
                            "rabbit_quorum_queue."),
     "rabbit_quorum_queue": _h("Topic and server queues as quorum queues."),
-    "rabbit_transient_quorum_queue": _r("Reply and fanout queues are classic queues with "
-                                        "x-expires here; ignoring it would change their "
-                                        "type and durability."),
+    "rabbit_transient_quorum_queue": _h("Reply and fanout queues as quorum queues (with "
+                                        "x-expires), fanout exchanges durable; needed on "
+                                        "a RabbitMQ that denies transient queues."),
     "rabbit_quorum_delivery_limit": _QUORUM_LIMITS,
     "rabbit_quorum_max_memory_length": _QUORUM_LIMITS,
     "rabbit_quorum_max_memory_bytes": _QUORUM_LIMITS,
@@ -152,14 +151,15 @@ FATES: dict[str, Rule] = {
     "direct_mandatory_flag": _n("Everything is published with the mandatory flag and "
                                 "publisher confirms."),
     "enable_cancel_on_failover": _h("Only meaningful for classic mirrored queues."),
-    "use_queue_manager": _n("Reply and fanout queue names are random, as without the "
-                            "queue manager; queues of a restarted process expire "
-                            "(rabbit_transient_queues_ttl)."),
+    "use_queue_manager": _h("Stable reply and fanout queue names "
+                            "(hostname:processname:N), so a restarted process takes its "
+                            "queues back instead of leaving them to expire."),
     "hostname": _QUEUE_MANAGER,
     "processname": _QUEUE_MANAGER,
-    "rabbit_stream_fanout": _r("Fanout goes through classic queues here; ignoring it "
-                               "would change how fanout messages are kept and "
-                               "delivered."),
+    "rabbit_stream_fanout": _h("One stream per fanout topic (needs "
+                               "rabbit_transient_quorum_queue); a server starts reading at "
+                               "the stream's end (oslo.messaging: its last chunk) and "
+                               "resumes after its last delivery on a reconnect."),
 }
 
 
@@ -271,6 +271,12 @@ def log_reading(reading: Reading, fates: Mapping[str, Rule] = FATES) -> None:
                  fates[name].why)
 
 
+def _shown_default(opt: cfg.Opt) -> Any:
+    """The default as the docs show it: the sample one where the real one is
+    computed where the code runs (a host or program name)."""
+    return opt.sample_default if opt.sample_default is not None else opt.default
+
+
 def fate_table_rst(opts: Iterable[cfg.Opt] | None = None,
                    fates: Mapping[str, Rule] = FATES) -> str:
     """The fate table as reStructuredText, for the docs."""
@@ -291,13 +297,13 @@ def fate_table_rst(opts: Iterable[cfg.Opt] | None = None,
     for opt in sorted(opts if opts is not None else upstream_opts(), key=lambda o: o.dest):
         rule = fates.get(opt.dest)
         fate = rule.fate.value if rule else "UNCLASSIFIED"
-        default = opt.sample_default if opt.sample_default is not None else opt.default
+        default = _shown_default(opt)
         ours = options.opt_by_name(opt.dest) if rule and rule.fate.honoured else None
         rows += [
             f"   * - ``{opt.dest}``",
             f"     - {fate}",
             f"     - ``{default!r}``",
-            f"     - ``{ours.default!r}``" if ours is not None else "     -",
+            f"     - ``{_shown_default(ours)!r}``" if ours is not None else "     -",
             f"     - {rule.why if rule else ''}",
         ]
     return "\n".join(rows) + "\n"

@@ -11,8 +11,9 @@ Wire compatibility with oslo.messaging's rabbit driver (``impl_rabbit`` and
 ``amqpdriver``): the same exchanges (the control exchange, ``<topic>_fanout``,
 the default exchange for replies), queue names (``<topic>``,
 ``<topic>.<server>``, ``<topic>_fanout_<hex>``, ``reply_<hex>``,
-``<topic>.<priority>`` or the pool name), queue arguments (``x-queue-type:
-quorum`` when quorum queues are on, ``x-expires`` on reply and fanout
+``<topic>.<priority>`` or the pool name; the queue manager's stable names),
+queue types and arguments (:mod:`rabbit_ha_driver.rpc.queue_types`: quorum,
+stream fanout, delivery and memory limits, ``x-expires`` on reply and fanout
 queues), routing keys, envelope (``oslo.version`` 2.0 around an
 ``oslo.message`` JSON string), ``_msg_id``, ``_reply_q``, ``_timeout``,
 ``_unique_id``, ``_context_*`` members, reply protocol (``result``,
@@ -46,11 +47,10 @@ cast, fanout and notify each other both ways. The differences:
   ``InvalidArguments`` from :mod:`rabbit_ha_driver.rpc.server`; an
   oslo.messaging caller sees them as ``RemoteError`` (with oslo.messaging
   servers a wrong argument is a ``TypeError`` of the method).
-* Not implemented: stream fanout queues (``rabbit_stream_fanout``), the
-  queue manager's stable queue names (``use_queue_manager``), transient
-  quorum queues, ``x-delivery-limit`` and other quorum limits, classic
-  mirroring (``x-ha-policy``), ``amqp_auto_delete`` and falling back to a
-  non-durable exchange when a durable one is refused.
+* Not implemented: classic mirroring (``x-ha-policy``) and falling back to
+  a non-durable exchange when a durable one is refused.
+* A stream fanout consumer starts at ``next`` (oslo.messaging: ``last``,
+  which can replay the stream's last chunk to a restarted server).
 * Replies go to the default exchange (``""``) with the reply queue's name as
   routing key and the mandatory flag, as oslo.messaging does since its
   ``direct_mandatory_flag`` became permanent (releases before that used a
@@ -61,6 +61,8 @@ cast, fanout and notify each other both ways. The differences:
   oslo.messaging.
 * A client deletes its reply queue when it closes; oslo.messaging leaves it
   to ``x-expires``. Servers delete their fanout queue, as oslo.messaging does.
+  With ``use_queue_manager`` neither is deleted (the names are taken up
+  again), nor ever a stream fanout (other servers read it).
 * A notification carries the caller's context only as its
   ``redacted_copy()``, as oslo.messaging's notifier does; a dict context is
   dropped.

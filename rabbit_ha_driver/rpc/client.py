@@ -787,7 +787,7 @@ class RPCClient:
     def _route(self) -> tuple[ExchangeSpec, str]:
         target, settings = self.target, self.transport.settings
         if target.fanout:
-            return envelope.fanout_exchange(target.topic), ""
+            return envelope.fanout_exchange(settings, target.topic), ""
         exchange = envelope.topic_exchange(settings, target.exchange or self.transport.exchange)
         key = f"{target.topic}.{target.server}" if target.server else target.topic
         return exchange, key

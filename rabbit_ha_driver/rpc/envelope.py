@@ -52,6 +52,8 @@ from typing import Any
 
 from rabbit_ha_driver.exceptions import InvalidMessage, RemoteError
 from rabbit_ha_driver.rpc import compression as compression_codec
+from rabbit_ha_driver.rpc import queue_types
+from rabbit_ha_driver.rpc.queue_manager import QueueManager
 from rabbit_ha_driver.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -584,7 +586,8 @@ def parse_notification(message: Mapping[str, Any]) -> Notification:
 #   call / cast       topic exchange E, routing key T, queue T
 #   to one server S   topic exchange E, routing key T.S, queue T.S
 #   fanout            fanout exchange T_fanout (auto-delete), one queue
-#                     T_fanout_<hex> per server (x-expires)
+#                     T_fanout_<hex> per server (x-expires), or one stream
+#                     T_fanout for all (rabbit_stream_fanout)
 #   reply             default exchange "", routing key = queue reply_<hex>
 #   notification      topic exchange E, routing key T.<priority>, queue
 #                     T.<priority> (or the pool's name)
@@ -605,50 +608,70 @@ class ExchangeSpec:
 
 @dataclasses.dataclass(frozen=True)
 class QueueSpec:
-    """A queue and the binding that feeds it."""
+    """A queue and the binding that feeds it (see :mod:`~rabbit_ha_driver.rpc.queue_types`)."""
 
     name: str
     exchange: str
     routing_key: str
     durable: bool = False
     arguments: tuple[tuple[str, Any], ...] = ()
+    auto_delete: bool = False
+    #: Arguments of its consumer (a stream's ``x-stream-offset``).
+    consumer_arguments: tuple[tuple[str, Any], ...] = ()
 
 
 def durable(settings: Settings) -> bool:
     """Whether topic exchanges and queues are durable (quorum queues always are)."""
-    return settings.amqp_durable_queues or settings.rabbit_quorum_queue
+    return queue_types.topic_durable(settings)
 
 
 def topic_queue_arguments(settings: Settings) -> tuple[tuple[str, Any], ...]:
     """Arguments of topic, server and notification queues, as oslo.messaging's."""
-    return (("x-queue-type", "quorum"),) if settings.rabbit_quorum_queue else ()
+    return queue_types.topic_queue_arguments(settings)
 
 
 def transient_queue_arguments(settings: Settings) -> tuple[tuple[str, Any], ...]:
     """Arguments of reply and fanout queues: deleted by the broker when unused."""
-    return (("x-expires", settings.rabbit_transient_queues_ttl * 1000),)
+    return queue_types.transient_queue_arguments(settings)
 
 
 def topic_exchange(settings: Settings, name: str) -> ExchangeSpec:
-    return ExchangeSpec(name, "topic", durable=durable(settings))
+    return ExchangeSpec(name, "topic", durable=durable(settings),
+                        auto_delete=settings.amqp_auto_delete)
 
 
-def fanout_exchange(topic: str) -> ExchangeSpec:
-    return ExchangeSpec(f"{topic}_fanout", "fanout", durable=False, auto_delete=True)
+def fanout_exchange(settings: Settings, topic: str) -> ExchangeSpec:
+    return ExchangeSpec(f"{topic}_fanout", "fanout",
+                        durable=queue_types.transient_durable(settings), auto_delete=True)
 
 
 def topic_queue(settings: Settings, exchange: str, routing_key: str,
                 name: str | None = None) -> QueueSpec:
     """A topic, server or notification queue (named after its key by default)."""
     return QueueSpec(name or routing_key, exchange, routing_key,
-                     durable=durable(settings), arguments=topic_queue_arguments(settings))
+                     durable=durable(settings), arguments=topic_queue_arguments(settings),
+                     auto_delete=settings.amqp_auto_delete)
 
 
 def fanout_queue(settings: Settings, topic: str) -> QueueSpec:
-    """This server's own queue on the topic's fanout exchange."""
-    return QueueSpec(f"{topic}_fanout_{new_id()}", f"{topic}_fanout", topic,
-                     durable=False, arguments=transient_queue_arguments(settings))
+    """This server's queue on the topic's fanout exchange (the topic's stream, shared)."""
+    exchange = f"{topic}_fanout"
+    if settings.rabbit_stream_fanout:
+        return QueueSpec(exchange, exchange, topic, durable=True,
+                         arguments=queue_types.stream_arguments(settings),
+                         consumer_arguments=((queue_types.STREAM_OFFSET,
+                                              queue_types.STREAM_START),))
+    return QueueSpec(f"{topic}_fanout_{unique_part(settings)}", exchange, topic,
+                     durable=queue_types.transient_durable(settings),
+                     arguments=transient_queue_arguments(settings))
 
 
-def reply_queue_name() -> str:
-    return f"reply_{new_id()}"
+def unique_part(settings: Settings) -> str:
+    """The unique end of a reply or fanout queue name: random, or the queue manager's."""
+    if settings.use_queue_manager:
+        return QueueManager(settings.hostname, settings.processname).get()
+    return new_id()
+
+
+def reply_queue_name(settings: Settings) -> str:
+    return f"reply_{unique_part(settings)}"

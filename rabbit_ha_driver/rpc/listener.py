@@ -49,7 +49,7 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Connection, Deadline, State
 from rabbit_ha_driver.events import DuplicateRequest, EventBus
-from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc import envelope, queue_types
 from rabbit_ha_driver.rpc.client import Publisher, Receipt
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
 from rabbit_ha_driver.rpc.recent import Recent
@@ -257,14 +257,32 @@ class PollListener:
                                   auto_delete=ex.auto_delete, deadline=dl)
 
         def queue(q: QueueSpec, dl: Deadline) -> None:
-            conn.declare_queue(q.name, durable=q.durable,
+            conn.declare_queue(q.name, durable=q.durable, auto_delete=q.auto_delete,
                                arguments=dict(q.arguments) or None, deadline=dl)
 
         def bind(q: QueueSpec, dl: Deadline) -> None:
             conn.bind(q.name, q.exchange, q.routing_key, deadline=dl)
 
         def consume(name: str, dl: Deadline) -> None:
-            self._tags.append(conn.consume(name, self._on_delivery, deadline=dl))
+            arguments = dict(consumer_arguments.get(name, ()))
+            if queue_types.STREAM_OFFSET not in arguments:
+                self._tags.append(conn.consume(name, self._on_delivery, deadline=dl,
+                                               arguments=arguments or None))
+                return
+            tag: list[str] = []
+
+            def on_stream(raw: Any) -> None:
+                # A stream: after a reconnect, go on after this delivery.
+                resume_at = queue_types.stream_offset_after(raw.headers)
+                if resume_at is not None and tag:
+                    conn.set_consumer_argument(tag[0], queue_types.STREAM_OFFSET, resume_at)
+                self._on_delivery(raw)
+
+            tag.append(conn.consume(name, on_stream, deadline=dl, arguments=arguments))
+            self._tags.append(tag[0])
+
+        consumer_arguments = {q.name: q.consumer_arguments for q in self._queues
+                              if q.consumer_arguments}
 
         if self.prefetch_size:
             steps.append(qos)
@@ -613,11 +631,17 @@ def rpc_listener(
     return PollListener(
         settings, connection, publisher, kind="rpc",
         exchanges=[envelope.topic_exchange(settings, exchange),
-                   envelope.fanout_exchange(topic)],
+                   envelope.fanout_exchange(settings, topic)],
         queues=[envelope.topic_queue(settings, exchange, topic),
                 envelope.topic_queue(settings, exchange, f"{topic}.{server}"),
                 fanout],
-        temporary=[fanout.name], clock=clock)
+        temporary=[fanout.name] if deletes_fanout_queue(settings) else [], clock=clock)
+
+
+def deletes_fanout_queue(settings: Settings) -> bool:
+    """A server deletes its fanout queue on close, as oslo.messaging does; but not
+    a stable name (it is taken up again) nor a stream (other servers read it)."""
+    return queue_types.deletes_own_queues(settings) and not settings.rabbit_stream_fanout
 
 
 def notification_listener(

@@ -39,7 +39,7 @@ from rabbit_ha_driver.exceptions import (
     MessagingTimeout,
     RabbitHAError,
 )
-from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc import envelope, queue_types
 from rabbit_ha_driver.rpc.recent import Recent
 from rabbit_ha_driver.settings import Settings
 
@@ -362,7 +362,7 @@ class ReplyListener:
                  waiters: ReplyWaiters, *, clock: Clock = REAL_CLOCK,
                  queue: str | None = None) -> None:
         self.settings = settings
-        self.queue = queue or envelope.reply_queue_name()
+        self.queue = queue or envelope.reply_queue_name(settings)
         self.waiters = waiters
         self._conn = connection
         self._clock = clock
@@ -406,7 +406,8 @@ class ReplyListener:
             dl = Deadline(deadline, self._clock)
             try:
                 self._conn.declare_queue(
-                    self.queue, durable=False, auto_delete=False,
+                    self.queue, durable=queue_types.transient_durable(self.settings),
+                    auto_delete=False,
                     arguments=dict(envelope.transient_queue_arguments(self.settings)),
                     deadline=dl)
                 self._conn.consume(self.queue, self._on_message, no_ack=True, deadline=dl)
@@ -457,7 +458,8 @@ class ReplyListener:
             thread.join(DRAIN_SLICE * 4)
             if thread.is_alive():
                 LOG.warning("reply queue %s: draining thread did not stop in time", self.queue)
-        if self._started and self._conn.state is State.CONNECTED:
+        if (self._started and self._conn.state is State.CONNECTED
+                and queue_types.deletes_own_queues(self.settings)):
             # Without this the queue would linger until x-expires removes it.
             try:
                 self._conn.delete_queue(self.queue, deadline=Deadline.after(1.0, self._clock))

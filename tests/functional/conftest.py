@@ -6,6 +6,16 @@ they are missing) and stops it at the end, also after a failure, Ctrl-C,
 SIGTERM or SIGHUP. Nothing is skipped: if the broker cannot be installed or
 started, every test using it errors with the reason. Needs root (iptables).
 
+``RHA_TEST_RABBITMQ=4`` runs the session against RabbitMQ 4.0 (Debian
+trixie's, from a cached chroot; see docs/testing.rst) with the deprecated
+features ``transient_nonexcl_queues`` and ``global_qos`` denied. The library's
+defaults are then ``rabbit_quorum_queue = true`` and
+``rabbit_transient_quorum_queue = true`` (``faults.library_defaults()``, set with
+oslo.config's ``set_defaults``), the configuration the docs advise for such a
+broker; ``RHA_TEST_STREAM_FANOUT=1`` adds ``rabbit_stream_fanout = true``.
+Tests that need a 3.10-only feature are skipped there, each named with its
+reason in ``SKIPPED_ON_RABBITMQ_4``; every other test runs on both.
+
 With ``RHA_TEST_REUSE_CLUSTER=1`` a healthy cluster started earlier by
 ``python tools/rabbit_cluster.py start`` is used and left running. A lock on
 the data directory keeps two runs from sharing one cluster: a second run
@@ -79,20 +89,68 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from oslo_config import cfg
+from oslo_messaging._drivers import impl_rabbit
 
-from .faults import BrokerFaults, SilentDropper, rabbit_cluster
+from rabbit_ha_driver import options
+
+from .faults import BrokerFaults, SilentDropper, library_defaults, rabbit_cluster
 
 LOG = logging.getLogger(__name__)
 
 
+#: The only tests not run on RabbitMQ 4, by node id, with the reason. Every
+#: other test runs on both brokers.
+SKIPPED_ON_RABBITMQ_4 = {
+    "test_recovery.py::test_mirrored_master_killed_consumes_again_after_ccn_without_reconnect":
+        "classic mirrored queues (ha-mode policies) were removed in RabbitMQ 4.0",
+    "test_harness_faults.py::test_ha_policy_mirrors_and_quorum_queue_reports_its_leader":
+        "classic mirrored queues (ha-mode policies) were removed in RabbitMQ 4.0",
+    "test_call_resend.py::test_a_node_kill_loses_no_call[client-mirrored]":
+        "classic mirrored queues (ha-mode policies) were removed in RabbitMQ 4.0",
+    "test_call_resend.py::test_a_node_kill_loses_no_call[server-mirrored]":
+        "classic mirrored queues (ha-mode policies) were removed in RabbitMQ 4.0",
+    # The quorum case of each of these runs on RabbitMQ 4.
+    "test_recovery.py::test_kill_consumer_node_consumes_again_on_another_node[classic]":
+        "needs a transient classic queue, which dies with its node and is declared again "
+        "on another; the RabbitMQ 4 cluster denies transient non-exclusive queues, and a "
+        "durable classic queue stays down with its node",
+    "test_rpc_chaos.py::test_calls_every_100ms_through_a_fault_do_not_fail[kill-classic]":
+        "needs a transient classic queue, which dies with its node and is declared again "
+        "on another; the RabbitMQ 4 cluster denies transient non-exclusive queues, and a "
+        "durable classic queue stays down with its node",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not rabbit_cluster.Settings.from_env().in_chroot:
+        return
+    for item in items:
+        reason = SKIPPED_ON_RABBITMQ_4.get(item.nodeid.split("tests/functional/", 1)[-1])
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=f"RabbitMQ 4: {reason}"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    defaults = library_defaults()
+    if defaults:
+        # oslo.config's own way to change option defaults; from_url() and
+        # from_conf() read them, so every test's settings get them. The same
+        # for oslo.messaging's rabbit driver, which runs next to ours.
+        cfg.set_defaults(options.ALL_OPTS, **defaults)
+        cfg.set_defaults(impl_rabbit.rabbit_opts, **defaults)
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Any]:
-    rabbit_cluster.install()
     settings = rabbit_cluster.Settings.from_env()
+    rabbit_cluster.install(settings)
     the_cluster = rabbit_cluster.Cluster(settings)
     with rabbit_cluster.ClusterLock(settings.data_dir, settings.lock_timeout):
         reuse = (os.environ.get("RHA_TEST_REUSE_CLUSTER") == "1"
-                 and the_cluster.started_by() == "cli" and the_cluster.is_healthy())
+                 and the_cluster.started_by() == "cli"
+                 and the_cluster.running_version() == settings.rabbitmq
+                 and the_cluster.is_healthy())
         if reuse:
             LOG.info("reusing the running cluster in %s", settings.data_dir)
             rabbit_cluster.remove_tagged_rules(the_cluster.client_ports())

@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -52,6 +54,38 @@ def _load_cluster_module() -> ModuleType:
 
 
 rabbit_cluster = _load_cluster_module()
+
+#: A RabbitMQ 4 test cluster (RHA_TEST_RABBITMQ=4) denies transient (non-durable)
+#: non-exclusive queues, so the queues a test declares for itself are durable
+#: there; they are deleted between tests all the same. On 3.10 they stay as the
+#: test was written (a transient classic queue dies with its node).
+OWN_QUEUES_DURABLE = rabbit_cluster.Settings.from_env().in_chroot
+
+
+def library_defaults() -> dict[str, Any]:
+    """Option defaults of the library for this session's broker (none on 3.10).
+
+    RabbitMQ 4 denies transient non-exclusive queues: the library runs with
+    quorum queues there, the configuration the docs advise for such a broker
+    (``RHA_TEST_STREAM_FANOUT=1``: stream fanout too)."""
+    if not rabbit_cluster.Settings.from_env().in_chroot:
+        return {}
+    defaults: dict[str, Any] = {"rabbit_quorum_queue": True, "rabbit_transient_quorum_queue": True}
+    if os.environ.get("RHA_TEST_STREAM_FANOUT") == "1":
+        # oslo.messaging refuses stream fanout without a prefetch limit (its default is 0).
+        defaults.update(rabbit_stream_fanout=True, rabbit_qos_prefetch_count=64)
+    return defaults
+
+
+def config_file_args() -> list[str]:
+    """``--config-file PATH`` giving a ``rabbit-ha`` subprocess :func:`library_defaults`."""
+    defaults = library_defaults()
+    if not defaults:
+        return []
+    path = Path(tempfile.gettempdir()) / f"rha-func-defaults-{os.getpid()}.conf"
+    path.write_text("[rabbit_ha]\n" + "".join(
+        f"{name} = {str(value).lower()}\n" for name, value in defaults.items()))
+    return ["--config-file", str(path)]
 
 
 def _ports(spec: list[str]) -> tuple[str, str]:

@@ -19,6 +19,8 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.settings import from_url
 
+from .faults import OWN_QUEUES_DURABLE
+
 
 def unique(prefix: str) -> str:
     return f"rha-func.{prefix}.{uuid.uuid4().hex[:8]}"
@@ -34,7 +36,7 @@ class ConsumerUnderTest:
     """A library connection consuming one queue, drained by a background thread."""
 
     def __init__(self, url: str, queue: str, *, queue_args: dict[str, Any] | None = None,
-                 durable: bool = False, name: str = "func-consumer", **overrides: Any) -> None:
+                 durable: bool = OWN_QUEUES_DURABLE, name: str = "func-consumer", **overrides: Any) -> None:
         self.recorder = ev.Recorder()
         bus = ev.EventBus()
         bus.subscribe(self.recorder)

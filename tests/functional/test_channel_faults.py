@@ -27,7 +27,7 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.connection.channel import ChannelState
 
-from .faults import wait_until
+from .faults import OWN_QUEUES_DURABLE, wait_until
 
 #: The consumer timeout the broker applies during these tests, and how often
 #: its channels check it (RabbitMQ checks on the channel tick, 60 s by default).
@@ -92,7 +92,7 @@ def _ack_timeout_round(cluster: Any, queue: str) -> dict[str, Any]:
 
     try:
         with consumer_timeout(cluster):
-            conn.declare_queue(queue)
+            conn.declare_queue(queue, durable=OWN_QUEUES_DURABLE)
             conn.consume(queue, on_message)
             port = conn.local_port
             publisher.basic_publish(amqp.Message(b"held"), "", queue)
@@ -167,7 +167,7 @@ def test_publish_to_missing_exchange_keeps_confirm_mode(cluster: Any) -> None:
     bus.subscribe(recorder)
     conn = Connection(_settings(node, request_timeout=5), events=bus)
     try:
-        conn.declare_queue("rha-live")
+        conn.declare_queue("rha-live", durable=OWN_QUEUES_DURABLE)
         port = conn.local_port
         with pytest.raises(exc.IrrecoverableError) as refused:
             conn.publish(b"x", "rha-no-such-exchange", "k", deadline=rha.Deadline.after(3))
@@ -193,7 +193,7 @@ def test_missing_exchange_is_blamed_on_its_own_publisher_only(cluster: Any) -> N
     sent = {"good": 0}
     stop = threading.Event()
     try:
-        conn.declare_queue("rha-live-2")
+        conn.declare_queue("rha-live-2", durable=OWN_QUEUES_DURABLE)
 
         def good() -> None:
             while not stop.is_set():

@@ -29,6 +29,7 @@ from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.rpc import RPCClient, RPCServer
 from rabbit_ha_driver.settings import from_url
 
+from .faults import OWN_QUEUES_DURABLE
 from .probes import rotate_url, unique
 
 CALL_TIMEOUT = 1.0
@@ -131,7 +132,7 @@ def test_a_write_the_broker_does_not_read_gives_up_at_its_deadline(cluster: Any)
     conn = Connection(rha.from_url(f"rabbit://guest:guest@127.0.0.1:{node.port}/"
                                    "?heartbeat_timeout_threshold=30&connect_timeout=1"))
     try:
-        conn.declare_queue("rha-big-write")
+        conn.declare_queue("rha-big-write", durable=OWN_QUEUES_DURABLE)
         body = b"x" * (64 * 1024 * 1024)   # far more than the socket buffers hold
         with frozen(cluster, node):
             started = time.monotonic()

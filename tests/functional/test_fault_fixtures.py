@@ -16,7 +16,7 @@ import pytest
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.settings import from_url
 
-from .faults import wait_until
+from .faults import OWN_QUEUES_DURABLE, wait_until
 from .test_harness_faults import CONNECTION_ERRORS, body_text, connect, unique
 
 
@@ -64,7 +64,7 @@ def test_consumer_timeout_closes_a_channel_holding_a_delivery(
     held: list[amqp.Message] = []
     with connect(node.address) as conn:
         channel = conn.channel()
-        channel.queue_declare(queue, auto_delete=False)
+        channel.queue_declare(queue, durable=OWN_QUEUES_DURABLE, auto_delete=False)
         channel.basic_consume(queue, callback=held.append)  # never acked
         conn.channel().basic_publish(amqp.Message("hold me"), routing_key=queue)
         conn.drain_events(timeout=5)
@@ -110,7 +110,7 @@ def test_missing_exchange_closes_the_publishing_channel_and_comes_back(
     with connect(cluster.nodes[1].address, confirm_publish=True) as conn:
         setup = conn.channel()
         setup.exchange_declare(exchange, "topic", durable=True, auto_delete=False)
-        setup.queue_declare(queue, auto_delete=False)
+        setup.queue_declare(queue, durable=OWN_QUEUES_DURABLE, auto_delete=False)
         setup.queue_bind(queue, exchange, routing_key="k.#")
 
         undo = broker_faults.missing_exchange(exchange)
@@ -137,7 +137,7 @@ def test_memory_alarm_blocks_publishers_until_restored(cluster: Any, broker_faul
                  on_unblocked=lambda: events.append(("unblocked", time.monotonic()))) as conn:
         channel = conn.channel()
         queue = unique("alarm")
-        channel.queue_declare(queue, auto_delete=False)
+        channel.queue_declare(queue, durable=OWN_QUEUES_DURABLE, auto_delete=False)
         undo = broker_faults.memory_alarm(0)  # an alarm on one node blocks the cluster
         wait_until(lambda: cluster.memory_alarms(), 10, "the memory alarm")
         channel.basic_publish(amqp.Message("blocks"), routing_key=queue)

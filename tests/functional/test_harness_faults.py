@@ -17,7 +17,7 @@ from typing import Any
 import amqp
 import pytest
 
-from .faults import local_port, refuses_connections, wait_until
+from .faults import OWN_QUEUES_DURABLE, local_port, refuses_connections, wait_until
 
 CONNECTION_ERRORS = (OSError, *amqp.Connection.connection_errors)
 
@@ -70,7 +70,7 @@ def test_silent_drop_starves_one_connection_only(cluster: Any, silent_drop: Any)
     received: list[str] = []
     with connect(node.address) as consumer, connect(node.address) as publisher:
         channel = consumer.channel()
-        channel.queue_declare(queue, auto_delete=False)
+        channel.queue_declare(queue, durable=OWN_QUEUES_DURABLE, auto_delete=False)
         channel.basic_consume(queue, no_ack=True,
                               callback=lambda m: received.append(body_text(m)))
         out = publisher.channel()
@@ -132,7 +132,7 @@ def test_deleting_a_queue_sends_basic_cancel(cluster: Any) -> None:
     cancelled: list[str] = []
     with connect(node.address) as conn:
         channel = conn.channel()
-        channel.queue_declare(queue, auto_delete=False)
+        channel.queue_declare(queue, durable=OWN_QUEUES_DURABLE, auto_delete=False)
         tag = channel.basic_consume(queue, callback=lambda m: None,
                                     on_cancel=cancelled.append)
         cluster.delete_queue(queue)

@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from .faults import wait_until
+from .faults import OWN_QUEUES_DURABLE, wait_until
 from .probes import rotate_url
 
 LOG = logging.getLogger(__name__)
@@ -202,7 +202,8 @@ def on_message(message):
     received.append(bytes(message.body if isinstance(message.body, bytes) else message.body.encode()))
     conn.ack(message)
 
-queue = conn.declare_queue(f"rha-func.blocked-hub-ha.{uuid.uuid4().hex[:8]}")
+queue = conn.declare_queue(f"rha-func.blocked-hub-ha.{uuid.uuid4().hex[:8]}",
+                           durable=sys.argv[5] == "durable")
 conn.consume(queue, on_message)
 draining = True
 
@@ -259,7 +260,8 @@ print(json.dumps(outcome))
 def run_blocked_hub_ha(url: str, runner: str) -> dict[str, Any]:
     """SCENARIO_HA in a monkey-patched subprocess; its outcome as a dict."""
     done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", SCENARIO_HA, url, runner, str(THRESHOLD), str(BLOCK_FOR)],
+        [sys.executable, "-W", "ignore", "-c", SCENARIO_HA, url, runner, str(THRESHOLD), str(BLOCK_FOR),
+         "durable" if OWN_QUEUES_DURABLE else "transient"],
         capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"scenario failed:\n{done.stdout}\n{done.stderr}"
     outcome: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -44,6 +44,7 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.settings import from_url
 
+from .faults import OWN_QUEUES_DURABLE
 from .probes import closing, rotate_url, unique
 
 T = 3
@@ -77,7 +78,7 @@ class Member:
         self.worst_round_trip = 0.0
         self._stop = threading.Event()
         self.conn.set_qos()
-        self.conn.declare_queue(self.queue)
+        self.conn.declare_queue(self.queue, durable=OWN_QUEUES_DURABLE)
         self.conn.consume(self.queue, self._on_message, no_ack=True)
         self._thread = threading.Thread(target=self._run, name=self.conn.name, daemon=True)
 

@@ -35,6 +35,7 @@ from oslo_messaging import conffixture
 
 from rabbit_ha_driver.oslo import RabbitHADriver
 
+from .faults import library_defaults
 from .probes import Caller
 
 
@@ -105,7 +106,8 @@ def test_oslo_messaging_functional_tests_pass_on_rabbit_ha_as_on_rabbit(cluster,
     crashes: dict[str, str | None] = {}
     for scheme in runner.SCHEMES:
         results[scheme], seconds[scheme], crashes[scheme] = runner.run_scheme(
-            cluster.url(), scheme, only=None, timeout=900, workers=6, log_dir=str(tmp_path))
+            cluster.url(), scheme, only=None, timeout=900, workers=6, log_dir=str(tmp_path),
+            option_defaults=library_defaults())
     print()
     print(runner.report(results, seconds, crashes))
     assert not any(crashes.values()), crashes

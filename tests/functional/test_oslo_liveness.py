@@ -51,7 +51,7 @@ from oslo_config import cfg
 from oslo_messaging import conffixture
 
 from . import faults
-from .faults import wait_until
+from .faults import library_defaults, wait_until
 from .probes import Caller
 
 T = 3
@@ -238,6 +238,12 @@ from oslo_config import cfg
 from oslo_messaging import conffixture
 
 url, threshold, block_for = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+defaults = json.loads(sys.argv[4])  # the session's option defaults (RabbitMQ 4)
+if defaults:
+    from oslo_messaging._drivers import impl_rabbit
+    from rabbit_ha_driver import options
+    cfg.set_defaults(impl_rabbit.rabbit_opts, **defaults)
+    cfg.set_defaults(options.ALL_OPTS, **defaults)
 conf = cfg.ConfigOpts()
 conffixture.ConfFixture(conf)
 conf.set_override("heartbeat_timeout_threshold", threshold, group="oslo_messaging_rabbit")
@@ -308,7 +314,7 @@ def through_blocked_hub(cluster: Any, scheme: str) -> HubFigures:
     with tempfile.TemporaryFile("w+") as errors:
         child = subprocess.Popen(
             [sys.executable, "-W", "ignore", "-c", BLOCKED_HUB, scheme_url(cluster, scheme),
-             str(T), str(BLOCK_FOR)],
+             str(T), str(BLOCK_FOR), json.dumps(library_defaults())],
             stdout=subprocess.PIPE, stderr=errors, text=True)
         watchdog = threading.Timer(CHILD_TIMEOUT, child.kill)
         watchdog.start()

@@ -17,6 +17,7 @@ from rabbit_ha_driver.connection.confirms import Outcome
 from rabbit_ha_driver.rpc import RPCClient, RPCServer
 from rabbit_ha_driver.settings import from_url
 
+from .faults import OWN_QUEUES_DURABLE
 from .probes import unique, wait_for
 
 
@@ -34,7 +35,7 @@ def test_a_return_among_acked_messages_is_told_apart(cluster: Any) -> None:
     conn = Connection(from_url(cluster.url()), name="pipelined-returns")
     queue = unique("pipelined")
     try:
-        conn.declare_queue(queue, auto_delete=True, deadline=Deadline.after(10))
+        conn.declare_queue(queue, auto_delete=True, durable=OWN_QUEUES_DURABLE, deadline=Deadline.after(10))
         props = {"content_type": "text/plain"}
         pendings = []
         for i in range(200):

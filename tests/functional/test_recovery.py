@@ -20,6 +20,7 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.settings import from_url
 
+from .faults import OWN_QUEUES_DURABLE
 from .probes import ConsumerUnderTest, Probe, closing, report, rotate_url, unique, wait_for
 from .swallow_proxy import SwallowProxy
 
@@ -163,10 +164,11 @@ def inequivalent_arguments(cluster: Any) -> tuple[float, exc.IrrecoverableError]
     queue = unique("ineq")
     conn = Connection(from_url(rotate_url(cluster, 0)), name="func-ineq")
     with closing(conn):
-        conn.declare_queue(queue, arguments={"x-max-length": 10})
+        conn.declare_queue(queue, durable=OWN_QUEUES_DURABLE, arguments={"x-max-length": 10})
         started = time.monotonic()
         with pytest.raises(exc.IrrecoverableError) as err:
-            conn.declare_queue(queue, arguments={"x-max-length": 20}, deadline=Deadline.after(30))
+            conn.declare_queue(queue, durable=OWN_QUEUES_DURABLE, arguments={"x-max-length": 20},
+                               deadline=Deadline.after(30))
         return time.monotonic() - started, err.value
 
 
@@ -215,7 +217,7 @@ def request_never_answered(cluster: Any) -> tuple[float, float]:
         assert conn.host.port == proxy.port
         proxy.swallow()
         started = time.monotonic()
-        conn.declare_queue(unique("swallowed"), deadline=Deadline.after(20))
+        conn.declare_queue(unique("swallowed"), durable=OWN_QUEUES_DURABLE, deadline=Deadline.after(20))
         recovered = time.monotonic() - started
         missed = recorder.of(ev.RequestDeadlineMissed)
         assert missed and missed[0].operation == "queue.declare", recorder.events
@@ -254,7 +256,7 @@ def test_tls_with_the_harness_ca_verifies_the_hostname(cluster):
         conn.connect(Deadline.after(10))
         sock = conn._socket()
         assert sock.getpeercert()["subject"]
-        assert conn.declare_queue(unique("tls"))
+        assert conn.declare_queue(unique("tls"), durable=OWN_QUEUES_DURABLE)
 
 
 def test_tls_with_a_wrong_ca_is_a_clear_error(cluster):
@@ -286,7 +288,7 @@ def test_fork_after_connecting_parent_and_child_keep_working(cluster):
     conn = Connection(from_url(rotate_url(cluster, 0)), name="func-fork")
     got: list[bytes] = []
     with closing(conn):
-        conn.declare_queue(queue)
+        conn.declare_queue(queue, durable=OWN_QUEUES_DURABLE)
         conn.consume(queue, lambda m: (got.append(m.body), conn.ack(m)))
         port = conn.local_port
         pid = os.fork()
@@ -331,7 +333,7 @@ def test_blocked_connection_waits_and_is_not_torn_down(cluster):
     conn.events.subscribe(recorder)
     done: list[float] = []
     with closing(conn):
-        conn.declare_queue(queue)
+        conn.declare_queue(queue, durable=OWN_QUEUES_DURABLE)
         conn.publish(b"before", "", queue)
         port = conn.local_port
         cluster.rabbitmqctl(0, "set_vm_memory_high_watermark", "0.000001")

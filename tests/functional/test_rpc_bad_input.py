@@ -32,6 +32,7 @@ from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, envelope
 from rabbit_ha_driver.settings import from_url
 
+from .faults import OWN_QUEUES_DURABLE
 from .probes import unique, wait_for
 
 MAX_SIZE = 64 * 1024
@@ -58,10 +59,10 @@ class Caller:
     def __init__(self, url: str, topic: str) -> None:
         self.conn = Connection(from_url(url), name="bad-input-caller")
         self.topic = topic
-        self.reply_q = envelope.reply_queue_name()
+        self.reply_q = envelope.reply_queue_name(from_url())
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self.received: dict[str, envelope.Reply] = {}
-        self.conn.declare_queue(self.reply_q)
+        self.conn.declare_queue(self.reply_q, durable=OWN_QUEUES_DURABLE)
         self.conn.consume(self.reply_q, self._on_reply)
 
     def _on_reply(self, message: Any) -> None:

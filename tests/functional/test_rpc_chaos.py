@@ -44,6 +44,7 @@ from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, envelope
 from rabbit_ha_driver.settings import from_url
 
+from .faults import OWN_QUEUES_DURABLE
 from .probes import PacedCaller, rotate_url, unique, wait_for
 
 REPEAT = 5
@@ -112,7 +113,9 @@ def calls_through_fault(cluster: Any, fault: str, quorum: bool) -> CallFigures:
     ``"kill"`` (SIGKILL of the server's node).
     """
     topic = unique(f"chaos-{fault}")
-    overrides: dict[str, Any] = {"rabbit_quorum_queue": quorum, "kombu_reconnect_delay": 1.0}
+    # "classic" on RabbitMQ 4, which denies transient queues: durable classic.
+    overrides: dict[str, Any] = {"rabbit_quorum_queue": quorum, "kombu_reconnect_delay": 1.0,
+                                 "amqp_durable_queues": OWN_QUEUES_DURABLE}
     recorder = ev.Recorder()
     endpoint = _Endpoint()
     with _serving(rotate_url(cluster, 0), topic, endpoint, recorder, **overrides) as server:

@@ -31,6 +31,8 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.rpc import NotificationServer, Notifier, RPCClient, RPCServer
 from rabbit_ha_driver.settings import Settings, from_url
 
+from .faults import OWN_QUEUES_DURABLE
+
 WAIT = 10.0
 
 
@@ -98,11 +100,15 @@ class Sides:
 
     def __init__(self, cluster: Any, quorum: bool) -> None:
         url = cluster.url()
+        # "classic" on RabbitMQ 4, which denies transient queues: durable classic.
         self.settings: Settings = from_url(url, rabbit_quorum_queue=quorum,
+                                           amqp_durable_queues=OWN_QUEUES_DURABLE,
                                            connection_name="interop-rha")
         self.conf = cfg.ConfigOpts()
         conffixture.ConfFixture(self.conf)  # registers oslo.messaging's options here
         self.conf.set_override("rabbit_quorum_queue", quorum, group="oslo_messaging_rabbit")
+        self.conf.set_override("amqp_durable_queues", OWN_QUEUES_DURABLE,
+                               group="oslo_messaging_rabbit")
         self.conf.set_override("heartbeat_timeout_threshold", 10, group="oslo_messaging_rabbit")
         self.oslo_rpc = om.get_rpc_transport(self.conf, url=url)
         self.oslo_notify = om.get_notification_transport(self.conf, url=url)

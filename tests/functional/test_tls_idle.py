@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from .faults import library_defaults
+
 T = 4
 IDLE = 3 * T
 #: A second call must be answered within this.
@@ -55,7 +57,8 @@ from rabbit_ha_driver.settings import from_url
 url, ca_file, _, runner, threshold, idle = sys.argv[1:7]
 threshold, idle = int(threshold), float(idle)
 settings = from_url(url, ssl_ca_file=ca_file, heartbeat_timeout_threshold=threshold,
-                    heartbeat_runner=runner, connection_name=f"tls-idle-{runner}")
+                    heartbeat_runner=runner, connection_name=f"tls-idle-{runner}",
+                    **json.loads(sys.argv[7]))  # the session's option defaults (RabbitMQ 4)
 
 
 class Echo:
@@ -125,7 +128,7 @@ def idle_over_tls(cluster: Any, variant: str) -> Run:
     before = cluster.missed_heartbeat_closes()
     child = subprocess.Popen(
         [sys.executable, "-W", "ignore", "-c", SCENARIO, tls_url(cluster), cluster.tls.ca_file,
-         patched, runner, str(T), str(IDLE)],
+         patched, runner, str(T), str(IDLE), json.dumps(library_defaults())],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(CHILD_TIMEOUT, child.kill)
     watchdog.start()

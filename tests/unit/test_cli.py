@@ -228,3 +228,39 @@ def test_drill_against_a_topic_nobody_serves_fails_with_an_outage():
     assert status == 1
     assert "own test server" not in text
     assert "still failing at the end" in text and "MessagingTimeout" in text
+
+
+def _fake_connection(broker):
+    from rabbit_ha_driver.connection import Connection
+    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.testing import FakeTransport
+
+    return Connection(from_url("rabbit://u:p@h1:1/"), name="check", clock=FakeClock(),
+                      transport=FakeTransport, transport_options={"fake_broker": broker})
+
+
+def test_check_warns_when_the_broker_denies_transient_queues():
+    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.testing import FakeBroker, feature_denied
+
+    broker = FakeBroker()
+    broker.fail_next("queue.declare", feature_denied())
+    out = io.StringIO()
+    cli._warn_if_transient_queues_denied(_fake_connection(broker), from_url("rabbit://u:p@h1:1/"),
+                                         5.0, out)
+    assert "WARN the broker denies transient non-exclusive queues (transient_nonexcl_queues)" \
+        in out.getvalue()
+    assert "rabbit_transient_quorum_queue = true" in out.getvalue()
+
+
+def test_check_probes_nothing_when_no_transient_queue_is_declared():
+    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.testing import FakeBroker
+
+    broker = FakeBroker()
+    out = io.StringIO()
+    settings = from_url("rabbit://u:p@h1:1/", rabbit_quorum_queue=True,
+                        rabbit_transient_quorum_queue=True)
+    cli._warn_if_transient_queues_denied(_fake_connection(broker), settings, 5.0, out)
+    assert out.getvalue() == "" and "queue.declare" not in broker.calls
+    assert cli.declares_transient_queues(from_url("rabbit://u:p@h1:1/", amqp_durable_queues=True))

@@ -9,7 +9,12 @@ import pytest
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Deadline, State
-from rabbit_ha_driver.testing import not_found, precondition_failed
+from rabbit_ha_driver.testing import (
+    feature_denied,
+    internal_error,
+    not_found,
+    precondition_failed,
+)
 
 from .conftest import URL, make_connection
 
@@ -84,6 +89,59 @@ def test_inequivalent_arguments_raise_at_once(broker, clock, recorder):
         conn.declare_queue("q", deadline=Deadline.after(60, clock))
     assert err.value.reply_code == 406 and err.value.operation == "queue.declare"
     assert broker.calls.count("queue.declare") == 1
+
+
+def test_inequivalent_arguments_are_quoted_in_the_error_and_the_log(broker, clock, recorder, caplog):
+    conn = make(broker, clock, recorder)
+    conn.connect()
+    broker.fail_next("queue.declare", precondition_failed(
+        "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'q'"))
+    with caplog.at_level(logging.ERROR), pytest.raises(exc.IrrecoverableError) as err:
+        conn.declare_queue("q", deadline=Deadline.after(60, clock))
+    assert "inequivalent arg 'x-delivery-limit' for queue 'q'" in str(err.value)
+    [refused] = recorder.of(ev.Refused)
+    assert (refused.operation, refused.reply_code) == ("queue.declare", 406)
+    assert any("inequivalent arg 'x-delivery-limit'" in r.getMessage() and "not retried" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_denied_deprecated_feature_raises_at_once_with_the_broker_reason(broker, clock, recorder, caplog):
+    conn = make(broker, clock, recorder)
+    conn.connect()
+    broker.fail_next("queue.declare", feature_denied(), times=50)
+    with caplog.at_level(logging.ERROR), pytest.raises(exc.FeatureDenied) as err:
+        conn.declare_queue("q", deadline=Deadline.after(60, clock))
+    assert broker.calls.count("queue.declare") == 1 and clock.sleeps == []
+    assert err.value.feature == "transient_nonexcl_queues" and err.value.reply_code == 541
+    message = str(err.value)
+    assert "Feature `transient_nonexcl_queues` is deprecated. Its use is not permitted" in message
+    assert "rabbit_transient_quorum_queue" in message and "\n" not in message
+    assert any("Feature `transient_nonexcl_queues` is deprecated" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.ERROR)
+    # The broker closed the connection: the connection knows, and the next
+    # operation reconnects.
+    assert conn.state is State.RECOVERING
+    conn.declare_exchange("x", deadline=Deadline.after(60, clock))
+    assert len(broker.connects) == 2
+
+
+def test_denied_feature_in_a_topology_replay_is_not_retried(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    conn.declare_queue("q")
+    broker.drop_connections()
+    broker.fail_next("queue.declare", feature_denied(), times=50)
+    with pytest.raises(exc.FeatureDenied):
+        conn.declare_exchange("x", deadline=Deadline.after(60, clock))
+    assert broker.calls.count("queue.declare") == 2  # the first declare and one replay
+
+
+def test_other_internal_errors_are_still_retried(broker, clock, recorder):
+    conn = make(broker, clock, recorder)
+    conn.connect()
+    broker.fail_next("queue.declare", internal_error())
+    conn.declare_queue("q", deadline=Deadline.after(60, clock))
+    assert broker.calls.count("queue.declare") == 2
+    assert recorder.of(ev.Refused) == []
 
 
 def test_404_on_consume_is_retried_on_a_new_channel(broker, clock, recorder):

@@ -303,5 +303,5 @@ def test_queue_declarations_match_oslo_messaging():
     assert fanout.name.startswith("t_fanout_") and len(fanout.name) == len("t_fanout_") + 32
     assert (fanout.exchange, fanout.routing_key, fanout.durable) == ("t_fanout", "t", False)
     assert fanout.arguments == (("x-expires", 1800 * 1000),)
-    assert envelope.fanout_exchange("t") == envelope.ExchangeSpec("t_fanout", "fanout", False, True)
-    assert envelope.reply_queue_name().startswith("reply_")
+    assert envelope.fanout_exchange(plain, "t") == envelope.ExchangeSpec("t_fanout", "fanout", False, True)
+    assert envelope.reply_queue_name(plain).startswith("reply_")

@@ -17,6 +17,7 @@ from rabbit_ha_driver.rpc.listener import (
     notification_listener,
     rpc_listener,
 )
+from rabbit_ha_driver.settings import from_url
 from rabbit_ha_driver.testing import FakeTransport
 
 from .conftest import fake_factory
@@ -308,3 +309,27 @@ def test_listener_kind_is_checked(settings, listen_conn, publisher):
         PollListener(settings, listen_conn, publisher, kind="other", exchanges=[], queues=[])
     with pytest.raises(ValueError):
         notification_listener(settings, [], connection=listen_conn, publisher=publisher)
+
+
+def test_a_stream_consumer_resumes_after_its_last_delivery(broker, publisher, topic):
+    settings = from_url("rabbit://u:p@h1:1/", rabbit_transient_quorum_queue=True,
+                        rabbit_stream_fanout=True)
+    conn = Connection(settings, name="listen", transport=FakeTransport,
+                      transport_options={"fake_broker": broker})
+    listener = rpc_listener(settings, topic, "s1", connection=conn, publisher=publisher)
+    try:
+        assert listener.subscribe(time.monotonic() + 2)
+        stream = f"{topic}_fanout"
+        [consumer] = [c for c in conn.topology.consumers.values()
+                      if conn.queue_name(c.queue_key) == stream]
+        # A server that starts reads only what is sent from now on.
+        assert consumer.arguments == {"x-stream-offset": "next"}
+        # The broker numbers stream deliveries; a reconnect goes on after the last one.
+        conn.publish(envelope.encode(request("fan"), 1 << 20), stream, topic,
+                     headers={"x-stream-offset": 41},
+                     properties={"content_type": "application/json", "content_encoding": "utf-8"})
+        [incoming] = poll_until(listener, 1)
+        assert incoming.message["method"] == "fan"
+        assert consumer.arguments == {"x-stream-offset": 42}
+    finally:
+        listener.cleanup()
