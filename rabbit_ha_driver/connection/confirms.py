@@ -56,10 +56,14 @@ class Outcome(enum.Enum):
 class Pending:
     """One published message waiting for its confirm."""
 
-    __slots__ = ("closed_by", "exchange", "message_id", "outcome", "reply_code", "reply_text", "seq")
+    __slots__ = ("at", "closed_by", "exchange", "message_id", "outcome", "reply_code",
+                 "reply_text", "seq")
 
-    def __init__(self, seq: int, message_id: str | None, exchange: str | None = None) -> None:
+    def __init__(self, seq: int, message_id: str | None, exchange: str | None = None,
+                 at: float = 0.0) -> None:
         self.seq = seq
+        #: When it was written (the connection's clock).
+        self.at = at
         self.message_id = message_id
         self.exchange = exchange
         self.outcome: Outcome | None = None
@@ -101,14 +105,19 @@ class ConfirmTracker:
         """The ``message_id`` the next message should carry to be recognised if returned."""
         return f"{self._prefix}.{self._seq + 1}"
 
-    def published(self, message_id: str | None, exchange: str | None = None) -> Pending:
-        """Record the message just written; its confirm number is the next one."""
+    def published(self, message_id: str | None, exchange: str | None = None,
+                  at: float = 0.0) -> Pending:
+        """Record the message just written (at ``at``); its confirm number is the next one."""
         self._seq += 1
-        pending = Pending(self._seq, message_id, exchange)
+        pending = Pending(self._seq, message_id, exchange, at)
         self._waiting[self._seq] = pending
         if message_id is not None:
             self._by_id.setdefault(message_id, []).append(pending)
         return pending
+
+    def oldest_at(self) -> float | None:
+        """When the oldest message still waiting for its confirm was written."""
+        return min((p.at for p in self._waiting.values()), default=None)
 
     def on_ack(self, delivery_tag: int, multiple: bool = False) -> None:
         self._settle(delivery_tag, multiple, Outcome.ACKED)

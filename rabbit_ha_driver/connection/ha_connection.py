@@ -529,7 +529,7 @@ class Connection:
                                   mandatory=mandatory)
             if not self._confirms:
                 return settled(Outcome.ACKED)  # memory: refused at once if unroutable
-            return self._tracker.published(props.get("message_id"), exchange)
+            return self._tracker.published(props.get("message_id"), exchange, self._clock.now())
 
         return self.ensure(attempt, operation="basic.publish", deadline=deadline)
 
@@ -595,7 +595,7 @@ class Connection:
         else:
             raw.transport.write(data)
         raw.bytes_sent += 1
-        pending = self._tracker.published(message_id, exchange)
+        pending = self._tracker.published(message_id, exchange, self._clock.now())
         try:
             self._read_waiting()
         except Exception as error:
@@ -648,8 +648,15 @@ class Connection:
                     # A broker under a resource alarm holds confirms back on
                     # purpose: that is not a dead channel. Wait up to the
                     # publish's own deadline instead.
-                    if self._state is not State.BLOCKED and not callers:
-                        self._lost(f"no publisher confirm within {error.timeout:g}s")
+                    # But a broker that has confirmed nothing for
+                    # request_timeout (the oldest message still waits) is
+                    # stuck, whoever is waiting: without this, callers with
+                    # short deadlines would keep a deaf channel for ever.
+                    oldest = self._tracker.oldest_at()
+                    stuck = oldest is not None and self._clock.now() - oldest >= budget
+                    if self._state is not State.BLOCKED and (not callers or stuck):
+                        self._lost(f"no publisher confirm within {budget:g}s" if stuck
+                                   else f"no publisher confirm within {error.timeout:g}s")
                         continue
                     if self._state is not State.BLOCKED:
                         raise exc.MessagingTimeout(

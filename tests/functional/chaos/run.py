@@ -379,15 +379,17 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
         final_figures = figures(workers)
         for name, (threads, rss) in sorted(final_figures.items()):
             base_threads, base_rss = base_figures.get(name, (threads, rss))
-            # Threads are counted by the worker itself, at one instant: its
-            # Python threads plus the OS threads that are none. /proc's count
-            # (shown) also catches a runner's thread between exiting and its
-            # successor starting, and flaps by one.
+            # Threads are counted by the worker itself, at one instant: the
+            # Python threads (every thread the library starts is one), less
+            # the on-demand ones. /proc's count (shown) flaps by one when a
+            # runner's thread is replaced; OS threads that are no Python
+            # thread (eventlet's pool of native threads, which grows on
+            # demand up to its size) are shown, not counted.
             worker = next(w for w in workers if w.name == name)
             now = collections.Counter(n for n in worker.thread_names() if not on_demand(n))
             was = collections.Counter(n for n in base_names.get(name, []) if not on_demand(n))
             others_now, others_was = worker.other_tasks(), base_others.get(name, [])
-            counted, counted_was = sum(now.values()) + len(others_now), sum(was.values()) + len(others_was)
+            counted, counted_was = sum(now.values()), sum(was.values())
             if abs(counted - counted_was) > TOLERANCE * counted_was:
                 violation("after: threads within 10% of warm-up",
                           f"{name}: {counted_was} -> {counted} threads (/proc: {base_threads} -> "
