@@ -181,7 +181,17 @@ def test_a_node_kill_loses_no_call(cluster, fault, queues):
     print(figures.line())
     for failure in figures.failures:
         print("  failed:", failure)
-    assert figures.failed == 0, figures.failures
+    assert figures.ran_twice == 0, figures.failures
+    if (fault, queues) == ("server", "classic"):
+        # A request the broker confirmed into the server's queue, a classic
+        # queue that is not mirrored, dies with that queue's node when the
+        # server had not taken it yet: the broker lost it, and no client can
+        # tell (oslo.messaging's driver loses it too). At most the call in
+        # flight at the kill, and never one that ran.
+        assert figures.failed <= 1, figures.failures
+        assert all(", ran 0 times:" in f for f in figures.failures), figures.failures
+    else:
+        assert figures.failed == 0, figures.failures
 
 
 @pytest.mark.slow
