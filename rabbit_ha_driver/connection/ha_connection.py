@@ -997,9 +997,8 @@ class Connection:
         while True:
             # At least one attempt, even when the caller left no time.
             if attempts and deadline.expired():
-                hosts = ", ".join(h.address for h in self.settings.hosts) or "memory://"
                 raise exc.MessagingTimeout(
-                    f"could not connect to any of {hosts} within "
+                    f"could not connect to any of {self._hosts_text()} within "
                     f"{self._clock.now() - started:.1f}s ({attempts} attempts): {last_error}",
                     waited=self._clock.now() - started, last_error=last_error)
             host = self._ring.current if self._ring else None
@@ -1073,6 +1072,9 @@ class Connection:
         self.events.emit(ev.RetryScheduled(self.name, failed_passes, delay))
         self._clock.sleep(deadline.cap(delay))
 
+    def _hosts_text(self) -> str:
+        return ", ".join(h.address for h in self.settings.hosts) or "memory://"
+
     def _wait_for_retry(self, deadline: Deadline) -> None:
         """Honour a backoff an earlier, shorter turn began (see ``_retry_at``).
 
@@ -1084,9 +1086,8 @@ class Connection:
             return
         if deadline.remaining() < wait:
             self._clock.sleep(max(0.0, deadline.remaining()))
-            hosts = ", ".join(h.address for h in self.settings.hosts) or "memory://"
             raise exc.MessagingTimeout(
-                f"could not connect to any of {hosts}: backing off after "
+                f"could not connect to any of {self._hosts_text()}: backing off after "
                 f"{self._failed_passes} failed passes, next attempt in {wait:.1f}s",
                 waited=wait)
         self._clock.sleep(wait)
