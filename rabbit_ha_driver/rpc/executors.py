@@ -15,7 +15,7 @@ is imported only when that executor is chosen.
 from __future__ import annotations
 
 import abc
-import concurrent.futures
+import collections
 import logging
 import math
 import threading
@@ -123,17 +123,48 @@ class Executor(abc.ABC):
 
 
 class ThreadingExecutor(Executor):
-    """OS threads."""
+    """OS threads, started as work needs them and kept for the next message.
+
+    The workers are daemon threads: a process that exits without stopping its
+    servers is not held up at exit by a polling loop that never ends (a
+    ``concurrent.futures`` pool joins its threads at exit, so such a process
+    would hang there for ever while the loop retried a broker that is gone).
+    """
 
     name = "threading"
 
     def __init__(self, max_workers: int = 64) -> None:
         super().__init__(max_workers)
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="rpc-worker")
+        self._work: collections.deque[Callable[[], None]] = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._threads = 0
+        self._idle = 0
+        self._closed = False
 
     def _start(self, fn: Callable[[], None]) -> None:
-        self._pool.submit(fn)
+        with self._ready:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is shut down")
+            self._work.append(fn)
+            if self._idle > len(self._work) - 1:
+                self._ready.notify()
+                return
+            number = self._threads
+            self._threads += 1
+        threading.Thread(target=self._serve, name=f"rpc-worker_{number}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                self._idle += 1
+                while not self._work and not self._closed:
+                    self._ready.wait()
+                self._idle -= 1
+                if not self._work:
+                    self._threads -= 1
+                    return
+                fn = self._work.popleft()
+            fn()
 
     def spawn(self, fn: Callable[[], Any], name: str) -> Callable[[float | None], bool]:
         thread = threading.Thread(target=fn, name=name, daemon=True)
@@ -148,7 +179,9 @@ class ThreadingExecutor(Executor):
         return join
 
     def _close(self) -> None:
-        self._pool.shutdown(wait=False)
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
 
 
 class EventletExecutor(Executor):

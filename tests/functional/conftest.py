@@ -122,7 +122,16 @@ SKIPPED_ON_RABBITMQ_4 = {
 }
 
 
+#: The longest one functional test may take (seconds) before pytest-timeout
+#: fails it with every thread's stack, so a hang shows as a failure instead of
+#: a run that never ends. The slow figure runs set their own.
+TEST_TIMEOUT = 600
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
     if not rabbit_cluster.Settings.from_env().in_chroot:
         return
     for item in items:

@@ -81,14 +81,18 @@ def test_a_cast_to_a_topic_nobody_serves_yet_is_resent_until_one_does(cluster: A
     endpoint = Counting()
     client = RPCClient(settings, topic, timeout=20)
     server = RPCServer(settings, topic, "s", [endpoint])
+    started = threading.Timer(0.5, server.start)
     try:
         receipt = client.cast_async({}, "record", n=1)
-        started = threading.Timer(0.5, server.start)
         started.start()
         assert receipt.result(20) is True
         started.join()
         assert wait_for(lambda: endpoint.seen == [1], 10, interval=0.05)
     finally:
+        # The server must not start after the stop below, or nobody stops it.
+        started.cancel()
+        if started.is_alive():
+            started.join()
         client.close()
         server.stop()
         server.wait(5)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -85,3 +88,35 @@ def test_executor_by_name():
         make_executor("processes")
     with pytest.raises(ValueError):
         ThreadingExecutor(0)
+
+
+def test_workers_are_reused_and_never_exceed_the_slots():
+    executor = ThreadingExecutor(max_workers=3)
+    names: list[str] = []
+    for _ in range(20):
+        assert executor.reserve(5)
+        done = threading.Event()
+        executor.submit(lambda done=done: (names.append(threading.current_thread().name),
+                                           done.set()))
+        assert done.wait(5)
+    assert executor.shutdown(timeout=5)
+    assert len(set(names)) <= 3
+
+
+def test_a_process_whose_server_was_never_stopped_still_exits():
+    """A server's polling loop runs on a worker; exit must not wait for it."""
+    script = textwrap.dedent("""
+        from rabbit_ha_driver import RPCServer, from_url
+
+        class Endpoint:
+            def ping(self, ctxt):
+                return "pong"
+
+        server = RPCServer(from_url("memory://"), "exit-topic", "s", [Endpoint()])
+        server.start()
+        print("started", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "started" in done.stdout
