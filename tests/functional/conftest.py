@@ -58,6 +58,10 @@ Fixtures
   (server certificate: CN=localhost, SAN DNS:localhost and IP:127.0.0.1;
   the TLS listeners verify a client certificate if one is sent).
 
+``sockets_left_unclosed`` (autouse) -- after every test, a garbage
+collection finalizes the sockets it left unclosed, and they are logged with
+the test's name instead of failing a later test.
+
 ``healthy_cluster`` (autouse) -- before every test: restart and rejoin what
 is down (or rebuild the cluster), then delete all queues, policies,
 non-default exchanges and leftover firewall rules. Returns ``cluster``.
@@ -83,8 +87,10 @@ certificate, CN ``rha-test-client``) on every node during the block.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -177,6 +183,25 @@ def cluster() -> Iterator[Any]:
 def healthy_cluster(cluster: Any) -> Any:
     cluster.ensure_healthy()
     return cluster
+
+
+@pytest.fixture(autouse=True)
+def sockets_left_unclosed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Finalize, after each test, the sockets it dropped without closing.
+
+    A socket a test (or a connection lost to its fault) left for the garbage
+    collector would otherwise be finalized during some later test, whose
+    ResourceWarning pytest then turns into that innocent test's failure. They
+    are logged here, with the test that left them.
+    """
+    yield
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    if unclosed:
+        LOG.warning("%s left %d socket(s) to the garbage collector: %s",
+                    request.node.nodeid, len(unclosed), "; ".join(unclosed[:5]))
 
 
 @pytest.fixture
