@@ -162,16 +162,20 @@ class ConsumerCancelled(Event):
 
 @dataclasses.dataclass(frozen=True)
 class ConsumerLost(Event):
-    """The broker's queue counts no consumer although this connection consumes
-    it, twice in a row (lost without a basic.cancel): the channel is reopened
-    and consumes again."""
+    """The broker's queue does not deliver to this connection's consumer,
+    twice in a row (lost without a basic.cancel): the queue counts no
+    consumer, or holds ready messages that a consumer with free prefetch was
+    not sent. The channel is reopened and consumes again; when that happens
+    twice with nothing received in between, the connection moves to another
+    node."""
 
     queue: str
+    why: str = "the queue counts no consumer"
     level = logging.WARNING
 
     def describe(self) -> str:
         return (f"the broker lost the consumer of queue {self.queue!r} without a "
-                "consumer cancel (the queue counts no consumer); consuming again on a new channel")
+                f"consumer cancel ({self.why}); consuming again")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,6 +121,18 @@ class FakeBroker:
                 lost += 1
         return lost
 
+    def lose_consumers_of(self, channel: Any) -> int:
+        """Forget the consumers of one ``channel`` without telling it, every
+        queue and every other consumer kept: the queue still counts the
+        others, and nothing reaches this one."""
+        lost = 0
+        for tag, (_, _, owner) in list(self.consumers.items()):
+            if owner is channel:
+                del self.consumers[tag]
+                kombu_memory.Channel.basic_cancel(channel, tag)
+                lost += 1
+        return lost
+
     def delete_queue_silently(self, queue: str) -> None:
         """Delete ``queue`` and forget its consumers without telling them (a lost basic.cancel)."""
         for tag, (q, _, channel) in list(self.consumers.items()):

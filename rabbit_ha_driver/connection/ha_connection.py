@@ -39,6 +39,7 @@ concurrent.
 from __future__ import annotations
 
 import _socket
+import collections
 import enum
 import itertools
 import logging
@@ -126,6 +127,9 @@ _REPLAY_METHODS = frozenset({"basic.qos", "exchange.declare", "queue.declare", "
                              "basic.consume"})
 #: A reader with a deadline of its own checks queues only with this much left.
 MAINTENANCE_FLOOR = 0.5
+#: Seconds between the two checks that find a consumed queue holding ready
+#: messages while this connection, with nothing unacknowledged, got none.
+STARVED_RECHECK = 2.0
 _ALL_CONNECTIONS: weakref.WeakSet[Connection] = weakref.WeakSet()
 _names = itertools.count(1)
 
@@ -190,6 +194,16 @@ class Connection:
         self._next_consumer_check = 0.0
         #: Consumed queues whose last check counted no consumer on the broker.
         self._zero_consumers: set[Any] = set()
+        #: Deliveries per consumed queue, and those of the current channel not
+        #: yet acknowledged or rejected (see _consumer_starved).
+        self._delivered: collections.Counter[Any] = collections.Counter()
+        self._unsettled = 0
+        #: Consumed queues whose last check found ready messages that did not
+        #: come: the delivery count then.
+        self._starving: dict[Any, int] = {}
+        #: Queues whose consumer was found lost or starved since this
+        #: connection last received from them (a second time reconnects).
+        self._relost: set[Any] = set()
         self._active_tags: set[str] = set()
         self._recovered_cancels: set[str] = set()
         self._tags = itertools.count(1)
@@ -753,6 +767,7 @@ class Connection:
                 return True
             try:
                 fn(message)
+                self._unsettled = max(0, self._unsettled - 1)
                 return True
             except Exception as error:
                 self._lost(f"{operation} failed: {error}")
@@ -831,8 +846,16 @@ class Connection:
             try:
                 with self._request_deadline("queue.declare", budget):
                     ok = self._channel.queue_declare(queue=name, passive=True)
-                if self._consumer_lost(key, ok):
-                    self.events.emit(ev.ConsumerLost(self.name, name))
+                why = self._consumer_lost(key, ok)
+                if why is not None:
+                    self.events.emit(ev.ConsumerLost(self.name, name, why))
+                    if key in self._relost:
+                        # A new channel on this node did not help: another node may.
+                        self._relost.discard(key)
+                        self._lost(f"the consumer of queue {name!r} was lost again on a new "
+                                   f"channel ({why})")
+                        return
+                    self._relost.add(key)
                     if not self._reopen_channel(Deadline.after(budget, self._clock),
                                                 f"the broker lost the consumer of queue {name!r}"):
                         self._lost(f"consuming queue {name!r} again failed")
@@ -854,28 +877,58 @@ class Connection:
                     self._lost(f"re-creating vanished queue {name!r} failed")
                 return
 
-    def _consumer_lost(self, key: Any, declare_ok: Any) -> bool:
-        """Whether the broker's queue has no consumer although this connection
-        consumes it, at two checks in a row.
+    def _consumer_lost(self, key: Any, declare_ok: Any) -> str | None:
+        """Why the broker's queue does not deliver to this connection's
+        consumer, or None; it takes two checks in a row to say so.
 
         RabbitMQ can lose a consumer without a ``basic.cancel`` (a quorum
         queue whose members restarted around a leader change): the channel
         still lists it, the queue delivers to nobody, and messages wait for
-        ever. Only some transports count a queue's consumers (see
-        :func:`counts_consumers`). A first zero may be the broker catching
-        up: the next check comes soon, and only a second zero counts.
+        ever. Two signs, each needing a second check to count (a first one
+        may be the broker catching up, and the next check comes soon):
+
+        * the queue counts no consumer;
+        * the queue holds ready messages, and this connection, which had
+          nothing unacknowledged, received none from it in between. With
+          another server's consumer counted, that is the only sign a lost
+          consumer of ours gives; a live consumer with free prefetch would
+          have been sent them.
+
+        Only some transports count a queue's consumers (see
+        :func:`counts_consumers`).
         """
         count = getattr(declare_ok, "consumer_count", None)
-        if not counts_consumers(self._transport) or count is None or count > 0:
+        if not counts_consumers(self._transport) or count is None:
             self._zero_consumers.discard(key)
-            return False
+            self._starving.pop(key, None)
+            return None
+        if count > 0:
+            self._zero_consumers.discard(key)
+            return self._consumer_starved(key, getattr(declare_ok, "message_count", None))
+        self._starving.pop(key, None)
         if key in self._zero_consumers:
             self._zero_consumers.discard(key)
-            return True
+            return "the queue counts no consumer"
         self._zero_consumers.add(key)
-        self._next_consumer_check = min(self._next_consumer_check,
-                                        self._clock.now() + POST_RECOVERY_CHECK)
-        return False
+        self._check_again_in(POST_RECOVERY_CHECK)
+        return None
+
+    def _consumer_starved(self, key: Any, ready: int | None) -> str | None:
+        if not ready or self._unsettled > 0:
+            # Nothing waits, or our own prefetch may be what holds it back.
+            self._starving.pop(key, None)
+            return None
+        delivered = self._delivered[key]
+        if self._starving.get(key) != delivered:
+            self._starving[key] = delivered
+            self._check_again_in(STARVED_RECHECK)
+            return None
+        del self._starving[key]
+        return (f"{ready} message(s) ready in the queue and none delivered to this "
+                f"consumer with free prefetch since the last check")
+
+    def _check_again_in(self, seconds: float) -> None:
+        self._next_consumer_check = min(self._next_consumer_check, self._clock.now() + seconds)
 
     def _drain_once(self, wait: float) -> None:
         """One read of up to ``wait`` seconds; a timeout is not an error."""
@@ -901,10 +954,15 @@ class Connection:
 
         def deliver(raw_message: Any) -> None:
             message = to_python(raw_message) if to_python is not None else raw_message
-            if decl.no_ack and hasattr(message, "_state"):
-                # The broker counts it acknowledged on delivery: an ack
-                # written for it would name an unknown tag and close the channel.
-                message._state = "ACK"
+            self._delivered[decl.queue_key] += 1
+            self._relost.discard(decl.queue_key)
+            if decl.no_ack:
+                if hasattr(message, "_state"):
+                    # The broker counts it acknowledged on delivery: an ack
+                    # written for it would name an unknown tag and close the channel.
+                    message._state = "ACK"
+            elif channel is self._channel:
+                self._unsettled += 1
             try:
                 decl.callback(message)
             except Exception:
@@ -1144,6 +1202,8 @@ class Connection:
         self._next_consumer_check = self._clock.now() + min(
             self.settings.consumer_check_interval, POST_RECOVERY_CHECK)
         self._zero_consumers.clear()
+        self._starving.clear()
+        self._unsettled = 0
         self._confirms = supports_confirms(self._transport)
         self._tracker.lose_all()
         if self._confirms:

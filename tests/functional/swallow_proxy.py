@@ -60,13 +60,43 @@ class SwallowProxy:
                     frame, buffer = buffer[:8 + size], buffer[8 + size:]
                     if frame[-1] != FRAME_END:
                         raise OSError("frame out of sync")
-                    if self._swallowing.is_set() and kind != HEARTBEAT_FRAME:
+                    if self._drops(kind, _channel, frame):
                         self.dropped_frames += 1
                         continue
                     dst.sendall(frame)
+
+    def _drops(self, kind: int, channel: int, frame: bytes) -> bool:
+        """Whether a frame from the broker is dropped: all but heartbeats, once swallowing."""
+        return self._swallowing.is_set() and kind != HEARTBEAT_FRAME
 
     def close(self) -> None:
         self._closed.set()
         for sock in [self._listener, *self._sockets]:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+METHOD_FRAME, HEADER_FRAME, BODY_FRAME = 1, 2, 3
+BASIC_DELIVER = (60, 60)
+
+
+class DeliverySwallowProxy(SwallowProxy):
+    """Once swallowing, drops only message deliveries (``basic.deliver`` and
+    its content frames): every request is still answered and the broker
+    counts the messages delivered, but the consumer never sees them, as with a
+    consumer the broker lost without a cancel."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self._in_delivery: set[int] = set()
+        super().__init__(target_port, target_host)
+
+    def _drops(self, kind: int, channel: int, frame: bytes) -> bool:
+        if not self._swallowing.is_set():
+            return False
+        if kind == METHOD_FRAME:
+            if struct.unpack(">HH", frame[7:11]) == BASIC_DELIVER:
+                self._in_delivery.add(channel)
+                return True
+            self._in_delivery.discard(channel)
+            return False
+        return kind in (HEADER_FRAME, BODY_FRAME) and channel in self._in_delivery

@@ -355,6 +355,69 @@ def test_a_consumer_the_broker_lost_without_a_cancel_consumes_again(broker, cloc
     assert got == [b"waiting"]
 
 
+def test_a_lost_consumer_beside_a_live_one_is_found_by_the_messages_it_is_not_sent(
+        broker, clock, recorder):
+    """Another server's consumer keeps the queue's count above zero: the only
+    sign of our lost consumer is ready messages that never come, at two checks
+    in a row, with nothing of ours unacknowledged."""
+    conn = make(broker, clock, recorder, consumer_check_interval=10)
+    busy = make(broker, clock, recorder)  # consumes "q" too, but never reads
+    got = consumer(conn)
+    busy.consume("q", lambda m: None)
+    channel = conn._channel
+    assert broker.lose_consumers_of(channel) == 1
+    conn.publish(b"waiting", "x", "k")
+    clock.advance(10)
+    conn.drain_events(0)  # ready, none came: checked again soon
+    assert recorder.of(ev.ConsumerLost) == [] and got == []
+    clock.advance(2)
+    conn.drain_events(0)  # still ready, still none: consume again on a new channel
+    lost = recorder.of(ev.ConsumerLost)
+    assert [e.queue for e in lost] == ["q"] and "1 message(s) ready" in lost[0].why
+    assert conn._channel is not channel and conn.state is State.CONNECTED
+    conn.drain_events(0)
+    assert got == [b"waiting"]
+
+
+def test_ready_messages_held_back_by_our_own_prefetch_are_not_a_lost_consumer(
+        broker, clock, recorder):
+    conn = make(broker, clock, recorder, consumer_check_interval=10)
+    held = []
+    conn.declare_exchange("x")
+    conn.declare_queue("q")
+    conn.bind("q", "x", "k")
+    conn.set_qos(1)
+    conn.consume("q", held.append)  # handling takes its time: nothing acknowledged
+    for body in (b"1", b"2", b"3"):
+        conn.publish(body, "x", "k")
+    conn.drain_events(0)
+    assert len(held) == 1
+    for _ in range(4):
+        clock.advance(10)
+        conn.drain_events(0)
+    assert recorder.of(ev.ConsumerLost) == []
+    conn.ack(held[0])
+    conn.drain_events(0)
+    assert [m.body for m in held] == [b"1", b"2"]
+
+
+def test_a_consumer_lost_again_on_its_new_channel_moves_to_another_node(
+        broker, clock, recorder):
+    conn = make(broker, clock, recorder, consumer_check_interval=10)
+    consumer(conn)
+    first = conn.host
+    for _ in range(2):
+        broker.lose_consumers("q")
+        clock.advance(10)
+        conn.drain_events(0)
+        clock.advance(1)
+        conn.drain_events(0)
+    assert len(recorder.of(ev.ConsumerLost)) == 2
+    assert recorder.of(ev.ConnectionLost), "a second loss with nothing received reconnects"
+    assert "lost again on a new channel" in recorder.of(ev.ConnectionLost)[-1].reason
+    assert conn.host != first
+
+
 def test_a_single_zero_count_is_not_a_lost_consumer(broker, clock, recorder):
     conn = make(broker, clock, recorder, consumer_check_interval=10)
     other = make(broker, clock, recorder)
