@@ -92,6 +92,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,8 +136,10 @@ TEST_TIMEOUT = 600
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
     for item in items:
-        if item.get_closest_marker("timeout") is None and item.get_closest_marker("slow") is None:
+        if here in item.path.parents and item.get_closest_marker("timeout") is None \
+                and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
     if not rabbit_cluster.Settings.from_env().in_chroot:
         return
