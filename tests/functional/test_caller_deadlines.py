@@ -27,6 +27,7 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection, State
 
+from .faults import OWN_QUEUES_DURABLE
 from .probes import unique
 from .test_deadlines import frozen
 
@@ -56,7 +57,7 @@ def test_a_confirm_slower_than_the_callers_deadline_raises_timeout_and_keeps_the
     conn = _connection(node, recorder, "slow-confirm")
     queue = unique("slow-confirm")
     try:
-        conn.declare_queue(queue)
+        conn.declare_queue(queue, durable=OWN_QUEUES_DURABLE)
         port = conn.local_port
         with frozen(cluster, node):
             with pytest.raises(exc.RabbitHAError) as raised:
@@ -86,7 +87,7 @@ def test_a_channel_close_read_by_a_publish_is_restored_within_its_deadline(
     conn = _connection(node, recorder, "close-then-freeze")
     queue = unique("close-then-freeze")
     try:
-        conn.declare_queue(queue)
+        conn.declare_queue(queue, durable=OWN_QUEUES_DURABLE)
         conn.publish_nowait(b"refused", unique("missing-exchange"), "k")
         time.sleep(0.5)  # the broker's channel.close is now waiting in the socket
         with frozen(cluster, node):
@@ -122,7 +123,7 @@ def test_a_channel_restored_while_a_consumer_cancel_waits_does_not_reconsume_twi
     queue = unique("cancel-then-close")
     got: list[bytes] = []
     try:
-        conn.declare_queue(queue)
+        conn.declare_queue(queue, durable=OWN_QUEUES_DURABLE)
         conn.consume(queue, lambda message: got.append(message.body))
         cluster.delete_queue(queue)
         deadline = time.monotonic() + 5
@@ -176,7 +177,7 @@ def test_a_publish_refused_over_an_exchange_the_connection_declared_is_told_apar
     exchange, queue = unique("gone-fanout"), unique("refused-declared")
     try:
         conn.declare_exchange(exchange, "fanout")
-        conn.declare_queue(queue)
+        conn.declare_queue(queue, durable=OWN_QUEUES_DURABLE)
         conn.bind(queue, exchange)
         cluster.api("DELETE", f"/api/exchanges/%2F/{exchange}")
         refused = conn.publish_nowait(b"refused", exchange, "")
