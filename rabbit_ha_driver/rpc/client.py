@@ -366,10 +366,13 @@ class Publisher:
                           retry_uncertain=retry_uncertain, on_settled=on_settled)
         if pending is None:
             receipt.result()  # not written: publish() now, raising as it does
-        elif not pending.done:
-            self._keep(receipt)
-        else:
+        elif pending.done and pending.outcome is Outcome.ACKED:
             receipt.settle_quietly()  # settled already (no confirms, e.g. memory://)
+        else:
+            # Unconfirmed yet, or already returned, nacked or lost: sending it again
+            # can take until its deadline, which is the receipt's business,
+            # not this caller's (a cast to a topic nobody serves yet returns).
+            self._keep(receipt)
         return receipt
 
     def _keep(self, receipt: Receipt) -> None:

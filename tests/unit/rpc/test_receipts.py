@@ -39,9 +39,11 @@ class ScriptedConnection:
 
     def __init__(self, fates: dict[int, Outcome] | None = None, *,
                  acked_at_once: bool = False,
+                 returned_at_once: bool = False,
                  resend_errors: list[BaseException] | None = None) -> None:
         self.fates = dict(fates or {})
         self.acked_at_once = acked_at_once
+        self.returned_at_once = returned_at_once
         self.resend_errors = list(resend_errors or [])
         self.nowait_errors: list[BaseException] = []
         self.confirm_timeouts: set[int] = set()
@@ -72,6 +74,9 @@ class ScriptedConnection:
         pending = Pending(len(self.written) + 1, None)
         if self.acked_at_once:
             pending.outcome = Outcome.ACKED
+        elif self.returned_at_once:
+            # The return and its confirm were read right after the write.
+            pending.outcome = Outcome.RETURNED
         self.written.append(pending)
         return pending
 
@@ -202,6 +207,20 @@ def test_the_result_of_a_resend_is_publishs_own(publisher_for, clock):
     assert not receipt.settled_ok()
     assert receipt.result() is False  # settled: not sent again
     assert len(conn.resent) == len(conn.recorder.of(ev.UnroutableRetry))
+
+
+def test_a_message_returned_while_it_was_written_is_not_resent_in_the_writers_thread(
+        publisher_for, clock):
+    """The return came with the write (a topic nobody serves yet): publish_async
+    returns at once and leaves the resends to the receipt, instead of making
+    its caller wait up to the deadline (a cast_async before the server starts)."""
+    conn = ScriptedConnection(returned_at_once=True,
+                              resend_errors=[exc.Unroutable("no queue")] * 3)
+    start = clock.now()
+    receipt = write(publisher_for(conn), clock)
+    assert clock.now() == start and conn.resent == []
+    assert receipt.result() is True  # sent again until a queue took it
+    assert len(conn.resent) == 4
 
 
 def test_a_lost_confirm_is_not_sent_again_unless_asked(publisher_for, clock):
