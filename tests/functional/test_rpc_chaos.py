@@ -192,7 +192,11 @@ def test_calls_every_100ms_through_a_fault_do_not_fail(cluster, fault, quorum):
     assert figures.failed <= allowed_failures(fault, quorum), figures.failures
     # A call made during the fault succeeds late: after the CCN delay (1 s)
     # and a re-declare, or a failover; with a margin for a noisy machine.
-    assert figures.longest_ok < 2.5
+    # When 3.10 answers a publish to the quorum queue being deleted with
+    # INTERNAL_ERROR, the caller's publishing connection is closed too: its
+    # request is sent again after the uncertain-request grace on a new
+    # connection (seen once at 2.87 s); it must still beat its 3 s timeout.
+    assert figures.longest_ok < (2.95 if (fault, quorum) == ("delete", True) else 2.5)
 
 
 @pytest.mark.slow
