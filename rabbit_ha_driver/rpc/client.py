@@ -142,6 +142,8 @@ class Publisher:
         self._last_async = 0.0
         self._keeper: threading.Thread | None = None
         self._keeper_wake = threading.Event()
+        #: Threads sending a returned (or nacked) message again (see _settle_batch).
+        self._resending: set[threading.Thread] = set()
         self._closing = False
         forks.at_fork_in_child(self._after_fork)
 
@@ -154,6 +156,7 @@ class Publisher:
         self._outstanding.clear()
         self._keeper = None
         self._keeper_wake = threading.Event()
+        self._resending = set()
 
     def __repr__(self) -> str:
         return f"<Publisher {self._purpose} {self._conn!r}>"
@@ -385,8 +388,34 @@ class Publisher:
                 self._keeper = threading.Thread(target=self._keep_settling, daemon=True,
                                                 name=f"confirms-{self._purpose}")
                 self._keeper.start()
-        for old in overflow:
-            old.settle_quietly()
+        self._settle_batch(overflow)
+
+    def _settle_batch(self, batch: list[Receipt]) -> None:
+        """Settle receipts in order; one that must be sent again is sent apart.
+
+        Reading a confirm is quick, but sending a returned message again may
+        take until its deadline (no queue bound yet): done here, it would hold
+        up every receipt after it, and their ``on_settled`` (a call's
+        uncertain request waiting to be re-sent, a cast's failure report).
+        """
+        for receipt in batch:
+            if receipt.settle_unless_resending():
+                self._resend_apart(receipt)
+
+    def _resend_apart(self, receipt: Receipt) -> None:
+        """Settle ``receipt`` (send it again) in a thread of its own."""
+        thread = threading.Thread(target=self._resend_one, args=(receipt,), daemon=True,
+                                  name=f"resend-{self._purpose}")
+        with self._outstanding_lock:
+            self._resending.add(thread)
+        thread.start()
+
+    def _resend_one(self, receipt: Receipt) -> None:
+        try:
+            receipt.settle_quietly()
+        finally:
+            with self._outstanding_lock:
+                self._resending.discard(threading.current_thread())
 
     def _keep_settling(self) -> None:
         """The keeper thread: settle receipts nobody settled once publishing pauses.
@@ -412,8 +441,7 @@ class Publisher:
             if not batch:
                 self._keeper_wake.wait(KEEPER_IDLE)
                 continue
-            for receipt in batch:
-                receipt.settle_quietly()
+            self._settle_batch(batch)
         with self._outstanding_lock:
             self._keeper = None
 
@@ -462,6 +490,11 @@ class Publisher:
         keeper = self._keeper
         if keeper is not None and keeper is not threading.current_thread():
             keeper.join(CLOSE_SETTLE)  # it finishes the batch it took
+        with self._outstanding_lock:
+            resending = list(self._resending)
+        for thread in resending:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, until - self._clock.now()))
         left = max(0.0, until - self._clock.now())
         for receipt in self.settle_all(left):
             LOG.error("%s: not confirmed by the broker before the publisher closed: %s",
@@ -537,12 +570,41 @@ class Receipt:
                     self.error = error
                     raise
                 finally:
-                    self._settled = True
-                    self._conn = self._pending = None
-                    self._report()
+                    self._finish()
             elif self.error is not None:
                 raise self.error
             return self._sent
+
+    def settle_unless_resending(self) -> bool:
+        """Settle at once unless that means sending the message again.
+
+        Reads the confirm (bounded by the deadline); True, still unsettled,
+        when the broker did not take the message and :meth:`result` would
+        send it again. Failures are logged as by :meth:`settle_quietly`.
+        """
+        with self._lock:
+            if self._settled:
+                return False
+            try:
+                if not self._confirmed(self.deadline):
+                    return True
+                self._sent = True
+            except Exception as error:
+                self.error = error
+                if self._on_settled is None:
+                    LOG.error("%s: failed after it was written: %s", self.what, error)
+            except BaseException as error:
+                self.error = error
+                raise
+            finally:
+                if self.error is not None or self._sent:
+                    self._finish()
+            return False
+
+    def _finish(self) -> None:
+        self._settled = True
+        self._conn = self._pending = None
+        self._report()
 
     def settle_quietly(self, timeout: float | None = None) -> bool:
         """:meth:`result` that logs instead of raising (unless a callback
@@ -567,18 +629,30 @@ class Receipt:
         until = self.deadline
         if timeout is not None:
             until = min(until, self._clock.now() + timeout)
-        conn, pending = self._conn, self._pending
-        if conn is not None and pending is not None:
-            conn.wait_confirm(pending, Deadline(until, self._clock))
-            if pending.outcome is Outcome.ACKED:
-                return True
-            if pending.outcome is Outcome.LOST and not self._retry_uncertain:
-                raise exc.ConnectionLost(
-                    f"{self.what}: connection lost after the message was written and before "
-                    "the broker confirmed it; not sent again", operation="basic.publish")
-            LOG.debug("%s: %s; sending it again", self.what,
-                      pending.outcome.value if pending.outcome else "unsettled")
+        if self._confirmed(until):
+            return True
+        pending = self._pending
+        LOG.debug("%s: %s; sending it again", self.what,
+                  pending.outcome.value if pending and pending.outcome else "not written")
         return self._resend(until)
+
+    def _confirmed(self, until: float) -> bool:
+        """Wait for the confirm: True if acked, False if it must be sent again.
+
+        Raises ConnectionLost when the confirm was lost and the message is
+        not to be sent again, MessagingTimeout when ``until`` passes first.
+        """
+        conn, pending = self._conn, self._pending
+        if conn is None or pending is None:
+            return False  # never written: publish() sends it
+        conn.wait_confirm(pending, Deadline(until, self._clock))
+        if pending.outcome is Outcome.ACKED:
+            return True
+        if pending.outcome is Outcome.LOST and not self._retry_uncertain:
+            raise exc.ConnectionLost(
+                f"{self.what}: connection lost after the message was written and before "
+                "the broker confirmed it; not sent again", operation="basic.publish")
+        return False
 
 
 # -- transport -----------------------------------------------------------------
