@@ -23,9 +23,11 @@ from typing import Any
 
 import pytest
 
+from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import forks
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import Connection, Deadline, State
+from rabbit_ha_driver.metrics import Metrics
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport
 from rabbit_ha_driver.settings import from_url
 
@@ -360,3 +362,39 @@ def test_a_connection_being_opened_in_another_thread_leaves_no_socket_in_the_chi
         opener.join(20)
         assert not opener.is_alive()
         conn.close()
+
+
+def test_metrics_whose_lock_a_parent_thread_held_at_the_fork_count_in_the_child():
+    """Another thread of the parent was counting an event (holding the
+    metrics' lock) when the process forked: the child's first event and
+    snapshot must not wait for that thread, which does not exist there."""
+    metrics = Metrics()
+    metrics(ev.Connected("c1", "h1:5672", 40001, 20.0))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with metrics._lock:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        def child() -> dict[str, Any]:
+            done: list[Any] = []
+
+            def use() -> None:
+                metrics(ev.ConnectFailed("c1", "h1:5672", "refused"))
+                done.append(metrics.snapshot()["connections"]["c1"]["connect_failures"])
+
+            worker = threading.Thread(target=use, daemon=True)
+            worker.start()
+            worker.join(5)  # a guard: the metrics' lock is free, or never
+            return {"deadlocked": worker.is_alive(), "connect_failures": done}
+
+        assert in_child(child) == {"deadlocked": False, "connect_failures": [1]}
+    finally:
+        release.set()
+        holder.join(5)
+    assert metrics.snapshot()["connections"]["c1"]["connect_failures"] == 0  # the parent's own
