@@ -216,7 +216,8 @@ class RabbitHADriver(base.BaseDriver):
                 self._transport.publisher, waiters, pending, body, exchange, key, what=what,
                 rule=ResendRule.of(self.settings), clock=self.clock,
                 events=self._transport.events, persistent=envelope.durable(self.settings),
-                send_by=budget.send_by, retry_unroutable=budget.unroutable_for)
+                send_by=budget.send_by, retry_unroutable=budget.unroutable_for,
+                reply_q=replies.queue)
             try:
                 replies.ensure_started(budget.send_by, what)
                 LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)

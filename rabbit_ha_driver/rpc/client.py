@@ -175,6 +175,7 @@ class Publisher:
         retry_unroutable: float | None = None,
         retry_uncertain: bool = False,
         expires_at: float | None = None,
+        answer_to: tuple[str, str] | None = None,
     ) -> bool:
         """Publish ``body`` before ``deadline`` (a time on the clock).
 
@@ -185,7 +186,10 @@ class Publisher:
         ``retry_unroutable`` seconds, after which False is returned. With
         ``retry_uncertain`` a message whose confirm was lost with the
         connection is sent again (at-least-once) instead of raising
-        ConnectionLost.
+        ConnectionLost. ``answer_to`` is a call's ``(msg_id, reply queue)``,
+        sent also as the AMQP ``correlation_id`` and ``reply_to`` properties:
+        a server that cannot read the body (a compression bomb) still
+        knows whom to tell.
         Raises MessagingTimeout, ConnectionLost (outcome unknown),
         IrrecoverableError or InvalidMessage.
         """
@@ -214,7 +218,7 @@ class Publisher:
                 self._attempt(body, exchange, exchange_name, routing_key, deadline,
                               ttl=ttl, persistent=persistent, declare=declare,
                               retry_uncertain=retry_uncertain,
-                              expires_at=expires_at or deadline)
+                              expires_at=expires_at or deadline, answer_to=answer_to)
                 return True
             except exc.Unroutable as error:
                 last_error = error
@@ -269,7 +273,8 @@ class Publisher:
 
     def _prepare(self, conn: Connection, exchange: ExchangeSpec | str, dl: Deadline,
                  deadline: float, *, ttl: bool, persistent: bool,
-                 declare: tuple[QueueSpec, ...]) -> dict[str, Any]:
+                 declare: tuple[QueueSpec, ...],
+                 answer_to: tuple[str, str] | None = None) -> dict[str, Any]:
         """Declare what the message needs (once per connection); its properties."""
         if isinstance(exchange, ExchangeSpec) and exchange not in self._declared:
             conn.declare_exchange(exchange.name, exchange.type, durable=exchange.durable,
@@ -289,16 +294,18 @@ class Publisher:
         if ttl:
             left_ms = int((deadline - self._clock.now()) * 1000)
             properties["expiration"] = str(max(1, left_ms))
+        if answer_to is not None:
+            properties["correlation_id"], properties["reply_to"] = answer_to
         return properties
 
     def _attempt(self, body: bytes, exchange: ExchangeSpec | str, exchange_name: str,
                  routing_key: str, deadline: float, *, ttl: bool, persistent: bool,
                  declare: tuple[QueueSpec, ...], retry_uncertain: bool,
-                 expires_at: float) -> None:
+                 expires_at: float, answer_to: tuple[str, str] | None = None) -> None:
         conn = self._connection()
         dl = Deadline(deadline, self._clock)
         properties = self._prepare(conn, exchange, dl, expires_at, ttl=ttl,
-                                   persistent=persistent, declare=declare)
+                                   persistent=persistent, declare=declare, answer_to=answer_to)
         body, headers = self._compressed(body)
         conn.publish(body, exchange_name, routing_key, headers=headers, properties=properties,
                      mandatory=True, deadline=dl, retry_uncertain=retry_uncertain)
@@ -325,6 +332,7 @@ class Publisher:
         retry_unroutable: float | None = None,
         retry_uncertain: bool = False,
         on_settled: Callable[[Receipt], None] | None = None,
+        answer_to: tuple[str, str] | None = None,
     ) -> Receipt:
         """Write ``body`` now and learn later whether the broker confirmed it.
 
@@ -346,7 +354,7 @@ class Publisher:
                                 what=what,
                                 ttl=ttl, persistent=persistent, declare=declare,
                                 retry_unroutable=retry_unroutable,
-                                retry_uncertain=retry_uncertain)
+                                retry_uncertain=retry_uncertain, answer_to=answer_to)
 
         conn: Connection | None = None
         pending: Pending | None = None
@@ -355,7 +363,8 @@ class Publisher:
                 conn = self._connection()
                 dl = Deadline(deadline, self._clock)
                 properties = self._prepare(conn, exchange, dl, deadline, ttl=ttl,
-                                           persistent=persistent, declare=declare)
+                                           persistent=persistent, declare=declare,
+                                           answer_to=answer_to)
                 wire, headers = self._compressed(body)
                 pending = conn.publish_nowait(wire, exchange_name, routing_key, headers=headers,
                                               properties=properties, deadline=dl)
@@ -908,7 +917,7 @@ class RPCClient:
             sender = CallSender(transport.publisher, transport.waiters, pending, body,
                                 exchange, key, what=what, rule=ResendRule.of(settings),
                                 clock=transport.clock, events=transport.events,
-                                persistent=durable(settings))
+                                persistent=durable(settings), reply_q=replies.queue)
             sender.send()
             result = sender.wait()
         except exc.MessagingTimeout:
