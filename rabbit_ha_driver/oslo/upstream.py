@@ -260,15 +260,24 @@ def _judge(name: str, rule: Rule, value: Any, opt: cfg.Opt, source: str,
                                  f"{rule.why}")
 
 
-def log_reading(reading: Reading, fates: Mapping[str, Rule] = FATES) -> None:
-    """Say at start-up what was taken from ``[oslo_messaging_rabbit]`` and what is ignored."""
+def reading_lines(reading: Reading, fates: Mapping[str, Rule] = FATES) -> list[str]:
+    """What was taken from ``[oslo_messaging_rabbit]`` and what is ignored, as log lines."""
+    lines = []
     if reading.honoured:
-        LOG.info("rabbit-ha: taken from [%s] (where [rabbit_ha] and the URL query say "
-                 "nothing): %s", GROUP,
-                 ", ".join(f"{k}={v!r}" for k, v in sorted(reading.honoured.items())))
+        lines.append(f"rabbit-ha: taken from [{GROUP}] (where [rabbit_ha] and the URL query "
+                     "say nothing): "
+                     + ", ".join(f"{k}={v!r}" for k, v in sorted(reading.honoured.items())))
     for name, source in reading.not_needed:
-        LOG.info("rabbit-ha: %s %s is accepted and not needed: %s", source, name,
-                 fates[name].why)
+        lines.append(f"rabbit-ha: {source} {name} is accepted and not needed: "
+                     f"{fates[name].why}")
+    return lines
+
+
+def log_reading(reading: Reading, fates: Mapping[str, Rule] = FATES,
+                level: int = logging.INFO) -> None:
+    """Say at start-up what was taken from ``[oslo_messaging_rabbit]`` and what is ignored."""
+    for line in reading_lines(reading, fates):
+        LOG.log(level, "%s", line)
 
 
 def _shown_default(opt: cfg.Opt) -> Any:
