@@ -139,8 +139,9 @@ FATES: dict[str, Rule] = {
     "rabbit_quorum_delivery_limit": _QUORUM_LIMITS,
     "rabbit_quorum_max_memory_length": _QUORUM_LIMITS,
     "rabbit_quorum_max_memory_bytes": _QUORUM_LIMITS,
-    "rabbit_transient_queues_ttl": _h("x-expires of reply and fanout queues; 0 (never "
-                                      "expire) is refused."),
+    "rabbit_transient_queues_ttl": _h("x-expires of reply and fanout queues (x-max-age of "
+                                      "a fanout stream); 0 sets neither, as in "
+                                      "oslo.messaging."),
     "rabbit_qos_prefetch_count": _d("64 (oslo.messaging: 0, unbounded), so few deliveries "
                                     "are stranded on a connection that dies."),
     "heartbeat_timeout_threshold": _d(

@@ -15,6 +15,7 @@ from oslo_config import cfg
 from rabbit_ha_driver import ConfigurationError, options
 from rabbit_ha_driver.oslo import RabbitHADriver, upstream
 from rabbit_ha_driver.oslo.upstream import FATES, Fate, unclassified, upstream_opts
+from rabbit_ha_driver.rpc.queue_types import transient_queue_arguments
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TABLE = ROOT / "docs" / "generated" / "oslo_option_fates.rst"
@@ -204,6 +205,19 @@ def test_several_drivers_with_the_same_settings_log_their_option_lines_once_at_i
     caplog.clear()
     _driver(conf, f"rabbit-ha://u:p@{host}:2/").cleanup()  # another port: other settings
     assert [level for level, _ in told()] == ["INFO"] * 3
+
+
+def test_a_transient_queues_ttl_of_0_in_oslo_messaging_rabbit_keeps_working(tmp_path):
+    # oslo.messaging allows 0 (reply and fanout queues never expire): a
+    # service's section with it must start unchanged, with that meaning.
+    conf = _conf(tmp_path, "[oslo_messaging_rabbit]\nrabbit_transient_queues_ttl = 0\n")
+    driver = _driver(conf)
+    try:
+        assert driver.settings.rabbit_transient_queues_ttl == 0
+        assert driver.settings.origins["rabbit_transient_queues_ttl"] == "[oslo_messaging_rabbit]"
+        assert "x-expires" not in dict(transient_queue_arguments(driver.settings))
+    finally:
+        driver.cleanup()
 
 
 def test_an_unconvertible_upstream_query_value_is_named(tmp_path):
