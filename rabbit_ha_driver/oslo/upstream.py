@@ -227,9 +227,12 @@ def read(conf: cfg.ConfigOpts, query: Mapping[str, str] | None = None,
     not_needed: list[tuple[str, str]] = []
     for name, opt in opts.items():
         rule = fates.get(name)
-        if rule is None or not precedence.was_set(conf, name, GROUP):
+        if rule is None:
             continue
         try:
+            # Asking where a value came from converts it too: both can fail.
+            if not precedence.was_set(conf, name, GROUP):
+                continue
             value = conf[GROUP][name]
         except (ValueError, cfg.ConfigFileValueError) as error:
             raise ConfigurationError(f"[{GROUP}] {name}", None, str(error)) from error

@@ -220,6 +220,17 @@ def test_a_transient_queues_ttl_of_0_in_oslo_messaging_rabbit_keeps_working(tmp_
         driver.cleanup()
 
 
+@pytest.mark.parametrize("line", ["rabbit_transient_queues_ttl = -1",
+                                  "rabbit_qos_prefetch_count = many"])
+def test_a_bad_value_in_oslo_messaging_rabbit_is_a_configuration_error_naming_it(tmp_path,
+                                                                                line):
+    conf = _conf(tmp_path, f"[oslo_messaging_rabbit]\n{line}\n")
+    name = line.split(" = ")[0]
+    with pytest.raises(ConfigurationError) as err:
+        _driver(conf)
+    assert err.value.option == f"[oslo_messaging_rabbit] {name}"
+
+
 def test_an_unconvertible_upstream_query_value_is_named(tmp_path):
     conf = _conf(tmp_path, "")
     with pytest.raises(ConfigurationError, match=r"\[oslo_messaging_rabbit\] kombu_reconnect_splay"):
