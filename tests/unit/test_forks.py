@@ -398,3 +398,36 @@ def test_metrics_whose_lock_a_parent_thread_held_at_the_fork_count_in_the_child(
         release.set()
         holder.join(5)
     assert metrics.snapshot()["connections"]["c1"]["connect_failures"] == 0  # the parent's own
+
+
+def test_an_event_bus_whose_lock_a_parent_thread_held_at_the_fork_subscribes_in_the_child():
+    """Another thread was subscribing to a bus (holding its lock) when the
+    process forked: the child's first subscription must not wait for it."""
+    bus = ev.EventBus()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with bus._lock:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        def child() -> dict[str, Any]:
+            recorder = ev.Recorder()
+
+            def use() -> None:
+                bus.subscribe(recorder)
+                bus.emit(ev.ConnectFailed("c1", "h1:5672", "refused"))
+
+            worker = threading.Thread(target=use, daemon=True)
+            worker.start()
+            worker.join(5)  # a guard: the bus's lock is free, or never
+            return {"deadlocked": worker.is_alive(), "events": len(recorder.events)}
+
+        assert in_child(child) == {"deadlocked": False, "events": 1}
+    finally:
+        release.set()
+        holder.join(5)
