@@ -15,6 +15,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from rabbit_ha_driver import forks
+
 LOG = logging.getLogger(__name__)
 
 
@@ -370,6 +372,12 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+        forks.at_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread of the parent, gone
+        in the child, may have held it while subscribing)."""
         self._lock = threading.Lock()
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:

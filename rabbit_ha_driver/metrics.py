@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from rabbit_ha_driver import events as ev
+from rabbit_ha_driver import forks
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 
 LOG = logging.getLogger(__name__)
@@ -159,6 +160,13 @@ class Metrics:
         self._by_conn: dict[str, _Series] = {}
         self._by_host: dict[str, _Series] = {}
         self._attached: dict[int, tuple[ev.EventBus, Callable[[], None]]] = {}
+        forks.at_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread of the parent,
+        gone in the child, may have held it). The counts stay the parent's
+        until then; the child counts on from them."""
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Metrics {len(self._by_conn)} connections, {len(self._by_host)} hosts>"

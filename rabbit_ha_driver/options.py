@@ -221,9 +221,13 @@ consumer_opts = [
     cfg.IntOpt(
         "rabbit_transient_queues_ttl",
         default=1800,
-        min=1,
+        min=0,
         help="Seconds after its owner disappears that a reply or fanout queue "
-        "is deleted by the broker (x-expires).",
+        "is deleted by the broker (x-expires); with rabbit_stream_fanout, how "
+        "long the fanout stream keeps a message (x-max-age). 0, as in "
+        "oslo.messaging, sets neither: such queues are never deleted and the "
+        "stream grows without bound unless a broker policy deletes or bounds "
+        "them.",
     ),
 ]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,7 @@ import amqp.exceptions
 from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp as kombu_pyamqp
 
+from rabbit_ha_driver import forks
 from rabbit_ha_driver.connection.channel import RecoverableChannel
 from rabbit_ha_driver.connection.errors import RequestTimeout, WriteTimeout
 from rabbit_ha_driver.connection.inbound import MemoryMessage
@@ -69,6 +71,28 @@ class DeadlineConnection(kombu_pyamqp.Connection):
     #: Seconds a frame written outside any request may take to leave.
     frame_write_timeout: float = 10.0
     _last_channel_id = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # From its creation, not only once the HA connection holds it: a
+        # thread may be in the middle of opening it (socket made, handshake
+        # under way) when the process forks, and the child must not keep it.
+        forks.at_fork_in_child(self._drop_socket_in_child)
+
+    def _drop_socket_in_child(self) -> None:
+        """In a forked child: close the parent's socket without a byte or a
+        ``shutdown()`` on it (either would reach the parent's connection)."""
+        transport = self._transport
+        sock = getattr(transport, "sock", None)
+        if sock is None:
+            return
+        transport.sock = None  # py-amqp's close() then sends and shuts down nothing
+        with contextlib.suppress(OSError, ValueError):
+            # detach() drops an SSL object without a close_notify; closing
+            # the descriptor in the child leaves the parent's open.
+            fd = sock.detach()
+            if fd >= 0:
+                os.close(fd)
 
     def fresh_channel(self) -> Any:
         """A new channel on an id not used recently.

@@ -32,7 +32,7 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.events import EventBus, LogSubscriber
-from rabbit_ha_driver.oslo import exposition, upstream
+from rabbit_ha_driver.oslo import announce, exposition, upstream
 from rabbit_ha_driver.oslo.incoming import OsloPollListener
 from rabbit_ha_driver.oslo.policy import SendBudget, library_url, send_budget
 from rabbit_ha_driver.oslo.wire import encode, remote_exception, with_context
@@ -76,7 +76,6 @@ class RabbitHADriver(base.BaseDriver):
         reading = upstream.read(conf, getattr(url, "query", None) or {})
         self.settings = from_conf(conf, library_url(url, conf, query=reading.query),
                                   upstream=reading.honoured)
-        upstream.log_reading(reading)
         self.exchange = default_exchange or envelope.DEFAULT_EXCHANGE
         self.clock = clock or REAL_CLOCK
         #: Every connection of this driver reports here (logs; attach metrics).
@@ -98,10 +97,14 @@ class RabbitHADriver(base.BaseDriver):
         # retrying while the brokers are away.
         self._replies = Publisher(self.settings, self._factory, purpose="reply-send",
                                   clock=self.clock)
-        LOG.info("rabbit-ha driver for %s (heartbeat_timeout_threshold=%s%s)",
-                 self.settings.transport_url.redacted(),
-                 self.settings.heartbeat_timeout_threshold,
-                 f", metrics on {self.metrics_server!r}" if self.metrics_server else "")
+        # Once per process at INFO: a service making several transports
+        # from one configuration would repeat these lines for each.
+        summary = (self.settings.transport_url.redacted(),
+                   self.settings.heartbeat_timeout_threshold,
+                   f", metrics on {self.metrics_server!r}" if self.metrics_server else "")
+        level = announce.level_for((*upstream.reading_lines(reading), *map(str, summary)))
+        upstream.log_reading(reading, level=level)
+        LOG.log(level, "rabbit-ha driver for %s (heartbeat_timeout_threshold=%s%s)", *summary)
 
     def __repr__(self) -> str:
         return f"<RabbitHADriver {self.settings.transport_url.redacted()}>"
@@ -216,7 +219,8 @@ class RabbitHADriver(base.BaseDriver):
                 self._transport.publisher, waiters, pending, body, exchange, key, what=what,
                 rule=ResendRule.of(self.settings), clock=self.clock,
                 events=self._transport.events, persistent=envelope.durable(self.settings),
-                send_by=budget.send_by, retry_unroutable=budget.unroutable_for)
+                send_by=budget.send_by, retry_unroutable=budget.unroutable_for,
+                reply_q=replies.queue)
             try:
                 replies.ensure_started(budget.send_by, what)
                 LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)

@@ -139,8 +139,9 @@ FATES: dict[str, Rule] = {
     "rabbit_quorum_delivery_limit": _QUORUM_LIMITS,
     "rabbit_quorum_max_memory_length": _QUORUM_LIMITS,
     "rabbit_quorum_max_memory_bytes": _QUORUM_LIMITS,
-    "rabbit_transient_queues_ttl": _h("x-expires of reply and fanout queues; 0 (never "
-                                      "expire) is refused."),
+    "rabbit_transient_queues_ttl": _h("x-expires of reply and fanout queues (x-max-age of "
+                                      "a fanout stream); 0 sets neither, as in "
+                                      "oslo.messaging."),
     "rabbit_qos_prefetch_count": _d("64 (oslo.messaging: 0, unbounded), so few deliveries "
                                     "are stranded on a connection that dies."),
     "heartbeat_timeout_threshold": _d(
@@ -226,9 +227,12 @@ def read(conf: cfg.ConfigOpts, query: Mapping[str, str] | None = None,
     not_needed: list[tuple[str, str]] = []
     for name, opt in opts.items():
         rule = fates.get(name)
-        if rule is None or not precedence.was_set(conf, name, GROUP):
+        if rule is None:
             continue
         try:
+            # Asking where a value came from converts it too: both can fail.
+            if not precedence.was_set(conf, name, GROUP):
+                continue
             value = conf[GROUP][name]
         except (ValueError, cfg.ConfigFileValueError) as error:
             raise ConfigurationError(f"[{GROUP}] {name}", None, str(error)) from error
@@ -260,15 +264,24 @@ def _judge(name: str, rule: Rule, value: Any, opt: cfg.Opt, source: str,
                                  f"{rule.why}")
 
 
-def log_reading(reading: Reading, fates: Mapping[str, Rule] = FATES) -> None:
-    """Say at start-up what was taken from ``[oslo_messaging_rabbit]`` and what is ignored."""
+def reading_lines(reading: Reading, fates: Mapping[str, Rule] = FATES) -> list[str]:
+    """What was taken from ``[oslo_messaging_rabbit]`` and what is ignored, as log lines."""
+    lines = []
     if reading.honoured:
-        LOG.info("rabbit-ha: taken from [%s] (where [rabbit_ha] and the URL query say "
-                 "nothing): %s", GROUP,
-                 ", ".join(f"{k}={v!r}" for k, v in sorted(reading.honoured.items())))
+        lines.append(f"rabbit-ha: taken from [{GROUP}] (where [rabbit_ha] and the URL query "
+                     "say nothing): "
+                     + ", ".join(f"{k}={v!r}" for k, v in sorted(reading.honoured.items())))
     for name, source in reading.not_needed:
-        LOG.info("rabbit-ha: %s %s is accepted and not needed: %s", source, name,
-                 fates[name].why)
+        lines.append(f"rabbit-ha: {source} {name} is accepted and not needed: "
+                     f"{fates[name].why}")
+    return lines
+
+
+def log_reading(reading: Reading, fates: Mapping[str, Rule] = FATES,
+                level: int = logging.INFO) -> None:
+    """Say at start-up what was taken from ``[oslo_messaging_rabbit]`` and what is ignored."""
+    for line in reading_lines(reading, fates):
+        LOG.log(level, "%s", line)
 
 
 def _shown_default(opt: cfg.Opt) -> Any:

@@ -93,14 +93,18 @@ class CallSender:
     """Sends one call's request and sends it again by the rules above.
 
     ``send_by`` bounds publishing (default: the call's deadline); the
-    request's TTL runs to it. Use :meth:`send` once, then :meth:`wait`.
+    request's TTL runs to it. ``reply_q`` (the queue the request names for
+    its reply) also goes in the AMQP ``reply_to`` property, with the
+    ``msg_id`` as ``correlation_id``, so a server that refuses a body it
+    cannot read (a compression bomb) can still answer with the reason.
+    Use :meth:`send` once, then :meth:`wait`.
     """
 
     def __init__(self, publisher: Publisher, waiters: ReplyWaiters, call: PendingCall,
                  body: bytes, exchange: ExchangeSpec, routing_key: str, *, what: str,
                  rule: ResendRule, clock: Clock, events: EventBus | None = None,
                  persistent: bool = False, send_by: float | None = None,
-                 retry_unroutable: float | None = None) -> None:
+                 retry_unroutable: float | None = None, reply_q: str | None = None) -> None:
         self.publisher = publisher
         self.waiters = waiters
         self.call = call
@@ -113,6 +117,8 @@ class CallSender:
         self._key = routing_key
         self._persistent = persistent
         self._retry_unroutable = retry_unroutable
+        # Also in the AMQP properties, for a server that cannot read the body.
+        self._answer_to = (call.msg_id, reply_q) if reply_q else None
         self.send_by = min(call.deadline, send_by if send_by is not None else call.deadline)
         #: How many times the request was sent again because its fate was uncertain.
         self.resends = 0
@@ -134,7 +140,8 @@ class CallSender:
         try:
             return self.publisher.publish(
                 self._body, self._exchange, self._key, deadline=self.send_by, what=self.what,
-                ttl=True, persistent=self._persistent, retry_unroutable=self._retry_unroutable)
+                ttl=True, persistent=self._persistent, retry_unroutable=self._retry_unroutable,
+                answer_to=self._answer_to)
         except exc.ConnectionLost as error:
             self._uncertain(error)
             return True
@@ -149,7 +156,7 @@ class CallSender:
             self.publisher.publish_async(
                 self._body, self._exchange, self._key, deadline=self.send_by, what=self.what,
                 ttl=True, persistent=self._persistent, retry_unroutable=self._retry_unroutable,
-                on_settled=self._settled)
+                on_settled=self._settled, answer_to=self._answer_to)
 
     def _settled(self, receipt: Receipt) -> None:
         """The request's fate, in whichever thread read its confirm."""

@@ -142,6 +142,8 @@ class Publisher:
         self._last_async = 0.0
         self._keeper: threading.Thread | None = None
         self._keeper_wake = threading.Event()
+        #: Threads sending a returned (or nacked) message again (see _settle_batch).
+        self._resending: set[threading.Thread] = set()
         self._closing = False
         forks.at_fork_in_child(self._after_fork)
 
@@ -154,6 +156,7 @@ class Publisher:
         self._outstanding.clear()
         self._keeper = None
         self._keeper_wake = threading.Event()
+        self._resending = set()
 
     def __repr__(self) -> str:
         return f"<Publisher {self._purpose} {self._conn!r}>"
@@ -172,6 +175,7 @@ class Publisher:
         retry_unroutable: float | None = None,
         retry_uncertain: bool = False,
         expires_at: float | None = None,
+        answer_to: tuple[str, str] | None = None,
     ) -> bool:
         """Publish ``body`` before ``deadline`` (a time on the clock).
 
@@ -182,7 +186,10 @@ class Publisher:
         ``retry_unroutable`` seconds, after which False is returned. With
         ``retry_uncertain`` a message whose confirm was lost with the
         connection is sent again (at-least-once) instead of raising
-        ConnectionLost.
+        ConnectionLost. ``answer_to`` is a call's ``(msg_id, reply queue)``,
+        sent also as the AMQP ``correlation_id`` and ``reply_to`` properties:
+        a server that cannot read the body (a compression bomb) still
+        knows whom to tell.
         Raises MessagingTimeout, ConnectionLost (outcome unknown),
         IrrecoverableError or InvalidMessage.
         """
@@ -211,7 +218,7 @@ class Publisher:
                 self._attempt(body, exchange, exchange_name, routing_key, deadline,
                               ttl=ttl, persistent=persistent, declare=declare,
                               retry_uncertain=retry_uncertain,
-                              expires_at=expires_at or deadline)
+                              expires_at=expires_at or deadline, answer_to=answer_to)
                 return True
             except exc.Unroutable as error:
                 last_error = error
@@ -266,7 +273,8 @@ class Publisher:
 
     def _prepare(self, conn: Connection, exchange: ExchangeSpec | str, dl: Deadline,
                  deadline: float, *, ttl: bool, persistent: bool,
-                 declare: tuple[QueueSpec, ...]) -> dict[str, Any]:
+                 declare: tuple[QueueSpec, ...],
+                 answer_to: tuple[str, str] | None = None) -> dict[str, Any]:
         """Declare what the message needs (once per connection); its properties."""
         if isinstance(exchange, ExchangeSpec) and exchange not in self._declared:
             conn.declare_exchange(exchange.name, exchange.type, durable=exchange.durable,
@@ -286,16 +294,18 @@ class Publisher:
         if ttl:
             left_ms = int((deadline - self._clock.now()) * 1000)
             properties["expiration"] = str(max(1, left_ms))
+        if answer_to is not None:
+            properties["correlation_id"], properties["reply_to"] = answer_to
         return properties
 
     def _attempt(self, body: bytes, exchange: ExchangeSpec | str, exchange_name: str,
                  routing_key: str, deadline: float, *, ttl: bool, persistent: bool,
                  declare: tuple[QueueSpec, ...], retry_uncertain: bool,
-                 expires_at: float) -> None:
+                 expires_at: float, answer_to: tuple[str, str] | None = None) -> None:
         conn = self._connection()
         dl = Deadline(deadline, self._clock)
         properties = self._prepare(conn, exchange, dl, expires_at, ttl=ttl,
-                                   persistent=persistent, declare=declare)
+                                   persistent=persistent, declare=declare, answer_to=answer_to)
         body, headers = self._compressed(body)
         conn.publish(body, exchange_name, routing_key, headers=headers, properties=properties,
                      mandatory=True, deadline=dl, retry_uncertain=retry_uncertain)
@@ -322,6 +332,7 @@ class Publisher:
         retry_unroutable: float | None = None,
         retry_uncertain: bool = False,
         on_settled: Callable[[Receipt], None] | None = None,
+        answer_to: tuple[str, str] | None = None,
     ) -> Receipt:
         """Write ``body`` now and learn later whether the broker confirmed it.
 
@@ -343,7 +354,7 @@ class Publisher:
                                 what=what,
                                 ttl=ttl, persistent=persistent, declare=declare,
                                 retry_unroutable=retry_unroutable,
-                                retry_uncertain=retry_uncertain)
+                                retry_uncertain=retry_uncertain, answer_to=answer_to)
 
         conn: Connection | None = None
         pending: Pending | None = None
@@ -352,7 +363,8 @@ class Publisher:
                 conn = self._connection()
                 dl = Deadline(deadline, self._clock)
                 properties = self._prepare(conn, exchange, dl, deadline, ttl=ttl,
-                                           persistent=persistent, declare=declare)
+                                           persistent=persistent, declare=declare,
+                                           answer_to=answer_to)
                 wire, headers = self._compressed(body)
                 pending = conn.publish_nowait(wire, exchange_name, routing_key, headers=headers,
                                               properties=properties, deadline=dl)
@@ -388,8 +400,34 @@ class Publisher:
                 self._keeper = threading.Thread(target=self._keep_settling, daemon=True,
                                                 name=f"confirms-{self._purpose}")
                 self._keeper.start()
-        for old in overflow:
-            old.settle_quietly()
+        self._settle_batch(overflow)
+
+    def _settle_batch(self, batch: list[Receipt]) -> None:
+        """Settle receipts in order; one that must be sent again is sent apart.
+
+        Reading a confirm is quick, but sending a returned message again may
+        take until its deadline (no queue bound yet): done here, it would hold
+        up every receipt after it, and their ``on_settled`` (a call's
+        uncertain request waiting to be re-sent, a cast's failure report).
+        """
+        for receipt in batch:
+            if receipt.settle_unless_resending():
+                self._resend_apart(receipt)
+
+    def _resend_apart(self, receipt: Receipt) -> None:
+        """Settle ``receipt`` (send it again) in a thread of its own."""
+        thread = threading.Thread(target=self._resend_one, args=(receipt,), daemon=True,
+                                  name=f"resend-{self._purpose}")
+        with self._outstanding_lock:
+            self._resending.add(thread)
+        thread.start()
+
+    def _resend_one(self, receipt: Receipt) -> None:
+        try:
+            receipt.settle_quietly()
+        finally:
+            with self._outstanding_lock:
+                self._resending.discard(threading.current_thread())
 
     def _keep_settling(self) -> None:
         """The keeper thread: settle receipts nobody settled once publishing pauses.
@@ -415,8 +453,7 @@ class Publisher:
             if not batch:
                 self._keeper_wake.wait(KEEPER_IDLE)
                 continue
-            for receipt in batch:
-                receipt.settle_quietly()
+            self._settle_batch(batch)
         with self._outstanding_lock:
             self._keeper = None
 
@@ -465,6 +502,11 @@ class Publisher:
         keeper = self._keeper
         if keeper is not None and keeper is not threading.current_thread():
             keeper.join(CLOSE_SETTLE)  # it finishes the batch it took
+        with self._outstanding_lock:
+            resending = list(self._resending)
+        for thread in resending:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, until - self._clock.now()))
         left = max(0.0, until - self._clock.now())
         for receipt in self.settle_all(left):
             LOG.error("%s: not confirmed by the broker before the publisher closed: %s",
@@ -540,12 +582,41 @@ class Receipt:
                     self.error = error
                     raise
                 finally:
-                    self._settled = True
-                    self._conn = self._pending = None
-                    self._report()
+                    self._finish()
             elif self.error is not None:
                 raise self.error
             return self._sent
+
+    def settle_unless_resending(self) -> bool:
+        """Settle at once unless that means sending the message again.
+
+        Reads the confirm (bounded by the deadline); True, still unsettled,
+        when the broker did not take the message and :meth:`result` would
+        send it again. Failures are logged as by :meth:`settle_quietly`.
+        """
+        with self._lock:
+            if self._settled:
+                return False
+            try:
+                if not self._confirmed(self.deadline):
+                    return True
+                self._sent = True
+            except Exception as error:
+                self.error = error
+                if self._on_settled is None:
+                    LOG.error("%s: failed after it was written: %s", self.what, error)
+            except BaseException as error:
+                self.error = error
+                raise
+            finally:
+                if self.error is not None or self._sent:
+                    self._finish()
+            return False
+
+    def _finish(self) -> None:
+        self._settled = True
+        self._conn = self._pending = None
+        self._report()
 
     def settle_quietly(self, timeout: float | None = None) -> bool:
         """:meth:`result` that logs instead of raising (unless a callback
@@ -570,18 +641,30 @@ class Receipt:
         until = self.deadline
         if timeout is not None:
             until = min(until, self._clock.now() + timeout)
-        conn, pending = self._conn, self._pending
-        if conn is not None and pending is not None:
-            conn.wait_confirm(pending, Deadline(until, self._clock))
-            if pending.outcome is Outcome.ACKED:
-                return True
-            if pending.outcome is Outcome.LOST and not self._retry_uncertain:
-                raise exc.ConnectionLost(
-                    f"{self.what}: connection lost after the message was written and before "
-                    "the broker confirmed it; not sent again", operation="basic.publish")
-            LOG.debug("%s: %s; sending it again", self.what,
-                      pending.outcome.value if pending.outcome else "unsettled")
+        if self._confirmed(until):
+            return True
+        pending = self._pending
+        LOG.debug("%s: %s; sending it again", self.what,
+                  pending.outcome.value if pending and pending.outcome else "not written")
         return self._resend(until)
+
+    def _confirmed(self, until: float) -> bool:
+        """Wait for the confirm: True if acked, False if it must be sent again.
+
+        Raises ConnectionLost when the confirm was lost and the message is
+        not to be sent again, MessagingTimeout when ``until`` passes first.
+        """
+        conn, pending = self._conn, self._pending
+        if conn is None or pending is None:
+            return False  # never written: publish() sends it
+        conn.wait_confirm(pending, Deadline(until, self._clock))
+        if pending.outcome is Outcome.ACKED:
+            return True
+        if pending.outcome is Outcome.LOST and not self._retry_uncertain:
+            raise exc.ConnectionLost(
+                f"{self.what}: connection lost after the message was written and before "
+                "the broker confirmed it; not sent again", operation="basic.publish")
+        return False
 
 
 # -- transport -----------------------------------------------------------------
@@ -837,7 +920,7 @@ class RPCClient:
             sender = CallSender(transport.publisher, transport.waiters, pending, body,
                                 exchange, key, what=what, rule=ResendRule.of(settings),
                                 clock=transport.clock, events=transport.events,
-                                persistent=durable(settings))
+                                persistent=durable(settings), reply_q=replies.queue)
             sender.send()
             result = sender.wait()
         except exc.MessagingTimeout:

@@ -41,6 +41,7 @@ import contextlib
 import functools
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -176,6 +177,21 @@ def _expiration(raw: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return seconds if seconds > 0 else None
+
+
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
+
+
+def _answer_to(raw: Any) -> tuple[str | None, str | None]:
+    """``(msg_id, reply_q)`` from a request's AMQP ``correlation_id`` and
+    ``reply_to``, which the library's callers set beside the body's: the one
+    way to answer a body that cannot be read (compressed past the limit)."""
+    properties = getattr(raw, "properties", None) or {}
+    msg_id, reply_q = properties.get("correlation_id"), properties.get("reply_to")
+    if isinstance(msg_id, str) and isinstance(reply_q, str) \
+            and _ID.fullmatch(msg_id) and _ID.fullmatch(reply_q):
+        return msg_id, reply_q
+    return None, None
 
 
 def _where(raw: Any) -> str:
@@ -530,7 +546,10 @@ class PollListener:
             return
         msg_id, reply_q = ((error.msg_id, error.reply_q)
                            if isinstance(error, envelope.BadRequest) else (None, None))
-        if not (msg_id and reply_q) and isinstance(raw.body, bytes | str):
+        if not (msg_id and reply_q):
+            msg_id, reply_q = _answer_to(raw)
+        if not (msg_id and reply_q) and isinstance(raw.body, bytes | str) \
+                and not getattr(raw, "compression", None):
             msg_id, reply_q = envelope.sniff_ids(raw.body)
         if msg_id and reply_q:
             self._rejections.append((msg_id, reply_q, envelope.encode_failure(error)))

@@ -13,10 +13,12 @@ topic,        amqp_durable_queues or            quorum (x-queue-type, x-delivery
 server,       rabbit_quorum_queue;              x-max-in-memory-length/-bytes) when
 notification  auto-delete: amqp_auto_delete     rabbit_quorum_queue
 reply         rabbit_transient_quorum_queue     quorum when rabbit_transient_quorum_queue;
-                                                x-expires (rabbit_transient_queues_ttl)
+                                                x-expires (rabbit_transient_queues_ttl;
+                                                none when it is 0)
 fanout        rabbit_transient_quorum_queue     as reply
 fanout        true                              x-queue-type: stream, x-max-age
-(stream)                                        (rabbit_transient_queues_ttl, "1800s")
+(stream)                                        (rabbit_transient_queues_ttl, "1800s";
+                                                none when it is 0)
 ============  ================================  ==========================================
 
 The fanout exchange is durable when ``rabbit_transient_quorum_queue`` is set
@@ -80,13 +82,17 @@ def transient_durable(settings: Settings) -> bool:
 def transient_queue_arguments(settings: Settings) -> Arguments:
     """Reply and fanout queues: quorum if asked, deleted by the broker when unused."""
     quorum = quorum_arguments(settings) if settings.rabbit_transient_quorum_queue else ()
-    return (*quorum, ("x-expires", settings.rabbit_transient_queues_ttl * 1000))
+    ttl = settings.rabbit_transient_queues_ttl
+    # 0: never deleted by the broker, as oslo.messaging declares them then.
+    return (*quorum, ("x-expires", ttl * 1000)) if ttl > 0 else quorum
 
 
 def stream_arguments(settings: Settings) -> Arguments:
-    """The stream of a fanout topic; old messages go after the TTL (a string: "1800s")."""
-    return (("x-queue-type", "stream"),
-            ("x-max-age", f"{settings.rabbit_transient_queues_ttl}s"))
+    """The stream of a fanout topic; old messages go after the TTL (a string:
+    "1800s"), or never with a TTL of 0 (as oslo.messaging declares it then)."""
+    ttl = settings.rabbit_transient_queues_ttl
+    return (("x-queue-type", "stream"), ("x-max-age", f"{ttl}s")) if ttl > 0 \
+        else (("x-queue-type", "stream"),)
 
 
 def stream_offset_after(headers: Any) -> int | None:

@@ -13,6 +13,7 @@ import json
 import os
 import select
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -22,8 +23,11 @@ from typing import Any
 
 import pytest
 
+from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import forks
+from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import Connection, Deadline, State
+from rabbit_ha_driver.metrics import Metrics
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport
 from rabbit_ha_driver.settings import from_url
 
@@ -291,3 +295,139 @@ def test_the_reply_waiters_duplicate_filters_are_free_in_the_child(settings, top
         release.set()
         transport.close()
         server.stop()
+
+
+def _socket_fds_bound_to(port: int) -> list[int]:
+    """This process's descriptors of TCP sockets whose local port is ``port``."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            probe = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue  # not a socket (or already gone)
+        try:
+            if probe.family in (socket.AF_INET, socket.AF_INET6) and \
+                    probe.getsockname()[1] == port:
+                found.append(fd)
+        except OSError:
+            pass
+        finally:
+            probe.close()
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_connection_being_opened_in_another_thread_leaves_no_socket_in_the_child():
+    """A thread was opening a connection (its socket made, the broker's
+    handshake not yet answered) when the process forked: the child must not
+    keep that socket, which the parent's thread goes on using."""
+    # A "broker" on loopback that accepts and never answers: the opening
+    # thread stays in the handshake for as long as the test needs.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    settings = from_url(f"amqp://u:p@127.0.0.1:{port}/", connect_timeout=15.0,
+                        kombu_reconnect_delay=0.0, heartbeat_timeout_threshold=0)
+    # The fake clock ends the opener's retries at once once the "broker" is
+    # gone; the handshake itself waits on the socket, bounded by connect_timeout.
+    clock = FakeClock()
+    conn = Connection(settings, name="opening", clock=clock)
+    outcome: list[Any] = []
+    opener = threading.Thread(
+        target=lambda: outcome.append(timed(lambda: conn.connect(Deadline.after(15.0, clock)))),
+        daemon=True)
+    opener.start()
+    accepted = None
+    try:
+        listener.settimeout(10)
+        accepted, peer = listener.accept()  # the opening thread's socket exists now
+        client_port = peer[1]
+        accepted.settimeout(10)
+        assert accepted.recv(8, socket.MSG_WAITALL).startswith(b"AMQP")  # the handshake began
+        assert _socket_fds_bound_to(client_port), "the test cannot find the opening socket"
+
+        def child() -> dict[str, Any]:
+            return {"left_open": _socket_fds_bound_to(client_port)}
+
+        assert in_child(child) == {"left_open": []}
+        # The parent's socket is untouched: the broker sees it open, and no
+        # byte from the child (a close frame) on it.
+        accepted.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            accepted.recv(1)
+    finally:
+        listener.close()
+        if accepted is not None:
+            accepted.close()  # the handshake fails; retries are refused
+        opener.join(20)
+        assert not opener.is_alive()
+        conn.close()
+
+
+def test_metrics_whose_lock_a_parent_thread_held_at_the_fork_count_in_the_child():
+    """Another thread of the parent was counting an event (holding the
+    metrics' lock) when the process forked: the child's first event and
+    snapshot must not wait for that thread, which does not exist there."""
+    metrics = Metrics()
+    metrics(ev.Connected("c1", "h1:5672", 40001, 20.0))
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with metrics._lock:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        def child() -> dict[str, Any]:
+            done: list[Any] = []
+
+            def use() -> None:
+                metrics(ev.ConnectFailed("c1", "h1:5672", "refused"))
+                done.append(metrics.snapshot()["connections"]["c1"]["connect_failures"])
+
+            worker = threading.Thread(target=use, daemon=True)
+            worker.start()
+            worker.join(5)  # a guard: the metrics' lock is free, or never
+            return {"deadlocked": worker.is_alive(), "connect_failures": done}
+
+        assert in_child(child) == {"deadlocked": False, "connect_failures": [1]}
+    finally:
+        release.set()
+        holder.join(5)
+    assert metrics.snapshot()["connections"]["c1"]["connect_failures"] == 0  # the parent's own
+
+
+def test_an_event_bus_whose_lock_a_parent_thread_held_at_the_fork_subscribes_in_the_child():
+    """Another thread was subscribing to a bus (holding its lock) when the
+    process forked: the child's first subscription must not wait for it."""
+    bus = ev.EventBus()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with bus._lock:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        def child() -> dict[str, Any]:
+            recorder = ev.Recorder()
+
+            def use() -> None:
+                bus.subscribe(recorder)
+                bus.emit(ev.ConnectFailed("c1", "h1:5672", "refused"))
+
+            worker = threading.Thread(target=use, daemon=True)
+            worker.start()
+            worker.join(5)  # a guard: the bus's lock is free, or never
+            return {"deadlocked": worker.is_alive(), "events": len(recorder.events)}
+
+        assert in_child(child) == {"deadlocked": False, "events": 1}
+    finally:
+        release.set()
+        holder.join(5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 
 import kombu
@@ -111,3 +112,24 @@ def test_the_driver_sends_compressed_only_when_configured(stack, method, header)
         assert message is not None
         assert message.headers.get("compression") == header
         assert json.loads(json.loads(message.body)["oslo.message"])["args"] == {"tag": "t"}
+
+
+def test_a_compression_bomb_called_through_the_driver_fails_at_once_naming_the_limit(stack):
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    conf = conf_with(kombu_compression="gzip")
+    server_transport = om.get_rpc_transport(conf, "rabbit-ha:///?rpc_max_message_size=65536")
+    stack(server_transport)
+    endpoint = Endpoint()
+    server = om.get_rpc_server(server_transport, om.Target(topic=topic, server="s1"), [endpoint],
+                               executor="threading")
+    server.start()
+    stack(server)
+    sender = om.get_rpc_transport(conf, "rabbit-ha://")  # the default limit: 16 MiB
+    stack(sender)
+    client = om.get_rpc_client(sender, om.Target(topic=topic), timeout=10)
+    start = time.monotonic()
+    with pytest.raises(om.RemoteError, match="expands beyond the limit of 65536 bytes") as info:
+        client.call({}, "echo", value="y" * (8 * 65536))
+    assert info.value.exc_type == "InvalidMessage"
+    assert time.monotonic() - start < 5  # told at once, not by the 10 s timeout
+    assert client.call({}, "echo", value="after") == "after"

@@ -6,6 +6,7 @@ import logging
 import pathlib
 import subprocess
 import sys
+import uuid
 
 import oslo_messaging as om
 import pytest
@@ -14,6 +15,7 @@ from oslo_config import cfg
 from rabbit_ha_driver import ConfigurationError, options
 from rabbit_ha_driver.oslo import RabbitHADriver, upstream
 from rabbit_ha_driver.oslo.upstream import FATES, Fate, unclassified, upstream_opts
+from rabbit_ha_driver.rpc.queue_types import transient_queue_arguments
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TABLE = ROOT / "docs" / "generated" / "oslo_option_fates.rst"
@@ -174,6 +176,59 @@ def test_options_not_needed_are_logged_once_at_info(tmp_path, caplog):
     assert len([line for line in lines if "kombu_reconnect_splay" in line]) == 1
     assert "transport_url query kombu_reconnect_splay" in lines[-1]
     assert any("heartbeat_timeout_threshold=6" in line for line in lines)
+
+
+def test_several_drivers_with_the_same_settings_log_their_option_lines_once_at_info(
+        tmp_path, caplog):
+    # A service making several transports from one configuration: the lines
+    # about its options are told once at INFO, then at DEBUG; a driver with
+    # other settings tells its own at INFO.
+    caplog.set_level(logging.DEBUG, logger="rabbit_ha_driver.oslo")
+    host = f"h-{uuid.uuid4().hex[:8]}"  # settings no other test logged
+    conf = _conf(tmp_path, "[oslo_messaging_rabbit]\nrpc_conn_pool_size = 10\n"
+                 "heartbeat_timeout_threshold = 6\n")
+
+    def told() -> list[tuple[str, str]]:
+        return [(r.levelname, r.getMessage()) for r in caplog.records
+                if r.name.startswith("rabbit_ha_driver.oslo") and "rabbit-ha" in r.getMessage()]
+
+    for _ in range(3):
+        _driver(conf, f"rabbit-ha://u:p@{host}:1/").cleanup()
+    lines = told()
+    info = [text for level, text in lines if level == "INFO"]
+    assert len(info) == 3, lines  # taken from..., not needed..., the driver line
+    assert any("heartbeat_timeout_threshold=6" in text for text in info)
+    assert any("rpc_conn_pool_size is accepted and not needed" in text for text in info)
+    assert any(f"rabbit-ha driver for rabbit-ha://u:***@{host}:1/" in text for text in info)
+    assert sorted(text for level, text in lines if level == "DEBUG" and text in info) == \
+        sorted(info * 2)  # the same lines, at DEBUG, for the second and third driver
+    caplog.clear()
+    _driver(conf, f"rabbit-ha://u:p@{host}:2/").cleanup()  # another port: other settings
+    assert [level for level, _ in told()] == ["INFO"] * 3
+
+
+def test_a_transient_queues_ttl_of_0_in_oslo_messaging_rabbit_keeps_working(tmp_path):
+    # oslo.messaging allows 0 (reply and fanout queues never expire): a
+    # service's section with it must start unchanged, with that meaning.
+    conf = _conf(tmp_path, "[oslo_messaging_rabbit]\nrabbit_transient_queues_ttl = 0\n")
+    driver = _driver(conf)
+    try:
+        assert driver.settings.rabbit_transient_queues_ttl == 0
+        assert driver.settings.origins["rabbit_transient_queues_ttl"] == "[oslo_messaging_rabbit]"
+        assert "x-expires" not in dict(transient_queue_arguments(driver.settings))
+    finally:
+        driver.cleanup()
+
+
+@pytest.mark.parametrize("line", ["rabbit_transient_queues_ttl = -1",
+                                  "rabbit_qos_prefetch_count = many"])
+def test_a_bad_value_in_oslo_messaging_rabbit_is_a_configuration_error_naming_it(tmp_path,
+                                                                                line):
+    conf = _conf(tmp_path, f"[oslo_messaging_rabbit]\n{line}\n")
+    name = line.split(" = ")[0]
+    with pytest.raises(ConfigurationError) as err:
+        _driver(conf)
+    assert err.value.option == f"[oslo_messaging_rabbit] {name}"
 
 
 def test_an_unconvertible_upstream_query_value_is_named(tmp_path):

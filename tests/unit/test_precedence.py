@@ -55,7 +55,7 @@ def test_upstream_values_apply_where_rabbit_ha_says_nothing(tmp_path):
 
 @pytest.mark.parametrize(("name", "value"), [
     ("heartbeat_timeout_threshold", 1),     # checked across options
-    ("rabbit_transient_queues_ttl", 0),     # outside our bounds
+    ("rabbit_transient_queues_ttl", -1),    # outside the bounds
 ])
 def test_a_bad_upstream_value_is_named_in_its_own_group(tmp_path, name, value):
     conf = _conf(tmp_path, "")

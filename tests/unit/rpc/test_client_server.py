@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import threading
 import time
@@ -243,6 +244,28 @@ def test_requests_too_large_are_refused_on_both_sides(serve, client, settings, f
         client.call({}, "echo", value="y" * 4000)
     assert info.value.exc_type == "rabbit_ha_driver.exceptions.InvalidMessage"
     assert time.monotonic() - start < 1  # told at once, not by a timeout
+
+
+def test_a_compression_bomb_in_a_call_gets_an_error_naming_the_limit_at_once(
+        serve, settings, factory, topic, cleanup, caplog):
+    # A request compressed to a few hundred bytes that expands far beyond
+    # the server's rpc_max_message_size: the server refuses it without
+    # expanding it, and the caller hears why at once instead of timing out.
+    endpoint, _ = serve(settings=settings.replace(rpc_max_message_size=2048))
+    sender = RPCClient(settings.replace(kombu_compression="gzip"), topic, timeout=5,
+                       connection_factory=factory)
+    cleanup(sender)
+    start = time.monotonic()
+    with pytest.raises(exc.RemoteError, match="expands beyond the limit of 2048 bytes") as info:
+        sender.call({}, "echo", value="y" * 200_000)
+    assert info.value.exc_type == "rabbit_ha_driver.exceptions.InvalidMessage"
+    assert time.monotonic() - start < 2  # told at once, not by the 5 s timeout
+    # A cast is rejected and logged; the server keeps serving.
+    with caplog.at_level(logging.WARNING, logger="rabbit_ha_driver.rpc.listener"):
+        sender.cast({}, "record", tag="z" * 200_000)
+        assert sender.call({}, "echo", value="small")["value"] == "small"
+    assert caplog.text.count("expands beyond the limit of 2048 bytes") == 2
+    assert endpoint.seen == []
 
 
 def test_junk_is_rejected_and_the_server_keeps_serving(serve, client, settings, broker, topic,

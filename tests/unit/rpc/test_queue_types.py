@@ -59,6 +59,23 @@ def test_reply_and_fanout_queues_match_oslo_messaging(transient_quorum, limits):
         "t_fanout", "fanout", durable=transient_quorum, auto_delete=True)
 
 
+@pytest.mark.parametrize(("transient_quorum", "stream"),
+                         [(False, False), (True, False), (True, True)])
+def test_a_transient_queues_ttl_of_0_means_no_expiry_as_in_oslo_messaging(transient_quorum,
+                                                                          stream):
+    # oslo.messaging accepts 0: reply and fanout queues get no x-expires (a
+    # stream no x-max-age). The same arguments here, or the broker refuses
+    # the second declaration of a shared queue as inequivalent.
+    settings = from_url("memory://", rabbit_transient_queues_ttl=0,
+                        rabbit_transient_quorum_queue=transient_quorum,
+                        rabbit_stream_fanout=stream)
+    expected = oslo_arguments(ttl=0, quorum=transient_quorum, stream=stream)
+    assert dict(envelope.fanout_queue(settings, "t").arguments) == expected
+    assert "x-expires" not in expected and "x-max-age" not in expected
+    if not stream:
+        assert dict(envelope.transient_queue_arguments(settings)) == expected
+
+
 def test_stream_fanout_matches_oslo_messaging():
     settings = from_url("memory://", rabbit_transient_quorum_queue=True, rabbit_stream_fanout=True,
                         **LIMITS)

@@ -57,6 +57,10 @@ class ScriptedConnection:
         self.recorder = ev.Recorder()
         self.events.subscribe(self.recorder)
         self.read_twice = threading.Event()
+        #: When set, the resend path waits here until it is opened (a resend
+        #: that takes long: no queue bound yet).
+        self.resend_gate: threading.Event | None = None
+        self.resending = threading.Event()
 
     def declare_exchange(self, name, type_, **kwargs):
         self.declared.append(name)
@@ -95,6 +99,9 @@ class ScriptedConnection:
     def publish(self, body, exchange, routing_key, **kwargs) -> None:
         self.resent.append({"body": body, "exchange": exchange, "routing_key": routing_key,
                             **kwargs})
+        if self.resend_gate is not None:
+            self.resending.set()
+            assert self.resend_gate.wait(10), "the test never opened the resend gate"
         if self.resend_errors:
             raise self.resend_errors.pop(0)
 
@@ -479,6 +486,50 @@ def test_receipts_nobody_waits_for_are_settled_once_writing_pauses(publisher_for
     assert sorted(conn.reads) == [1, 2]
     assert all(r.result() for r in receipts)
     assert len(conn.reads) == 2  # settled once, by the keeper
+
+
+def test_a_returned_message_being_resent_does_not_hold_up_the_receipts_after_it(
+        publisher_for, clock):
+    # The first message comes back unroutable and its resend takes long (no
+    # queue bound yet, until its deadline); the second was confirmed. The
+    # keeper must report the second at once, not after the first's resend.
+    conn = ScriptedConnection({1: Outcome.RETURNED})
+    conn.resend_gate = threading.Event()
+    publisher = publisher_for(conn)
+    settled: dict[str, threading.Event] = {"first": threading.Event(),
+                                           "second": threading.Event()}
+    first = write(publisher, clock, what="first",
+                  on_settled=lambda r: settled[r.what].set())
+    second = write(publisher, clock, what="second",
+                   on_settled=lambda r: settled[r.what].set())
+    clock.advance(client.KEEPER_IDLE * 2)
+    try:
+        assert conn.resending.wait(5), "the returned message was not sent again"
+        assert settled["second"].wait(5), (
+            "the confirmed message was not settled while a returned one was being resent")
+        assert second.sent
+        assert not settled["first"].is_set()
+    finally:
+        conn.resend_gate.set()
+    assert settled["first"].wait(5)
+    assert first.result() is True
+    assert len(conn.resent) == 1
+
+
+def test_a_write_beyond_the_window_does_not_wait_for_a_returned_messages_resend(
+        publisher_for, clock, monkeypatch):
+    monkeypatch.setattr(client, "CONFIRM_WINDOW", 2)
+    conn = ScriptedConnection({1: Outcome.RETURNED})
+    conn.resend_gate = threading.Event()
+    publisher = publisher_for(conn)
+    try:
+        receipts = [write(publisher, clock) for _ in range(3)]  # the third overflows
+        assert conn.reads == [1]  # the oldest was settled before the write returned
+        assert conn.resending.wait(5)
+        assert not receipts[0].sent
+    finally:
+        conn.resend_gate.set()
+    assert all(r.result() for r in receipts)
 
 
 # -- casts -----------------------------------------------------------------------------
