@@ -35,6 +35,8 @@ from rabbit_ha_driver import from_url
 from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.connection.retry import Deadline
 
+from .faults import OWN_QUEUES_DURABLE
+
 UNNAMED_ADDRESS = "127.0.0.2"
 
 
@@ -109,7 +111,8 @@ def test_tls_by_an_address_the_certificate_does_not_name(cluster, forwarder):
         try:
             outcomes[case] = error
             if error is None:
-                queue = conn.declare_queue(f"tls-{uuid.uuid4().hex[:6]}", auto_delete=True)
+                queue = conn.declare_queue(f"tls-{uuid.uuid4().hex[:6]}", auto_delete=True,
+                                           durable=OWN_QUEUES_DURABLE)
                 assert queue
         finally:
             conn.close()
