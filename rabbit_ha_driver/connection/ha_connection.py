@@ -895,10 +895,12 @@ class Connection:
           have been sent them.
 
         Only some transports count a queue's consumers (see
-        :func:`counts_consumers`).
+        :func:`counts_consumers`), and RabbitMQ counts none for a stream,
+        whose messages stay in it once read: a stream shows neither sign.
         """
         count = getattr(declare_ok, "consumer_count", None)
-        if not counts_consumers(self._transport) or count is None:
+        if not counts_consumers(self._transport) or count is None \
+                or self._topology.is_stream(key):
             self._zero_consumers.discard(key)
             self._starving.pop(key, None)
             return None

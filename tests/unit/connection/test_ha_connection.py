@@ -418,6 +418,34 @@ def test_a_consumer_lost_again_on_its_new_channel_moves_to_another_node(
     assert conn.host != first
 
 
+def test_a_stream_consumer_is_not_taken_for_a_lost_one(broker, clock, recorder):
+    """RabbitMQ's declare-ok of a stream counts no consumer and every message
+    the stream holds (reading one removes nothing): neither says anything
+    about the consumer. A stream fanout consumer must keep its channel and
+    its connection however long it reads."""
+    conn = make(broker, clock, recorder, consumer_check_interval=10)
+    got = []
+    conn.declare_exchange("x")
+    conn.declare_queue("s", durable=True, arguments={"x-queue-type": "stream"})
+    conn.bind("s", "x", "k")
+    conn.set_qos(10)
+    conn.consume("s", lambda m: (got.append(m.body), conn.ack(m)),
+                 arguments={"x-stream-offset": "next"})
+    channel = conn._channel
+    conn.publish(b"one", "x", "k")
+    conn.drain_events(0)
+    assert got == [b"one"]
+    checks = broker.calls.count("queue.declare")
+    for _ in range(5):
+        clock.advance(10)
+        conn.drain_events(0)
+        clock.advance(2)
+        conn.drain_events(0)
+    assert broker.calls.count("queue.declare") > checks  # still checked: a vanished one is found
+    assert recorder.of(ev.ConsumerLost) == []
+    assert recorder.of(ev.ConnectionLost) == [] and conn._channel is channel
+
+
 def test_a_single_zero_count_is_not_a_lost_consumer(broker, clock, recorder):
     conn = make(broker, clock, recorder, consumer_check_interval=10)
     other = make(broker, clock, recorder)
