@@ -906,6 +906,10 @@ class Connection:
             return None
         if count > 0:
             self._zero_consumers.discard(key)
+            if self._topology.single_active(key):
+                # A standby consumer is sent nothing while the active one lives.
+                self._starving.pop(key, None)
+                return None
             return self._consumer_starved(key, getattr(declare_ok, "message_count", None))
         self._starving.pop(key, None)
         if key in self._zero_consumers:

@@ -116,6 +116,11 @@ class Topology:
             return True
         return any("x-stream-offset" in c.arguments for c in self.consumers_of(queue_key))
 
+    def single_active(self, queue_key: str) -> bool:
+        """Whether the queue delivers to one of its consumers only (the others wait)."""
+        queue = self.queues.get(queue_key)
+        return queue is not None and bool(queue.arguments.get("x-single-active-consumer"))
+
     def replay(self, declarer: Declarer) -> None:
         """Declare everything again, in dependency order."""
         if self.prefetch_count is not None:

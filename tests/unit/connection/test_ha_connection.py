@@ -446,6 +446,31 @@ def test_a_stream_consumer_is_not_taken_for_a_lost_one(broker, clock, recorder):
     assert recorder.of(ev.ConnectionLost) == [] and conn._channel is channel
 
 
+def test_a_standby_single_active_consumer_is_not_taken_for_a_lost_one(broker, clock, recorder):
+    """With x-single-active-consumer the broker delivers to one consumer only:
+    ready messages that never reach a standby consumer, counted beside the
+    active one, are what the queue promises. (The fake broker has no single
+    active consumer: a consumer it stopped delivering to looks the same.)"""
+    conn = make(broker, clock, recorder, consumer_check_interval=10)
+    active = make(broker, clock, recorder)  # the active consumer, busy: never reads
+    got = []
+    conn.declare_exchange("x")
+    conn.declare_queue("q", arguments={"x-single-active-consumer": True})
+    conn.bind("q", "x", "k")
+    active.consume("q", lambda m: None)
+    conn.consume("q", lambda m: (got.append(m.body), conn.ack(m)))
+    channel = conn._channel
+    assert broker.lose_consumers_of(channel) == 1
+    conn.publish(b"waiting", "x", "k")
+    for _ in range(4):
+        clock.advance(10)
+        conn.drain_events(0)
+        clock.advance(2)
+        conn.drain_events(0)
+    assert recorder.of(ev.ConsumerLost) == []
+    assert recorder.of(ev.ConnectionLost) == [] and conn._channel is channel
+
+
 def test_a_single_zero_count_is_not_a_lost_consumer(broker, clock, recorder):
     conn = make(broker, clock, recorder, consumer_check_interval=10)
     other = make(broker, clock, recorder)
