@@ -198,9 +198,9 @@ class Connection:
         #: yet acknowledged or rejected (see _consumer_starved).
         self._delivered: collections.Counter[Any] = collections.Counter()
         self._unsettled = 0
-        #: Consumed queues whose last check found ready messages that did not
-        #: come: the delivery count then.
-        self._starving: dict[Any, int] = {}
+        #: Consumed queues whose checks found ready messages that did not
+        #: come: the delivery count and the time of the first such check.
+        self._starving: dict[Any, tuple[int, float]] = {}
         #: Queues whose consumer was found lost or starved since this
         #: connection last received from them (a second time reconnects).
         self._relost: set[Any] = set()
@@ -924,10 +924,16 @@ class Connection:
             # Nothing waits, or our own prefetch may be what holds it back.
             self._starving.pop(key, None)
             return None
-        delivered = self._delivered[key]
-        if self._starving.get(key) != delivered:
-            self._starving[key] = delivered
+        delivered, now = self._delivered[key], self._clock.now()
+        first = self._starving.get(key)
+        if first is None or first[0] != delivered:
+            self._starving[key] = (delivered, now)
             self._check_again_in(STARVED_RECHECK)
+            return None
+        if now - first[1] < STARVED_RECHECK:
+            # Checked sooner (a short interval, another queue's first zero):
+            # a broker slow to deliver for less than that is no lost consumer.
+            self._check_again_in(first[1] + STARVED_RECHECK - now)
             return None
         del self._starving[key]
         return (f"{ready} message(s) ready in the queue and none delivered to this "

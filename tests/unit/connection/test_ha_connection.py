@@ -471,6 +471,29 @@ def test_a_standby_single_active_consumer_is_not_taken_for_a_lost_one(broker, cl
     assert recorder.of(ev.ConnectionLost) == [] and conn._channel is channel
 
 
+def test_ready_messages_not_sent_count_only_after_two_seconds_however_often_checked(
+        broker, clock, recorder):
+    """The second sign of a starved consumer comes 2 s after the first, also
+    when queues are checked more often than that (a short
+    consumer_check_interval, or another queue's first zero count): a broker
+    slow to deliver to a live consumer for less is no lost consumer."""
+    conn = make(broker, clock, recorder, consumer_check_interval=0.5)
+    busy = make(broker, clock, recorder)  # consumes "q" too, but never reads
+    consumer(conn)
+    busy.consume("q", lambda m: None)
+    assert broker.lose_consumers_of(conn._channel) == 1
+    conn.publish(b"waiting", "x", "k")
+    clock.advance(1)
+    conn.drain_events(0)  # the first sign
+    for _ in range(3):
+        clock.advance(0.5)
+        conn.drain_events(0)
+    assert recorder.of(ev.ConsumerLost) == [], "a second sign after less than 2 s"
+    clock.advance(0.5)
+    conn.drain_events(0)  # 2 s after the first sign, still nothing came
+    assert [e.queue for e in recorder.of(ev.ConsumerLost)] == ["q"]
+
+
 def test_a_single_zero_count_is_not_a_lost_consumer(broker, clock, recorder):
     conn = make(broker, clock, recorder, consumer_check_interval=10)
     other = make(broker, clock, recorder)
