@@ -56,6 +56,10 @@ class FakeBroker:
         #: When set, every connect waits until the event is set (a slow broker).
         self.connect_gate: threading.Event | None = None
         self.open_connections = 0
+        #: Queues declared as streams, and how many messages each holds: as
+        #: RabbitMQ, reading a stream removes nothing and its declare-ok
+        #: counts every message and no consumer.
+        self.streams: collections.Counter[str] = collections.Counter()
 
     def fail_next(self, operation: str, error: BaseException, times: int = 1) -> None:
         """Make the next ``times`` calls of ``operation`` (``queue.declare``...) raise ``error``.
@@ -237,6 +241,10 @@ class FakeChannel(MemoryChannel):
         if not kwargs.get("queue"):
             kwargs["queue"] = f"amq.gen-{self.fake_broker.prefix}-{len(self.fake_broker.calls)}"
         ok = super().queue_declare(*args, **kwargs)
+        if (kwargs.get("arguments") or {}).get("x-queue-type") == "stream":
+            self.fake_broker.streams.setdefault(ok.queue, 0)
+        if ok.queue in self.fake_broker.streams:
+            return ok._replace(message_count=self.fake_broker.streams[ok.queue], consumer_count=0)
         # kombu's memory transport counts no consumers; this broker does, as RabbitMQ.
         consumers = sum(1 for q, _, _ in self.fake_broker.consumers.values() if q == ok.queue)
         return ok._replace(consumer_count=consumers)
@@ -260,6 +268,11 @@ class FakeChannel(MemoryChannel):
     def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
         self._alive("basic.publish")
         return super().basic_publish(message, exchange, routing_key, **kwargs)
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        if queue in self.fake_broker.streams:
+            self.fake_broker.streams[queue] += 1
+        super()._put(queue, message, **kwargs)
 
 
 class FakeTransport(kombu_memory.Transport):

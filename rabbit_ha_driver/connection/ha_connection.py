@@ -198,9 +198,9 @@ class Connection:
         #: yet acknowledged or rejected (see _consumer_starved).
         self._delivered: collections.Counter[Any] = collections.Counter()
         self._unsettled = 0
-        #: Consumed queues whose last check found ready messages that did not
-        #: come: the delivery count then.
-        self._starving: dict[Any, int] = {}
+        #: Consumed queues whose checks found ready messages that did not
+        #: come: the delivery count and the time of the first such check.
+        self._starving: dict[Any, tuple[int, float]] = {}
         #: Queues whose consumer was found lost or starved since this
         #: connection last received from them (a second time reconnects).
         self._relost: set[Any] = set()
@@ -895,15 +895,21 @@ class Connection:
           have been sent them.
 
         Only some transports count a queue's consumers (see
-        :func:`counts_consumers`).
+        :func:`counts_consumers`), and RabbitMQ counts none for a stream,
+        whose messages stay in it once read: a stream shows neither sign.
         """
         count = getattr(declare_ok, "consumer_count", None)
-        if not counts_consumers(self._transport) or count is None:
+        if not counts_consumers(self._transport) or count is None \
+                or self._topology.is_stream(key):
             self._zero_consumers.discard(key)
             self._starving.pop(key, None)
             return None
         if count > 0:
             self._zero_consumers.discard(key)
+            if self._topology.single_active(key):
+                # A standby consumer is sent nothing while the active one lives.
+                self._starving.pop(key, None)
+                return None
             return self._consumer_starved(key, getattr(declare_ok, "message_count", None))
         self._starving.pop(key, None)
         if key in self._zero_consumers:
@@ -918,10 +924,16 @@ class Connection:
             # Nothing waits, or our own prefetch may be what holds it back.
             self._starving.pop(key, None)
             return None
-        delivered = self._delivered[key]
-        if self._starving.get(key) != delivered:
-            self._starving[key] = delivered
+        delivered, now = self._delivered[key], self._clock.now()
+        first = self._starving.get(key)
+        if first is None or first[0] != delivered:
+            self._starving[key] = (delivered, now)
             self._check_again_in(STARVED_RECHECK)
+            return None
+        if now - first[1] < STARVED_RECHECK:
+            # Checked sooner (a short interval, another queue's first zero):
+            # a broker slow to deliver for less than that is no lost consumer.
+            self._check_again_in(first[1] + STARVED_RECHECK - now)
             return None
         del self._starving[key]
         return (f"{ready} message(s) ready in the queue and none delivered to this "

@@ -109,6 +109,18 @@ class Topology:
     def consumers_of(self, queue_key: str) -> list[ConsumerDecl]:
         return [c for c in self.consumers.values() if c.queue_key == queue_key]
 
+    def is_stream(self, queue_key: str) -> bool:
+        """Whether the queue is a stream: declared as one, or consumed from an offset."""
+        queue = self.queues.get(queue_key)
+        if queue is not None and queue.arguments.get("x-queue-type") == "stream":
+            return True
+        return any("x-stream-offset" in c.arguments for c in self.consumers_of(queue_key))
+
+    def single_active(self, queue_key: str) -> bool:
+        """Whether the queue delivers to one of its consumers only (the others wait)."""
+        queue = self.queues.get(queue_key)
+        return queue is not None and bool(queue.arguments.get("x-single-active-consumer"))
+
     def replay(self, declarer: Declarer) -> None:
         """Declare everything again, in dependency order."""
         if self.prefetch_count is not None:

@@ -379,6 +379,10 @@ def parse_request(message: Mapping[str, Any]) -> Request:
                                 or not isinstance(timeout, int | float)):
         raise bad(f"{TIMEOUT} is {timeout!r}, not a number")
     try:
+        client_timeout = float(timeout) if timeout else None
+    except OverflowError:  # an integer of hundreds of digits is valid JSON
+        raise bad(f"{TIMEOUT} is out of range") from None
+    try:
         unique_id = _optional_str(message, UNIQUE_ID)
         namespace = _optional_str(message, "namespace")
         version = _optional_str(message, "version")
@@ -390,7 +394,7 @@ def parse_request(message: Mapping[str, Any]) -> Request:
         context=_unpack_context(message),
         msg_id=msg_id,
         reply_q=reply_q,
-        client_timeout=float(timeout) if timeout else None,
+        client_timeout=client_timeout,
         unique_id=unique_id,
         namespace=namespace,
         version=version,

@@ -151,7 +151,18 @@ class ThreadingExecutor(Executor):
                 return
             number = self._threads
             self._threads += 1
-        threading.Thread(target=self._serve, name=f"rpc-worker_{number}", daemon=True).start()
+        try:
+            threading.Thread(target=self._serve, name=f"rpc-worker_{number}", daemon=True).start()
+        except Exception:
+            # No thread (a pids limit, no memory for its stack). Unless a
+            # worker that came free took the work meanwhile, it must not run
+            # later: submit() raises and gives its slot back.
+            with self._ready:
+                self._threads -= 1
+                if fn not in self._work:
+                    return
+                self._work.remove(fn)
+            raise
 
     def _serve(self) -> None:
         while True:

@@ -310,9 +310,12 @@ class MessageHandlingServer(abc.ABC):
                     incoming = batch[0]
             if listener.has_waiting() and executor.reserve(0):
                 self._token.release()
-                executor.submit(self._lead)
+                if self._hand_on():
+                    self._handle(incoming)
+                    return
+                # Nobody took over: handle it here, then poll again.
                 self._handle(incoming)
-                return
+                continue
             self._freed_at = time.monotonic()
             self._token.release()
             self._watcher_wake.set()
@@ -341,8 +344,22 @@ class MessageHandlingServer(abc.ABC):
                 if (now - freed >= PROMOTE_AFTER and not self._token.locked()
                         and self._executor.reserve(0)):
                     self._freed_at = None
-                    self._executor.submit(self._lead)
+                    if not self._hand_on():
+                        # Try again later; meanwhile the handling worker
+                        # polls again once it is done.
+                        self._freed_at = freed
+                        self._loop_done.wait(WATCH_IDLE)
+                        continue
             self._loop_done.wait(PROMOTE_AFTER)
+
+    def _hand_on(self) -> bool:
+        """Start a worker that polls (a slot is reserved); False if none could start."""
+        try:
+            self._executor.submit(self._lead)
+        except Exception as error:  # no thread: a pids limit, no memory for a stack
+            LOG.warning("%r: no worker could start to take over the polling: %s", self, error)
+            return False
+        return True
 
     def _end_polling(self, listener: PollListener) -> None:
         """With the token held: stop consuming, give back what was not handed out."""

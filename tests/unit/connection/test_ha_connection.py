@@ -418,6 +418,82 @@ def test_a_consumer_lost_again_on_its_new_channel_moves_to_another_node(
     assert conn.host != first
 
 
+def test_a_stream_consumer_is_not_taken_for_a_lost_one(broker, clock, recorder):
+    """RabbitMQ's declare-ok of a stream counts no consumer and every message
+    the stream holds (reading one removes nothing): neither says anything
+    about the consumer. A stream fanout consumer must keep its channel and
+    its connection however long it reads."""
+    conn = make(broker, clock, recorder, consumer_check_interval=10)
+    got = []
+    conn.declare_exchange("x")
+    conn.declare_queue("s", durable=True, arguments={"x-queue-type": "stream"})
+    conn.bind("s", "x", "k")
+    conn.set_qos(10)
+    conn.consume("s", lambda m: (got.append(m.body), conn.ack(m)),
+                 arguments={"x-stream-offset": "next"})
+    channel = conn._channel
+    conn.publish(b"one", "x", "k")
+    conn.drain_events(0)
+    assert got == [b"one"]
+    checks = broker.calls.count("queue.declare")
+    for _ in range(5):
+        clock.advance(10)
+        conn.drain_events(0)
+        clock.advance(2)
+        conn.drain_events(0)
+    assert broker.calls.count("queue.declare") > checks  # still checked: a vanished one is found
+    assert recorder.of(ev.ConsumerLost) == []
+    assert recorder.of(ev.ConnectionLost) == [] and conn._channel is channel
+
+
+def test_a_standby_single_active_consumer_is_not_taken_for_a_lost_one(broker, clock, recorder):
+    """With x-single-active-consumer the broker delivers to one consumer only:
+    ready messages that never reach a standby consumer, counted beside the
+    active one, are what the queue promises. (The fake broker has no single
+    active consumer: a consumer it stopped delivering to looks the same.)"""
+    conn = make(broker, clock, recorder, consumer_check_interval=10)
+    active = make(broker, clock, recorder)  # the active consumer, busy: never reads
+    got = []
+    conn.declare_exchange("x")
+    conn.declare_queue("q", arguments={"x-single-active-consumer": True})
+    conn.bind("q", "x", "k")
+    active.consume("q", lambda m: None)
+    conn.consume("q", lambda m: (got.append(m.body), conn.ack(m)))
+    channel = conn._channel
+    assert broker.lose_consumers_of(channel) == 1
+    conn.publish(b"waiting", "x", "k")
+    for _ in range(4):
+        clock.advance(10)
+        conn.drain_events(0)
+        clock.advance(2)
+        conn.drain_events(0)
+    assert recorder.of(ev.ConsumerLost) == []
+    assert recorder.of(ev.ConnectionLost) == [] and conn._channel is channel
+
+
+def test_ready_messages_not_sent_count_only_after_two_seconds_however_often_checked(
+        broker, clock, recorder):
+    """The second sign of a starved consumer comes 2 s after the first, also
+    when queues are checked more often than that (a short
+    consumer_check_interval, or another queue's first zero count): a broker
+    slow to deliver to a live consumer for less is no lost consumer."""
+    conn = make(broker, clock, recorder, consumer_check_interval=0.5)
+    busy = make(broker, clock, recorder)  # consumes "q" too, but never reads
+    consumer(conn)
+    busy.consume("q", lambda m: None)
+    assert broker.lose_consumers_of(conn._channel) == 1
+    conn.publish(b"waiting", "x", "k")
+    clock.advance(1)
+    conn.drain_events(0)  # the first sign
+    for _ in range(3):
+        clock.advance(0.5)
+        conn.drain_events(0)
+    assert recorder.of(ev.ConsumerLost) == [], "a second sign after less than 2 s"
+    clock.advance(0.5)
+    conn.drain_events(0)  # 2 s after the first sign, still nothing came
+    assert [e.queue for e in recorder.of(ev.ConsumerLost)] == ["q"]
+
+
 def test_a_single_zero_count_is_not_a_lost_consumer(broker, clock, recorder):
     conn = make(broker, clock, recorder, consumer_check_interval=10)
     other = make(broker, clock, recorder)

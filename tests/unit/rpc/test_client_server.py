@@ -13,6 +13,7 @@ import pytest
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport, Target, envelope
+from rabbit_ha_driver.rpc.executors import ThreadingExecutor
 from rabbit_ha_driver.settings import from_url
 
 from .conftest import FAKE_URL, fake_factory
@@ -362,3 +363,42 @@ def test_bad_usage_is_refused(settings, client):
         RPCServer(settings, "", "s", [Endpoint()])
     with pytest.raises(TypeError):
         RPCClient("memory://", "t")  # type: ignore[arg-type]
+
+
+class RefusingExecutor(ThreadingExecutor):
+    """Threads as the system gives them: it may refuse one (a pids limit)."""
+
+    def __init__(self, max_workers):
+        super().__init__(max_workers)
+        self.refused = threading.Event()
+
+    def _start(self, fn):
+        try:
+            super()._start(fn)
+        except RuntimeError:
+            self.refused.set()
+            raise
+
+
+def test_a_worker_the_system_refused_does_not_stop_the_polling_being_handed_on(serve, client):
+    """While the leader handles a long request, the watcher hands the polling
+    to a new worker. One the system refused once must be tried again later,
+    or nobody polls until that request ends."""
+    executor = RefusingExecutor(4)
+    endpoint, _ = serve(executor=executor)
+    # No thread can get a stack this large: starting one fails for real.
+    previous = threading.stack_size(2 ** 44)
+    try:
+        client.cast({}, "blocked")
+        assert endpoint.event.wait(5)
+        assert executor.refused.wait(5), "the polling was never handed on"
+    finally:
+        threading.stack_size(previous)
+    try:
+        client.cast({}, "record", tag="next")
+        deadline = time.monotonic() + 3  # the long request ends after 5 s
+        while not endpoint.seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert endpoint.seen == ["next"], "nobody polled while the long request ran"
+    finally:
+        endpoint.gate.set()

@@ -120,3 +120,29 @@ def test_a_process_whose_server_was_never_stopped_still_exits():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "started" in done.stdout
+
+
+def test_work_whose_worker_could_not_start_is_refused_once_and_never_runs_later():
+    """The system refuses a new thread (a pids limit, no memory for its stack):
+    submit() raises and gives the slot back. That work must not then run on
+    the next worker behind its caller's back, nor give its slot back a second
+    time (the slots would no longer add up and shutdown would wait for work
+    that does not exist)."""
+    executor = ThreadingExecutor(max_workers=2)
+    ran: list[str] = []
+    assert executor.reserve(0)
+    # No thread can get a stack this large: starting one fails for real.
+    previous = threading.stack_size(2 ** 44)
+    try:
+        with pytest.raises(RuntimeError):
+            executor.submit(lambda: ran.append("refused"))
+    finally:
+        threading.stack_size(previous)
+    assert executor.busy == 0
+    done = threading.Event()
+    assert executor.reserve(0)
+    executor.submit(done.set)
+    assert done.wait(5)
+    assert ran == []
+    assert executor.shutdown(timeout=5)
+    assert executor.busy == 0

@@ -302,6 +302,22 @@ def test_junk_notifications_are_rejected_without_requeue(make_notification_liste
     assert [kind for kind, _ in listen_conn.settled] == ["reject"]
 
 
+def test_a_request_whose_timeout_no_float_holds_is_rejected_and_serving_goes_on(
+        make_rpc_listener, publisher, listen_conn, topic):
+    """A client timeout of 400 digits is valid JSON but no float: a bad request
+    like any other, rejected, not an error in the consumer callback that
+    leaves the message unacknowledged (holding a prefetch slot until the
+    channel closes, and the connection's count of unsettled deliveries above
+    zero, which turns its starved-consumer check off)."""
+    listener = make_rpc_listener()
+    huge = request("huge")
+    huge[envelope.TIMEOUT] = 10 ** 400
+    send(publisher, topic, huge)
+    send(publisher, topic, request("fine"))
+    assert [m.message["method"] for m in poll_until(listener, 1)] == ["fine"]
+    assert [kind for kind, _ in listen_conn.settled] == ["reject", "ack"]
+
+
 def test_listener_kind_is_checked(settings, listen_conn, publisher):
     from rabbit_ha_driver.rpc.listener import PollListener
 
