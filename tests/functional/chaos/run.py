@@ -66,6 +66,8 @@ PROBE_TIMEOUT = 1.0
 STOP_BOUND = 30.0
 TOLERANCE = 0.10
 CONSUMER_TIMEOUT_MS, CHANNEL_TICK_MS = 2000, 500
+#: glibc malloc arenas of every worker process, unless the environment says.
+MALLOC_ARENA_MAX = "2"
 
 
 class Worker:
@@ -82,6 +84,11 @@ class Worker:
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        # The RSS check is about what the library keeps, not about how many
+        # malloc arenas glibc gives a threaded process (see the operator
+        # guide, "Memory of a threaded service"); an environment that sets it
+        # keeps its own value.
+        env.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
         with open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.functional.chaos.worker", self.role,
@@ -272,7 +279,8 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
     plan = make_plan(seed, duration, server_names, caller_names, heartbeat=heartbeat,
                      classes=classes)
     echo(f"chaos seed {seed}: {duration:.0f}s, T={heartbeat}s, "
-         f"{'all' if tls_all else 'some'} workers over TLS, records and logs in {out}")
+         f"{'all' if tls_all else 'some'} workers over TLS, MALLOC_ARENA_MAX="
+         f"{os.environ.get('MALLOC_ARENA_MAX', MALLOC_ARENA_MAX)}, records and logs in {out}")
     echo("plan:\n" + "\n".join(f"  {e}" for e in plan))
     common = {"heartbeat_timeout_threshold": heartbeat, "consumer_check_interval": 2.0}
 
