@@ -184,6 +184,29 @@ def broker_counts(cluster: Any) -> dict[str, tuple[int, int, int]]:
             if k.startswith("chaos-") and not k.startswith("chaos-orch-")}
 
 
+def baseline_counts(cluster: Any, workers: list[str],
+                    within: float = 30.0) -> dict[str, tuple[int, int, int]]:
+    """:func:`broker_counts` once every worker's connections are listed and
+    two reads a second apart agree.
+
+    The management API lists a connection, its channels and consumers only
+    after the broker's next statistics emission; on a loaded machine a
+    worker's connections were once missing from a baseline taken right after
+    the warm-up, and the end check then blamed the worker for connections it
+    had had all along.
+    """
+    deadline = time.monotonic() + within
+    last: dict[str, tuple[int, int, int]] | None = None
+    while True:
+        counts = broker_counts(cluster)
+        complete = all(any(key.startswith(f"chaos-{name}-") or key.startswith(f"chaos-{name}:")
+                           for key in counts) for name in workers)
+        if (complete and counts == last) or time.monotonic() >= deadline:
+            return counts
+        last = counts if complete else None
+        time.sleep(1.0)
+
+
 class Scheduler:
     """Starts each planned episode at its time, in order, when nothing it
     conflicts with runs; an episode that had to wait delays the rest of the
@@ -340,7 +363,7 @@ def run_chaos(cluster: Any, *, seed: int, duration: float, out: Path, tls_all: b
         try:
             echo(f"warm-up {warmup:.0f}s")
             time.sleep(warmup)
-            base_counts = broker_counts(cluster)
+            base_counts = baseline_counts(cluster, [w.name for w in workers])
             base_figures = figures(workers)
             base_names = {w.name: w.thread_names() for w in workers}
             base_others = {w.name: w.other_tasks() for w in workers}
