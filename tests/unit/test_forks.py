@@ -9,6 +9,7 @@ child that calls also runs a server of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -18,7 +19,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -364,16 +365,13 @@ def test_a_connection_being_opened_in_another_thread_leaves_no_socket_in_the_chi
         conn.close()
 
 
-def test_metrics_whose_lock_a_parent_thread_held_at_the_fork_count_in_the_child():
-    """Another thread of the parent was counting an event (holding the
-    metrics' lock) when the process forked: the child's first event and
-    snapshot must not wait for that thread, which does not exist there."""
-    metrics = Metrics()
-    metrics(ev.Connected("c1", "h1:5672", 40001, 20.0))
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """``lock`` held by another thread of this process for the block's length."""
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with metrics._lock:
+        with lock:
             holding.set()
             release.wait(30)
 
@@ -381,22 +379,33 @@ def test_metrics_whose_lock_a_parent_thread_held_at_the_fork_count_in_the_child(
     holder.start()
     assert holding.wait(5)
     try:
-        def child() -> dict[str, Any]:
-            done: list[Any] = []
-
-            def use() -> None:
-                metrics(ev.ConnectFailed("c1", "h1:5672", "refused"))
-                done.append(metrics.snapshot()["connections"]["c1"]["connect_failures"])
-
-            worker = threading.Thread(target=use, daemon=True)
-            worker.start()
-            worker.join(5)  # a guard: the metrics' lock is free, or never
-            return {"deadlocked": worker.is_alive(), "connect_failures": done}
-
-        assert in_child(child) == {"deadlocked": False, "connect_failures": [1]}
+        yield
     finally:
         release.set()
         holder.join(5)
+
+
+def test_metrics_whose_lock_a_parent_thread_held_at_the_fork_count_in_the_child():
+    """Another thread of the parent was counting an event (holding the
+    metrics' lock) when the process forked: the child's first event and
+    snapshot must not wait for that thread, which does not exist there."""
+    metrics = Metrics()
+    metrics(ev.Connected("c1", "h1:5672", 40001, 20.0))
+
+    def child() -> dict[str, Any]:
+        done: list[Any] = []
+
+        def use() -> None:
+            metrics(ev.ConnectFailed("c1", "h1:5672", "refused"))
+            done.append(metrics.snapshot()["connections"]["c1"]["connect_failures"])
+
+        worker = threading.Thread(target=use, daemon=True)
+        worker.start()
+        worker.join(5)  # a guard: the metrics' lock is free, or never
+        return {"deadlocked": worker.is_alive(), "connect_failures": done}
+
+    with held_by_another_thread(metrics._lock):
+        assert in_child(child) == {"deadlocked": False, "connect_failures": [1]}
     assert metrics.snapshot()["connections"]["c1"]["connect_failures"] == 0  # the parent's own
 
 
@@ -404,30 +413,18 @@ def test_an_event_bus_whose_lock_a_parent_thread_held_at_the_fork_subscribes_in_
     """Another thread was subscribing to a bus (holding its lock) when the
     process forked: the child's first subscription must not wait for it."""
     bus = ev.EventBus()
-    holding, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
-        with bus._lock:
-            holding.set()
-            release.wait(30)
+    def child() -> dict[str, Any]:
+        recorder = ev.Recorder()
 
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert holding.wait(5)
-    try:
-        def child() -> dict[str, Any]:
-            recorder = ev.Recorder()
+        def use() -> None:
+            bus.subscribe(recorder)
+            bus.emit(ev.ConnectFailed("c1", "h1:5672", "refused"))
 
-            def use() -> None:
-                bus.subscribe(recorder)
-                bus.emit(ev.ConnectFailed("c1", "h1:5672", "refused"))
+        worker = threading.Thread(target=use, daemon=True)
+        worker.start()
+        worker.join(5)  # a guard: the bus's lock is free, or never
+        return {"deadlocked": worker.is_alive(), "events": len(recorder.events)}
 
-            worker = threading.Thread(target=use, daemon=True)
-            worker.start()
-            worker.join(5)  # a guard: the bus's lock is free, or never
-            return {"deadlocked": worker.is_alive(), "events": len(recorder.events)}
-
+    with held_by_another_thread(bus._lock):
         assert in_child(child) == {"deadlocked": False, "events": 1}
-    finally:
-        release.set()
-        holder.join(5)
