@@ -106,43 +106,36 @@ class FakeBroker:
                     reply_code, reply_text, method_sig(method) if method else (0, 0),
                     amqp.exceptions.ChannelError)
                 channel.broker_closed = error
-                for tag, (_q, _cb, owner) in list(self.consumers.items()):
-                    if owner is channel:
-                        del self.consumers[tag]
-                        kombu_memory.Channel.basic_cancel(channel, tag)
+                self.lose_consumers_of(channel)
                 closed += 1
         self.channel_closes += closed
         return closed
 
-    def lose_consumers(self, queue: str) -> int:
-        """Forget the consumers of ``queue`` without telling them, the queue kept:
-        their channels still list them and nothing reaches them."""
+    def _forget_consumers(self, match: Callable[[str, Any], bool]) -> int:
+        """Drop the consumers for which ``match(queue, channel)`` holds, telling
+        no one; returns how many."""
         lost = 0
-        for tag, (q, _, channel) in list(self.consumers.items()):
-            if q == queue:
+        for tag, (queue, _, channel) in list(self.consumers.items()):
+            if match(queue, channel):
                 del self.consumers[tag]
                 kombu_memory.Channel.basic_cancel(channel, tag)
                 lost += 1
         return lost
+
+    def lose_consumers(self, queue: str) -> int:
+        """Forget the consumers of ``queue`` without telling them, the queue kept:
+        their channels still list them and nothing reaches them."""
+        return self._forget_consumers(lambda q, _channel: q == queue)
 
     def lose_consumers_of(self, channel: Any) -> int:
         """Forget the consumers of one ``channel`` without telling it, every
         queue and every other consumer kept: the queue still counts the
         others, and nothing reaches this one."""
-        lost = 0
-        for tag, (_, _, owner) in list(self.consumers.items()):
-            if owner is channel:
-                del self.consumers[tag]
-                kombu_memory.Channel.basic_cancel(channel, tag)
-                lost += 1
-        return lost
+        return self._forget_consumers(lambda _queue, owner: owner is channel)
 
     def delete_queue_silently(self, queue: str) -> None:
         """Delete ``queue`` and forget its consumers without telling them (a lost basic.cancel)."""
-        for tag, (q, _, channel) in list(self.consumers.items()):
-            if q == queue:
-                del self.consumers[tag]
-                kombu_memory.Channel.basic_cancel(channel, tag)
+        self._forget_consumers(lambda q, _channel: q == queue)
         self.queues.pop(queue, None)
         self.state.queue_bindings_delete(queue)
 

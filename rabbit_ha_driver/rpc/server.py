@@ -310,12 +310,11 @@ class MessageHandlingServer(abc.ABC):
                     incoming = batch[0]
             if listener.has_waiting() and executor.reserve(0):
                 self._token.release()
-                if self._hand_on():
-                    self._handle(incoming)
-                    return
-                # Nobody took over: handle it here, then poll again.
+                handed_on = self._hand_on()
                 self._handle(incoming)
-                continue
+                if handed_on:
+                    return
+                continue  # nobody took over the polling: poll again
             self._freed_at = time.monotonic()
             self._token.release()
             self._watcher_wake.set()

@@ -59,11 +59,10 @@ def conf_with(**rabbit) -> cfg.ConfigOpts:
     return conf
 
 
-# oslo.messaging documents bz2, but kombu only knows bzip2: its driver cannot send with bz2.
-@pytest.mark.parametrize("method", ["gzip", "bzip2"])
-def test_compressed_casts_and_calls_from_oslo_messaging_are_served(stack, caplog, method):
+def serving(stack, conf):
+    """A rabbit-ha:// RPC server (64 kB message limit) of a new topic:
+    the topic, its endpoint and the server's transport."""
     topic = f"t-{uuid.uuid4().hex[:8]}"
-    conf = conf_with(kombu_compression=method)
     server_transport = om.get_rpc_transport(conf, "rabbit-ha:///?rpc_max_message_size=65536")
     stack(server_transport)
     endpoint = Endpoint()
@@ -71,6 +70,14 @@ def test_compressed_casts_and_calls_from_oslo_messaging_are_served(stack, caplog
                                executor="threading")
     server.start()
     stack(server)
+    return topic, endpoint, server_transport
+
+
+# oslo.messaging documents bz2, but kombu only knows bzip2: its driver cannot send with bz2.
+@pytest.mark.parametrize("method", ["gzip", "bzip2"])
+def test_compressed_casts_and_calls_from_oslo_messaging_are_served(stack, caplog, method):
+    conf = conf_with(kombu_compression=method)
+    topic, endpoint, server_transport = serving(stack, conf)
     # oslo.messaging's own rabbit driver, compressing what it sends.
     sender = om.get_rpc_transport(conf, "kombu+memory:////")
     stack(sender)
@@ -115,15 +122,8 @@ def test_the_driver_sends_compressed_only_when_configured(stack, method, header)
 
 
 def test_a_compression_bomb_called_through_the_driver_fails_at_once_naming_the_limit(stack):
-    topic = f"t-{uuid.uuid4().hex[:8]}"
     conf = conf_with(kombu_compression="gzip")
-    server_transport = om.get_rpc_transport(conf, "rabbit-ha:///?rpc_max_message_size=65536")
-    stack(server_transport)
-    endpoint = Endpoint()
-    server = om.get_rpc_server(server_transport, om.Target(topic=topic, server="s1"), [endpoint],
-                               executor="threading")
-    server.start()
-    stack(server)
+    topic, _, _ = serving(stack, conf)
     sender = om.get_rpc_transport(conf, "rabbit-ha://")  # the default limit: 16 MiB
     stack(sender)
     client = om.get_rpc_client(sender, om.Target(topic=topic), timeout=10)
