@@ -137,6 +137,10 @@ class ClusterError(RuntimeError):
     """The test cluster could not be installed, started, repaired or queried."""
 
 
+class NodeExited(ClusterError):
+    """A node's VM exited while it was starting."""
+
+
 class ClusterBusy(ClusterError):
     """Another run holds the lock of this cluster's data directory."""
 
@@ -933,8 +937,7 @@ class Cluster:
                 _parallel(boot, nodes)
                 break
             except ClusterError as error:
-                exited = "exited while starting" in str(error)
-                if attempt == 2 or (len(nodes) < 2 and not exited):
+                if attempt == 2 or (len(nodes) < 2 and not isinstance(error, NodeExited)):
                     raise
                 # RabbitMQ 3.10 nodes started together can wait on each other's
                 # Mnesia tables until they give up when one of them fails to
@@ -1429,7 +1432,7 @@ class Cluster:
 
         def registered() -> bool:
             if not self._alive(node):
-                raise ClusterError(f"{node.name} exited while starting:\n"
+                raise NodeExited(f"{node.name} exited while starting:\n"
                                    f"{_tail(node.stdout_file)}\n{_tail(node.log_file)}")
             return node.short_name in _epmd_names()
 

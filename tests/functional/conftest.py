@@ -92,7 +92,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,18 +149,7 @@ CLIENT_SIDE_ON_3_10_ONLY = {
 }
 
 
-#: The longest one functional test may take (seconds) before pytest-timeout
-#: fails it with every thread's stack, so a hang shows as a failure instead of
-#: a run that never ends. The slow figure runs set their own.
-TEST_TIMEOUT = 600
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in item.path.parents and item.get_closest_marker("timeout") is None \
-                and item.get_closest_marker("slow") is None:
-            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
     if not rabbit_cluster.Settings.from_env().in_chroot:
         return
     for item in items:

@@ -54,13 +54,13 @@ class SwallowProxy:
             while data := src.recv(65536):
                 buffer += data
                 while len(buffer) >= 7:
-                    kind, _channel, size = struct.unpack(">BHI", buffer[:7])
+                    kind, channel, size = struct.unpack(">BHI", buffer[:7])
                     if len(buffer) < 8 + size:
                         break
                     frame, buffer = buffer[:8 + size], buffer[8 + size:]
                     if frame[-1] != FRAME_END:
                         raise OSError("frame out of sync")
-                    if self._drops(kind, _channel, frame):
+                    if self._drops(kind, channel, frame):
                         self.dropped_frames += 1
                         continue
                     dst.sendall(frame)
