@@ -104,7 +104,7 @@ retry_opts = [
 liveness_opts = [
     cfg.IntOpt(
         "heartbeat_timeout_threshold",
-        default=30,
+        default=4,
         min=0,
         help="T, in seconds: a connection that has received nothing for T "
         "seconds is declared dead and recovery starts (within T + 1 s). The "
@@ -115,7 +115,7 @@ liveness_opts = [
     ),
     cfg.FloatOpt(
         "heartbeat_rate",
-        default=3.0,
+        default=1.5,
         min=1.0,
         help="Kept for oslo.messaging configurations: how many times per "
         "negotiated heartbeat interval the scheduler may send a heartbeat frame. "

@@ -171,8 +171,8 @@ class Settings:
     rabbit_interval_max: float = 3.0
     rabbit_max_retries: int = 0
     request_timeout: float = 10.0
-    heartbeat_timeout_threshold: int = 30
-    heartbeat_rate: float = 3.0
+    heartbeat_timeout_threshold: int = 4
+    heartbeat_rate: float = 1.5
     heartbeat_runner: str = "auto"
     tcp_keepalive: bool = True
     tcp_keepidle: int | None = None

@@ -242,6 +242,12 @@ class FakeChannel(MemoryChannel):
         consumers = sum(1 for q, _, _ in self.fake_broker.consumers.values() if q == ok.queue)
         return ok._replace(consumer_count=consumers)
 
+    def queue_delete(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        """As RabbitMQ: the queue goes with its consumers, those of lost connections too."""
+        self._alive("queue.delete")
+        self.fake_broker._forget_consumers(lambda q, _channel: q == queue)
+        return super().queue_delete(queue, *args, **kwargs)
+
     def queue_bind(self, *args: Any, **kwargs: Any) -> Any:
         self._alive("queue.bind")
         return super().queue_bind(*args, **kwargs)

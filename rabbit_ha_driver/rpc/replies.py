@@ -160,6 +160,20 @@ class ReplyWaiters:
             self._cond.notify_all()
             return True
 
+    def resend_all(self) -> int:
+        """Have every waiting call send its request again now (replies were lost).
+
+        Returns how many calls were waiting. Each call's sender applies its
+        own limits (see :mod:`.calls`).
+        """
+        now = self._clock.now()
+        with self._cond:
+            waiting = [c for c in self._calls.values() if not c.done]
+            for call in waiting:
+                call.resend_at = min(call.resend_at, now)
+            self._cond.notify_all()
+        return len(waiting)
+
     def deliver(self, reply: envelope.Reply) -> Outcome:
         """Hand a received reply to its waiter."""
         with self._cond:
@@ -371,7 +385,25 @@ class ReplyListener:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
+        self._watching = False
         forks.at_fork_in_child(self._after_fork)
+
+    def _after_recovery(self) -> None:
+        """The reply connection is back after a loss: ask again for lost replies.
+
+        Replies published while the broker still counted the lost connection's
+        consumer went to it and are gone (the queue is consumed without acks).
+        The queue was declared anew on recovery, which ended that consumer, so
+        every call still waiting sends its request again at once; a server that
+        already ran one answers the copy from its cache of recent replies.
+        """
+        if self._stopping.is_set() or self.settings.rpc_resend_uncertain_after <= 0:
+            return
+        waiting = self.waiters.resend_all()
+        if waiting:
+            LOG.warning("reply queue %s: the connection was lost and restored; sending "
+                        "again the requests of the %d calls waiting, whose replies may "
+                        "have been lost with it", self.queue, waiting)
 
     def _after_fork(self) -> None:
         """In a forked child: the draining thread is gone and the queue is
@@ -409,7 +441,10 @@ class ReplyListener:
                     self.queue, durable=queue_types.transient_durable(self.settings),
                     auto_delete=False,
                     arguments=dict(envelope.transient_queue_arguments(self.settings)),
-                    deadline=dl)
+                    deadline=dl, renew_after_loss=True)
+                if not self._watching:
+                    self._conn.on_recovered(self._after_recovery)
+                    self._watching = True
                 self._conn.consume(self.queue, self._on_message, no_ack=True, deadline=dl)
             except MessagingTimeout as error:
                 waited = self._clock.now() - started

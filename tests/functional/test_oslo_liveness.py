@@ -69,15 +69,18 @@ CHILD_TIMEOUT = 90.0
 TABLE: dict[str, dict[str, str]] = {}
 
 
-def scheme_url(cluster: Any, scheme: str) -> str:
+def scheme_url(cluster: Any, scheme: str, threshold: int | None = T) -> str:
+    """The cluster's URL; ``threshold`` None leaves the driver's default T."""
     _, _, rest = cluster.url().partition("://")
-    return f"{scheme}://{rest}?heartbeat_timeout_threshold={T}"
+    query = "" if threshold is None else f"?heartbeat_timeout_threshold={threshold}"
+    return f"{scheme}://{rest}{query}"
 
 
-def new_conf() -> cfg.ConfigOpts:
+def new_conf(threshold: int | None = T) -> cfg.ConfigOpts:
     conf = cfg.ConfigOpts()
     conffixture.ConfFixture(conf)  # registers oslo.messaging's options, the rabbit group's too
-    conf.set_override("heartbeat_timeout_threshold", T, group="oslo_messaging_rabbit")
+    if threshold is not None:
+        conf.set_override("heartbeat_timeout_threshold", threshold, group="oslo_messaging_rabbit")
     return conf
 
 
@@ -139,7 +142,8 @@ class DropFigures:
                 f"{self.unclosed_sockets}  errors: {errors}")
 
 
-def drop_figures(caller: Caller, scheme: str, dropped_at: float, until: float) -> DropFigures:
+def drop_figures(caller: Caller, scheme: str, dropped_at: float, until: float,
+                 observe: float = OBSERVE_AFTER_DROP) -> DropFigures:
     result = DropFigures(scheme)
     answers = [end for _, end, error in caller.done if error is None]
     before = [a for a in answers if a <= dropped_at]
@@ -148,7 +152,7 @@ def drop_figures(caller: Caller, scheme: str, dropped_at: float, until: float) -
         points = before[-1:] + after
         result.outage = max(b - a for a, b in itertools.pairwise(points))
     elif before:
-        result.outage = math.inf if until - before[-1] > OBSERVE_AFTER_DROP else until - before[-1]
+        result.outage = math.inf if until - before[-1] > observe else until - before[-1]
     for _, end, error in caller.done:
         if end > dropped_at:
             result.calls += 1
@@ -158,43 +162,53 @@ def drop_figures(caller: Caller, scheme: str, dropped_at: float, until: float) -
     return result
 
 
-def through_silent_drop(cluster: Any, silent_drop: Any, scheme: str) -> DropFigures:
-    url = scheme_url(cluster, scheme)
+def through_silent_drop(cluster: Any, silent_drop: Any, scheme: str, *,
+                        threshold: int | None = T, side: str = "server",
+                        observe: float = OBSERVE_AFTER_DROP,
+                        call_timeout: float = CALL_TIMEOUT) -> DropFigures:
+    """Silently drop the ``side`` ("server" or "caller") connections under a caller.
+
+    ``threshold`` None runs both transports on the drivers' default liveness
+    settings (no option given anywhere).
+    """
+    assert side in ("server", "caller"), side
+    url = scheme_url(cluster, scheme, threshold)
     topic = unique(f"drop-{scheme}")
     me = os.getpid()
     client_transport = server_transport = server = None
     caller: Caller | None = None
     try:
         ours_before = broker_connections(cluster, me)
-        client_transport = om.get_rpc_transport(new_conf(), url)
+        client_transport = om.get_rpc_transport(new_conf(threshold), url)
         # The client's connections (publisher and reply queue) open now.
         nowhere = om.get_rpc_client(client_transport, om.Target(topic=unique("nowhere")),
                                     timeout=1)
         with contextlib.suppress(om.MessagingTimeout):
             nowhere.call({}, "echo", value=0)
-        client_connections = broker_connections(cluster, me)
-        assert client_connections - ours_before, "the client opened no connection"
-        server_transport = om.get_rpc_transport(new_conf(), url)
+        client_connections = broker_connections(cluster, me) - ours_before
+        assert client_connections, "the client opened no connection"
+        server_transport = om.get_rpc_transport(new_conf(threshold), url)
         server = om.get_rpc_server(server_transport, om.Target(topic=topic, server="s1"),
                                    [Echo()], executor="threading")
         server.start()
         client = om.get_rpc_client(client_transport, om.Target(topic=topic),
-                                   timeout=CALL_TIMEOUT)
+                                   timeout=call_timeout)
         caller = Caller(client, pause=0.02)
         caller.start()
         wait_until(lambda: caller is not None and caller.answered >= 20, 15,
                    "calls answered before the drop")
         time.sleep(0.5)
-        server_connections = broker_connections(cluster, me) - client_connections
+        server_connections = broker_connections(cluster, me) - client_connections - ours_before
         assert server_connections, "no connection of the server found"
+        victims = server_connections if side == "server" else client_connections
         dropped_at = time.monotonic()
-        for local, remote in sorted(server_connections):
+        for local, remote in sorted(victims):
             silent_drop(local, remote)
-        time.sleep(OBSERVE_AFTER_DROP)
+        time.sleep(observe)
         caller.stopping.set()
-        caller.join(CALL_TIMEOUT + 5)
-        result = drop_figures(caller, scheme, dropped_at, time.monotonic())
-        result.dropped = len(server_connections)
+        caller.join(call_timeout + 5)
+        result = drop_figures(caller, scheme, dropped_at, time.monotonic(), observe)
+        result.dropped = len(victims)
     finally:
         if caller is not None:
             caller.stopping.set()

@@ -370,7 +370,8 @@ def test_liveness_end_to_end_with_a_fake_clock(broker, clock, private_scheduler)
     transport, peer = broker
     bus, rec = ev.EventBus(), ev.Recorder()
     bus.subscribe(rec)
-    settings = from_url("rabbit://127.0.0.1:5672/", heartbeat_timeout_threshold=4)
+    settings = from_url("rabbit://127.0.0.1:5672/", heartbeat_timeout_threshold=4,
+                        heartbeat_rate=3)
     live = Liveness(settings, name="svc", events=bus, clock=clock)
     assert live.heartbeat == 2
     assert live.transport_options()["socket_settings"][socket.TCP_USER_TIMEOUT] == 5000
@@ -394,7 +395,7 @@ def test_liveness_end_to_end_with_a_fake_clock(broker, clock, private_scheduler)
 def test_liveness_over_an_unguardable_tls_socket_leaves_heartbeats_to_the_owner(broker, clock,
                                                                               private_scheduler):
     transport, peer = broker
-    settings = from_url("rabbit://127.0.0.1:5672/", heartbeat_timeout_threshold=6)
+    settings = from_url("rabbit://127.0.0.1:5672/", heartbeat_timeout_threshold=6, heartbeat_rate=3)
     live = Liveness(settings, name="svc", clock=clock)
     live.attach(StubConnection(FakeTLSTransport(transport.sock, transport.port), heartbeat=3))
     assert live.owner_sends
