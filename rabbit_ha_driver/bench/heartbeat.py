@@ -4,7 +4,8 @@ Usage::
 
     python -m rabbit_ha_driver.bench.heartbeat --url amqp://guest:guest@127.0.0.1:5672// \\
         [--connections 200] [--threshold 10] [--seconds 60] [--settle SECONDS] \\
-        [--windows 1] [--no-classic] [--json]
+        [--windows 1] [--no-classic] [--defaults] [--oslo-defaults] \\
+        [--broker-pid PID ...] [--json]
 
 (``python -m benchmarks.heartbeat_cpu`` from a checkout runs the same.)
 
@@ -49,7 +50,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
+import os
 import resource
 import statistics
 import sys
@@ -76,25 +79,54 @@ class Measurement:
     wall: float
     user: float
     system: float
+    #: CPU seconds the broker processes (``--broker-pid``) used meanwhile; None if not watched.
+    broker: float | None = None
 
     @property
     def percent(self) -> float:
         """CPU time (user + system) as a percentage of one core."""
         return 100.0 * (self.user + self.system) / self.wall if self.wall > 0 else 0.0
 
+    @property
+    def broker_percent(self) -> float | None:
+        """The broker's CPU time as a percentage of one core, if watched."""
+        if self.broker is None or self.wall <= 0:
+            return None
+        return 100.0 * self.broker / self.wall
+
     def __str__(self) -> str:
-        return (f"{self.percent:.3f}% of one core (user {self.user:.3f}s + system {self.system:.3f}s "
+        text = (f"{self.percent:.3f}% of one core (user {self.user:.3f}s + system {self.system:.3f}s "
                 f"over {self.wall:.1f}s)")
+        if self.broker_percent is not None:
+            text += f"; broker {self.broker_percent:.2f}% of one core"
+        return text
 
 
-def measure(seconds: float, sleep: Callable[[float], Any] = time.sleep) -> Measurement:
-    """The process's CPU use while the calling thread sleeps for ``seconds``."""
+def process_cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (Linux ``/proc/PID/stat``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def measure(seconds: float, sleep: Callable[[float], Any] = time.sleep,
+            broker_pids: Sequence[int] = ()) -> Measurement:
+    """The process's CPU use while the calling thread sleeps for ``seconds``
+    (and that of ``broker_pids``, if any)."""
+    broker_before = process_cpu_seconds(broker_pids) if broker_pids else None
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     sleep(seconds)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return Measurement(wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+    broker = (process_cpu_seconds(broker_pids) - broker_before
+              if broker_before is not None else None)
+    return Measurement(wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
+                       broker)
 
 
 def measure_windows(seconds: float, windows: int,
@@ -155,14 +187,14 @@ class ClassicHeartbeats:
             thread.join()
 
 
-def open_library(url: str, count: int, threshold: int, recorder: ev.Recorder) -> list[Connection]:
-    """``count`` library connections with ``T = threshold``, connected."""
+def open_library(url: str, count: int, threshold: int | None, recorder: ev.Recorder) -> list[Connection]:
+    """``count`` library connections with ``T = threshold`` (None: the defaults), connected."""
     bus = ev.EventBus()
     bus.subscribe(recorder)
+    overrides = {} if threshold is None else {"heartbeat_timeout_threshold": threshold}
     conns = []
     for i in range(count):
-        conn = Connection(from_url(url, heartbeat_timeout_threshold=threshold), name=f"bench-rha-{i}",
-                          events=bus)
+        conn = Connection(from_url(url, **overrides), name=f"bench-rha-{i}", events=bus)
         conn.connect(Deadline.after(30))
         conns.append(conn)
     return conns
@@ -201,15 +233,15 @@ class LibraryPhase:
                 "lost": self.lost}
 
 
-def library_phase(url: str, connections: int, threshold: int, seconds: float, settle: float,
-                  windows: int) -> LibraryPhase:
+def library_phase(url: str, connections: int, threshold: int | None, seconds: float, settle: float,
+                  windows: int, measure_one: Callable[[float], Measurement] = measure) -> LibraryPhase:
     """Open ``connections`` library connections, settle, measure, close them."""
     recorder = ev.Recorder()
     library = open_library(url, connections, threshold, recorder)
     try:
         time.sleep(settle)
         frames_before = heartbeats_sent(library)
-        measured = measure_windows(seconds, windows)
+        measured = measure_windows(seconds, windows, measure_one)
         frames = heartbeats_sent(library) - frames_before
     finally:
         for conn in library:
@@ -218,49 +250,77 @@ def library_phase(url: str, connections: int, threshold: int, seconds: float, se
                         len(recorder.of(ev.ConnectionLost)))
 
 
-def run(url: str, connections: int, threshold: int, seconds: float, settle: float,
-        classic: bool = True, windows: int = 1) -> int:
-    """Every phase; prints the figures; returns 0 if under :data:`TARGET_PERCENT`."""
-    print(f"{connections} idle connections, T={threshold}s, measured for {windows} x {seconds:g}s "
+#: oslo.messaging's rabbit driver at its defaults: T = 60 s asked of the broker
+#: as the interval itself, heartbeat_rate 3, a check every T / rate / 2 s.
+OSLO_DEFAULT_THRESHOLD, OSLO_DEFAULT_RATE = 60, 3.0
+
+
+def run(url: str, connections: int, threshold: int | None, seconds: float, settle: float,
+        classic: bool = True, windows: int = 1, broker_pids: Sequence[int] = (),
+        oslo_defaults: bool = False) -> int:
+    """Every phase; prints the figures; returns 0 if under :data:`TARGET_PERCENT`.
+
+    ``threshold`` None: the library's default T and heartbeat_rate.
+    ``oslo_defaults``: the classic phase runs as oslo.messaging's driver does
+    at its defaults instead of with the library's interval.
+    """
+    measure_one = functools.partial(measure, broker_pids=broker_pids)
+    policy = HeartbeatPolicy.from_settings(from_url(url)) if threshold is None \
+        else HeartbeatPolicy(threshold)
+    label = f"T={policy.threshold:g}s" + (" (the defaults)" if threshold is None else "")
+    print(f"{connections} idle connections, {label}, measured for {windows} x {seconds:g}s "
           f"after {settle:g}s to settle", flush=True)
 
     bare = open_bare(url, connections)
     time.sleep(settle)
-    baseline = median_window(measure_windows(seconds, windows))
+    baseline = median_window(measure_windows(seconds, windows, measure_one))
     for conn in bare:
         conn.close()
     print(f"baseline (bare py-amqp, heartbeats off): {baseline}", flush=True)
 
-    phase = library_phase(url, connections, threshold, seconds, settle, windows)
+    phase = library_phase(url, connections, threshold, seconds, settle, windows, measure_one)
     ours = phase.median
     wall = sum(m.wall for m in phase.windows)
-    print(f"library (rabbit_ha_driver Connection, native scheduler): {ours}; "
+    print(f"library (rabbit_ha_driver Connection, native scheduler, H={policy.negotiated_interval}s, "
+          f"rate {policy.rate:g}): {ours}; "
           f"{phase.frames} heartbeat frames ({phase.frames / wall:.1f}/s), "
           f"{phase.declared_dead} declared dead, {phase.lost} lost", flush=True)
 
     if classic:
-        policy = HeartbeatPolicy(threshold)
-        bare = open_bare(url, connections, policy.negotiated_interval, name="bench-classic")
-        ticking = ClassicHeartbeats(bare, policy.rate)
+        if oslo_defaults:
+            interval, rate = OSLO_DEFAULT_THRESHOLD, OSLO_DEFAULT_RATE
+            what = f"oslo.messaging's defaults (py-amqp, H={interval}s, a heartbeat_tick thread " \
+                   "per connection)"
+        else:
+            interval, rate = policy.negotiated_interval, policy.rate
+            what = f"classic (py-amqp, a heartbeat_tick thread per connection, H={interval}s)"
+        bare = open_bare(url, connections, interval, name="bench-classic")
+        ticking = ClassicHeartbeats(bare, rate)
         time.sleep(settle)
-        theirs = median_window(measure_windows(seconds, windows))
+        theirs = median_window(measure_windows(seconds, windows, measure_one))
         ticking.stop()
         for conn in bare:
             conn.close()
-        print(f"classic (py-amqp, a heartbeat_tick thread per connection, H={policy.negotiated_interval}s): "
-              f"{theirs}; {ticking.failures} failed", flush=True)
+        print(f"{what}: {theirs}; {ticking.failures} failed", flush=True)
 
     overhead = ours.percent - baseline.percent
     verdict = "under" if ours.percent < TARGET_PERCENT else "OVER"
     print(f"library / baseline: {ratio(ours, baseline)}; difference {overhead:+.3f} points; "
           f"library {verdict} the {TARGET_PERCENT:g}% target")
     if classic:
-        print(f"library / classic: {ratio(ours, theirs)}")
+        print(f"library / {'oslo defaults' if oslo_defaults else 'classic'}: {ratio(ours, theirs)}")
+    if broker_pids and baseline.broker_percent is not None:
+        def above(m: Measurement) -> str:
+            return f"{(m.broker_percent or 0.0) - baseline.broker_percent:+.2f} points"  # type: ignore[operator]
+        text = f"broker CPU above the baseline: library {above(ours)}"
+        if classic:
+            text += f", {'oslo defaults' if oslo_defaults else 'classic'} {above(theirs)}"
+        print(text)
     healthy = phase.declared_dead == 0 and phase.lost == 0
     return 0 if ours.percent < TARGET_PERCENT and healthy else 1
 
 
-def run_json(url: str, connections: int, threshold: int, seconds: float, settle: float,
+def run_json(url: str, connections: int, threshold: int | None, seconds: float, settle: float,
              windows: int, out: TextIO | None = None) -> int:
     """The library phase alone, printed as one JSON line; 0 once measured."""
     phase = library_phase(url, connections, threshold, seconds, settle, windows)
@@ -294,14 +354,26 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m rabbit_ha_dri
                         help="seconds to wait after connecting before measuring (default: T)")
     parser.add_argument("--no-classic", dest="classic", action="store_false",
                         help="skip the phase with a heartbeat thread per py-amqp connection")
+    parser.add_argument("--defaults", action="store_true",
+                        help="the library's default T and heartbeat_rate instead of --threshold")
+    parser.add_argument("--oslo-defaults", action="store_true",
+                        help="run the classic phase as oslo.messaging's driver at its defaults "
+                             f"(H={OSLO_DEFAULT_THRESHOLD}s, rate {OSLO_DEFAULT_RATE:g})")
+    parser.add_argument("--broker-pid", type=_positive_int, action="append", default=[],
+                        help="also measure the CPU of this broker process (repeatable)")
     parser.add_argument("--json", action="store_true",
                         help="measure the library phase only and print it as one JSON object")
     args = parser.parse_args(argv)
-    settle = float(args.threshold) if args.settle is None else args.settle
+    threshold = None if args.defaults else args.threshold
+    if args.settle is not None:
+        settle = args.settle
+    else:
+        settle = float(args.threshold if threshold is not None
+                       else HeartbeatPolicy.from_settings(from_url(args.url)).threshold)
     if args.json:
-        return run_json(args.url, args.connections, args.threshold, args.seconds, settle, args.windows)
-    return run(args.url, args.connections, args.threshold, args.seconds, settle, args.classic,
-               args.windows)
+        return run_json(args.url, args.connections, threshold, args.seconds, settle, args.windows)
+    return run(args.url, args.connections, threshold, args.seconds, settle, args.classic,
+               args.windows, args.broker_pid, args.oslo_defaults)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ dead client between ``T`` and ``1.5 T``.
 
 What ``heartbeat_rate`` means here. We send a heartbeat frame whenever we have
 written nothing for ``H / rate`` seconds, so an idle connection carries
-``rate`` frames per interval (3 by default) and any other outbound frame counts
-as one. The broker tolerates at least ``2 H`` of silence from us, so about
-``2 * rate - 1`` consecutive frames may be lost or late before it gives up.
+``rate`` frames per interval (the option's default is 1.5) and any other
+outbound frame counts as one. The broker closes a client only after two whole
+check intervals without a byte from it, so it tolerates a stall of our writer
+of up to ``2 H - H / rate`` seconds (2.67 s at the defaults, T = 4, H = 2).
 
 Where inbound time comes from. The owner of a connection reads its socket; the
 runner only watches. The owner's reads give exact times (``inbound_at``).

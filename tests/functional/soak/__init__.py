@@ -1,0 +1,1 @@
+"""The liveness soak at the library's defaults; see :mod:`.run`."""
