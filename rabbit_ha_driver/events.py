@@ -270,14 +270,18 @@ class HeartbeatMissed(Event):
 
 @dataclasses.dataclass(frozen=True)
 class DeclaredDead(Event):
-    """No inbound traffic for the detection bound T; the connection is dropped."""
+    """No inbound traffic for the detection bound T, or a heartbeat could not
+    be written (``reason``); the connection is dropped."""
 
     host: str
     silent_for: float
     threshold: float
+    reason: str = ""
     level = logging.ERROR
 
     def describe(self) -> str:
+        if self.reason:
+            return f"connection to {self.host} declared dead: {self.reason}"
         return (f"connection to {self.host} declared dead: nothing received for "
                 f"{self.silent_for:.1f}s (threshold {self.threshold:g}s)")
 

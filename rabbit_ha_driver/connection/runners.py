@@ -268,9 +268,14 @@ class Watch:
             except OSError as error:
                 if self.cancelled:  # detached by its owner meanwhile: closed on purpose
                     return None
-                self._post(LOG.warning, "[%s] heartbeat to %s failed (%s); declaring the connection dead",
-                           m.name, m.host, error)
-                self._die(decision.silent_for, f"heartbeat write failed: {error}")
+                reason = f"heartbeat write failed: {error}"
+                self._die(decision.silent_for, reason)
+                if self._events is None:
+                    self._post(LOG.warning, "[%s] heartbeat to %s failed (%s); declaring the "
+                               "connection dead", m.name, m.host, error)
+                else:  # logged by the event; the metrics count it now, not at the next use
+                    self._emit(ev.DeclaredDead(m.name, m.host, decision.silent_for,
+                                               state.dead_after, reason))
                 return None
             if not written:
                 return state.send_failed(now)

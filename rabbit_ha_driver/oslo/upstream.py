@@ -209,12 +209,15 @@ class Reading:
 
     ``honoured`` holds the values set there that apply here, by name;
     ``not_needed`` the ``(name, source)`` of options set that have no effect;
-    ``query`` the URL query without oslo.messaging-only options.
+    ``query`` the URL query without oslo.messaging-only options;
+    ``unclassified`` the options set there that the fate table does not know
+    (an oslo.messaging newer than this library): ignored, and warned about.
     """
 
     honoured: dict[str, Any]
     not_needed: list[tuple[str, str]]
     query: dict[str, str]
+    unclassified: list[str] = dataclasses.field(default_factory=list)
 
 
 def read(conf: cfg.ConfigOpts, query: Mapping[str, str] | None = None,
@@ -231,13 +234,15 @@ def read(conf: cfg.ConfigOpts, query: Mapping[str, str] | None = None,
     ours = {opt.dest for opt in options.ALL_OPTS}
     honoured: dict[str, Any] = {}
     not_needed: list[tuple[str, str]] = []
+    unclassified: list[str] = []
     for name, opt in opts.items():
         rule = fates.get(name)
-        if rule is None:
-            continue
         try:
             # Asking where a value came from converts it too: both can fail.
             if not precedence.was_set(conf, name, GROUP):
+                continue
+            if rule is None:
+                unclassified.append(name)
                 continue
             value = conf[GROUP][name]
         except (ValueError, cfg.ConfigFileValueError) as error:
@@ -255,7 +260,7 @@ def read(conf: cfg.ConfigOpts, query: Mapping[str, str] | None = None,
             raise ConfigurationError(f"[{GROUP}] {name}", text,
                                      f"{error} (from {precedence.QUERY})") from error
         _judge(name, rule, value, known, precedence.QUERY, {}, not_needed)
-    return Reading(honoured, not_needed, rest)
+    return Reading(honoured, not_needed, rest, unclassified)
 
 
 def _judge(name: str, rule: Rule, value: Any, opt: cfg.Opt, source: str,
@@ -285,9 +290,17 @@ def reading_lines(reading: Reading, fates: Mapping[str, Rule] = FATES) -> list[s
 
 def log_reading(reading: Reading, fates: Mapping[str, Rule] = FATES,
                 level: int = logging.INFO) -> None:
-    """Say at start-up what was taken from ``[oslo_messaging_rabbit]`` and what is ignored."""
+    """Say at start-up what was taken from ``[oslo_messaging_rabbit]`` and what is ignored.
+
+    An option the fate table does not know is warned about every time: its
+    value may matter, and this library does not apply it.
+    """
     for line in reading_lines(reading, fates):
         LOG.log(level, "%s", line)
+    for name in reading.unclassified:
+        LOG.warning("rabbit-ha: [%s] %s is set, but this version of rabbit_ha_driver does not "
+                    "know the option (an oslo.messaging newer than it?) and ignores it; check "
+                    "whether [rabbit_ha] has an option with its meaning", GROUP, name)
 
 
 def _shown_default(opt: cfg.Opt) -> Any:

@@ -235,3 +235,20 @@ def test_an_unconvertible_upstream_query_value_is_named(tmp_path):
     conf = _conf(tmp_path, "")
     with pytest.raises(ConfigurationError, match=r"\[oslo_messaging_rabbit\] kombu_reconnect_splay"):
         _driver(conf, "rabbit-ha://u:p@h1:1/?kombu_reconnect_splay=maybe")
+
+
+def test_an_upstream_option_the_table_does_not_know_is_warned_about_when_set(tmp_path, caplog,
+                                                                             monkeypatch):
+    made_up = cfg.BoolOpt("rabbit_made_up_option")
+    real = upstream.upstream_opts
+    monkeypatch.setattr(upstream, "upstream_opts", lambda: [*real(), made_up])  # a newer release
+    conf = _conf(tmp_path, "[oslo_messaging_rabbit]\nrabbit_made_up_option = true\n")
+    driver = _driver(conf)
+    driver.cleanup()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len([w for w in warnings if "rabbit_made_up_option" in w]) == 1, warnings
+    assert "[oslo_messaging_rabbit] rabbit_made_up_option is set" in warnings[0]
+    # Not set: nothing to say.
+    caplog.clear()
+    _driver(_conf(tmp_path, "[oslo_messaging_rabbit]\n")).cleanup()
+    assert not [r for r in caplog.records if "rabbit_made_up_option" in r.getMessage()]

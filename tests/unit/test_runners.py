@@ -201,6 +201,17 @@ def test_write_error_declares_the_connection_dead(sched, clock, caplog):
     assert "declaring the connection dead" in caplog.text
 
 
+def test_a_write_error_is_an_event_the_metrics_count_at_once(sched, clock):
+    m = FakeMember(clock)
+    m.fail = ConnectionResetError(104, "reset by peer")
+    bus, recorder = ev.EventBus(), ev.Recorder()
+    bus.subscribe(recorder)
+    sched.watch(m, HeartbeatPolicy(30), events=bus)
+    run_until(sched, clock, 100)
+    [dead] = recorder.of(ev.DeclaredDead)
+    assert dead.reason.startswith("heartbeat write failed") and "reset by peer" in dead.describe()
+
+
 def test_cancel_while_a_step_writes_is_not_a_death(sched, clock, caplog):
     m = FakeMember(clock)
     w = sched.watch(m, HeartbeatPolicy(30))
