@@ -246,7 +246,11 @@ class FakeChannel(MemoryChannel):
         """As RabbitMQ: the queue goes with its consumers, those of lost connections too."""
         self._alive("queue.delete")
         self.fake_broker._forget_consumers(lambda q, _channel: q == queue)
-        return super().queue_delete(queue, *args, **kwargs)
+        result = super().queue_delete(queue, *args, **kwargs)
+        # kombu deletes through the queue's bindings; a queue bound to none
+        # (a reply queue) would keep its messages.
+        self.fake_broker.queues.pop(queue, None)
+        return result
 
     def queue_bind(self, *args: Any, **kwargs: Any) -> Any:
         self._alive("queue.bind")

@@ -206,9 +206,6 @@ class Connection:
         self._relost: set[Any] = set()
         self._active_tags: set[str] = set()
         self._recovered_cancels: set[str] = set()
-        #: Called, in the recovering thread, after the connection was
-        #: established again and its topology replayed (see on_recovered).
-        self._on_recovered: list[Callable[[], None]] = []
         self._tags = itertools.count(1)
         self._tag_prefix = f"rha-{uuid.uuid4().hex[:12]}"
         self._life = ChannelLife(self.name)
@@ -384,16 +381,6 @@ class Connection:
 
     # -- topology ------------------------------------------------------------
 
-    def on_recovered(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` each time the connection is up again after a loss.
-
-        It runs in the thread that recovered the connection, after the
-        topology was replayed, and must not block: a reply queue uses it to
-        send again the requests whose replies may have gone to the lost
-        connection.
-        """
-        self._on_recovered.append(fn)
-
     def set_qos(self, prefetch_count: int | None = None, deadline: Deadline | None = None) -> None:
         """Bound unacknowledged deliveries; recorded and applied before consumers."""
         count = self.settings.rabbit_qos_prefetch_count if prefetch_count is None else prefetch_count
@@ -410,14 +397,10 @@ class Connection:
 
     def declare_queue(self, name: str = "", *, durable: bool = False, auto_delete: bool = False,
                       exclusive: bool = False, arguments: dict[str, Any] | None = None,
-                      deadline: Deadline | None = None, renew_after_loss: bool = False) -> str:
-        """Declare a queue; returns its name (the broker's choice when ``name`` is empty).
-
-        ``renew_after_loss``: see :attr:`QueueDecl.renew_after_loss`; pair it
-        with :meth:`on_recovered` to ask again for what the queue held.
-        """
+                      deadline: Deadline | None = None) -> str:
+        """Declare a queue; returns its name (the broker's choice when ``name`` is empty)."""
         decl = QueueDecl(name, name, durable, auto_delete, exclusive, dict(arguments or {}),
-                         server_named=not name, renew_after_loss=renew_after_loss and bool(name))
+                         server_named=not name)
         actual = self.ensure(lambda ch: self._declarer(ch).queue(decl), operation="queue.declare",
                              deadline=deadline)
         decl.name = actual
@@ -1093,7 +1076,7 @@ class Connection:
             self.events.emit(ev.Connecting(self.name, host.address if host else "memory", attempts))
             phase = ["connection.open"]
             try:
-                self._open(host, deadline, phase, patient, renew=recovering)
+                self._open(host, deadline, phase, patient)
             except Exception as error:
                 self._teardown()
                 action = errors.classify(error, phase[0], recovering=True)
@@ -1137,12 +1120,6 @@ class Connection:
             for key in self._recovered_cancels:
                 self.events.emit(ev.ConsumerRestored(self.name, self._topology.queue_name(key), False))
             self._recovered_cancels.clear()
-            if recovering:
-                for fn in self._on_recovered:
-                    try:
-                        fn()
-                    except Exception:  # one listener's bug must not undo the recovery
-                        LOG.exception("[%s] a recovery callback failed", self.name)
             return
 
     def _finish_cut_close(self) -> None:
@@ -1185,13 +1162,7 @@ class Connection:
                 waited=wait)
         self._clock.sleep(wait)
 
-    def _open(self, host: Host | None, deadline: Deadline, phase: list[str], patient: bool = False,
-              renew: bool = False) -> None:
-        """Open a link to ``host`` and replay the topology on it.
-
-        ``renew``: the link replaces a lost one, so queues declared with
-        ``renew_after_loss`` are deleted and declared anew.
-        """
+    def _open(self, host: Host | None, deadline: Deadline, phase: list[str], patient: bool = False) -> None:
         if patient:  # this attempt's own budget; no new attempt starts past the caller's
             deadline = Deadline.after(self.settings.connect_timeout + self.settings.request_timeout,
                                       self._clock)
@@ -1225,7 +1196,7 @@ class Connection:
             self._open_channel()
         phase[0] = "queue.declare"
         with self._request_deadline("queue.declare", deadline.cap(self.settings.request_timeout)):
-            self._topology.replay(self._declarer(self._channel, renew=renew))
+            self._topology.replay(self._declarer(self._channel))
         self._life.move(ChannelState.OPEN)
         if self._topology.queues or self._topology.consumers:
             self.events.emit(ev.TopologyRestored(self.name, host.address if host else "memory",
@@ -1507,17 +1478,16 @@ class Connection:
             self._set_state(State.CONNECTED)
         self.events.emit(ev.Unblocked(self.name, self._addr() or "-"))
 
-    def _declarer(self, channel: Any, renew: bool = False) -> _ChannelDeclarer:
-        return _ChannelDeclarer(self, channel, renew)
+    def _declarer(self, channel: Any) -> _ChannelDeclarer:
+        return _ChannelDeclarer(self, channel)
 
 
 class _ChannelDeclarer:
     """Topology declarations on one channel (used for first use and replay)."""
 
-    def __init__(self, conn: Connection, channel: Any, renew: bool = False) -> None:
+    def __init__(self, conn: Connection, channel: Any) -> None:
         self._conn = conn
         self._channel = channel
-        self._renew = renew
 
     def qos(self, prefetch_count: int) -> None:
         self._channel.basic_qos(0, prefetch_count, False)
@@ -1528,9 +1498,6 @@ class _ChannelDeclarer:
 
     def queue(self, decl: QueueDecl) -> str:
         name = "" if decl.server_named else decl.name
-        if self._renew and decl.renew_after_loss:
-            # Takes the lost connection's consumer with it (QueueDecl).
-            self._channel.queue_delete(queue=name)
         result = self._channel.queue_declare(queue=name, durable=decl.durable, auto_delete=decl.auto_delete,
                                              exclusive=decl.exclusive, arguments=decl.arguments or None)
         return str(getattr(result, "queue", None) or (result[0] if result else name))

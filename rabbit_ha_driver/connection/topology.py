@@ -34,14 +34,6 @@ class QueueDecl:
     exclusive: bool = False
     arguments: dict[str, Any] = dataclasses.field(default_factory=dict)
     server_named: bool = False
-    #: Consumed by this connection alone: when the topology is replayed after
-    #: a lost connection, the queue is deleted before it is declared again.
-    #: The broker keeps the lost connection's consumer until it notices the
-    #: connection is gone (two to three heartbeat intervals after a silent
-    #: drop) and goes on delivering to it; deleting the queue removes that
-    #: consumer at once. Whatever the queue held is lost with it, so only a
-    #: queue whose owner can ask again (a reply queue) is declared this way.
-    renew_after_loss: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,12 +19,6 @@ connection, and :class:`CallSender` learns the request's fate from it:
   the copy. oslo.messaging's rabbit driver re-sends such a publish after
   reconnecting, so without this a node kill would lose calls it does not.
 
-A call is also sent again, at once, when its *reply* may have been lost: the
-reply connection died and came back while the call waited (see
-:class:`~rabbit_ha_driver.rpc.replies.ReplyListener`), and replies published
-meanwhile went to the consumer the broker still kept for the dead connection.
-That re-send is the same request too, and counts against the same limit.
-
 The grace is ``rpc_resend_uncertain_after`` seconds, but never more than half
 the time the call has left, so a call that became uncertain late still has
 time for the copy and its reply; no re-send is scheduled past the call's
@@ -189,12 +183,11 @@ class CallSender:
                         at - now, msg_id)
 
     def _resend(self) -> None:
-        """The same request again: no reply within the grace after an uncertain
-        publish, or its reply may have been lost with the reply connection."""
+        """No reply within the grace after an uncertain publish: the same request again."""
         if self.resends >= self.rule.limit or self._clock.now() >= self.send_by:
             return
         self.resends += 1
-        LOG.info("%s: its request or its reply may have been lost; sending the "
+        LOG.info("%s: no reply after its request's fate became uncertain; sending the "
                  "request again (msg_id %s, re-send %d)", self.what, self.call.msg_id,
                  self.resends)
         if self._events is not None:

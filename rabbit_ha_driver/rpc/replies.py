@@ -9,6 +9,14 @@ it once its client is gone. The connection records the declaration and the
 consumer and replays both after every reconnect, under the same name, so
 replies to calls still in flight find the queue again.
 
+Replies are acknowledged, one by one as they are handed over. After a silent
+drop the broker keeps the lost connection's consumer until it notices the
+connection is gone (two to three heartbeat intervals) and goes on delivering
+a share of the replies to it; unacknowledged, they go back to the queue when
+the broker closes that connection, and the new consumer gets them. So a reply
+is late by at most that long, never lost, and no request is sent again for
+it: a copy could run on another server of the topic.
+
 A :class:`ReplyListener` owns that queue, its own connection and one thread
 that drains it; each reply is decoded and handed to :class:`ReplyWaiters`,
 which holds one :class:`PendingCall` per outstanding call. A reply is matched
@@ -159,20 +167,6 @@ class ReplyWaiters:
             call.resend_at = when
             self._cond.notify_all()
             return True
-
-    def resend_all(self) -> int:
-        """Have every waiting call send its request again now (replies were lost).
-
-        Returns how many calls were waiting. Each call's sender applies its
-        own limits (see :mod:`.calls`).
-        """
-        now = self._clock.now()
-        with self._cond:
-            waiting = [c for c in self._calls.values() if not c.done]
-            for call in waiting:
-                call.resend_at = min(call.resend_at, now)
-            self._cond.notify_all()
-        return len(waiting)
 
     def deliver(self, reply: envelope.Reply) -> Outcome:
         """Hand a received reply to its waiter."""
@@ -385,25 +379,7 @@ class ReplyListener:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
-        self._watching = False
         forks.at_fork_in_child(self._after_fork)
-
-    def _after_recovery(self) -> None:
-        """The reply connection is back after a loss: ask again for lost replies.
-
-        Replies published while the broker still counted the lost connection's
-        consumer went to it and are gone (the queue is consumed without acks).
-        The queue was declared anew on recovery, which ended that consumer, so
-        every call still waiting sends its request again at once; a server that
-        already ran one answers the copy from its cache of recent replies.
-        """
-        if self._stopping.is_set() or self.settings.rpc_resend_uncertain_after <= 0:
-            return
-        waiting = self.waiters.resend_all()
-        if waiting:
-            LOG.warning("reply queue %s: the connection was lost and restored; sending "
-                        "again the requests of the %d calls waiting, whose replies may "
-                        "have been lost with it", self.queue, waiting)
 
     def _after_fork(self) -> None:
         """In a forked child: the draining thread is gone and the queue is
@@ -441,11 +417,8 @@ class ReplyListener:
                     self.queue, durable=queue_types.transient_durable(self.settings),
                     auto_delete=False,
                     arguments=dict(envelope.transient_queue_arguments(self.settings)),
-                    deadline=dl, renew_after_loss=True)
-                if not self._watching:
-                    self._conn.on_recovered(self._after_recovery)
-                    self._watching = True
-                self._conn.consume(self.queue, self._on_message, no_ack=True, deadline=dl)
+                    deadline=dl)
+                self._conn.consume(self.queue, self._on_message, deadline=dl)
             except MessagingTimeout as error:
                 waited = self._clock.now() - started
                 raise MessagingTimeout(
@@ -463,6 +436,9 @@ class ReplyListener:
 
     def _on_message(self, message: Any) -> None:
         handle_reply_message(self.waiters, message, self.settings.rpc_max_message_size)
+        # After the waiter has it: a reply delivered to a connection that dies
+        # before this goes back to the queue (see the module docstring).
+        self._conn.ack(message)
 
     def _read(self, seconds: float, within: float | None = None) -> None:
         """One turn of reading the reply connection (a caller's or this thread's)."""

@@ -82,3 +82,17 @@ def test_silent_drops_at_the_defaults_rabbit_ha_next_to_rabbit(cluster: Any,
     for side in SIDES:
         ours = rows[(side, "rabbit-ha")]
         assert max(r.outage for r in ours) <= BOUND + CI_MARGIN, [r.cells() for r in ours]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threshold", [3, 4, 6, 10, 30])
+@pytest.mark.parametrize("side", SIDES)
+def test_silent_drop_outage_against_t(cluster: Any, silent_drop: Any, side: str,
+                                      threshold: int) -> None:
+    """One run per T and side: how the outage grows with T (docs/liveness.rst)."""
+    cluster.ensure_healthy()
+    result = through_silent_drop(cluster, silent_drop, "rabbit-ha", threshold=threshold,
+                                 side=side, observe=2.0 * threshold + 10.0,
+                                 call_timeout=max(CALL_TIMEOUT, 3.0 * threshold))
+    print(f"\nT={threshold:<3} {side:<6} rabbit-ha:// {result.cells()}")
+    assert result.outage <= 1.5 * threshold + 2 + CI_MARGIN, result.cells()

@@ -507,37 +507,3 @@ def test_a_single_zero_count_is_not_a_lost_consumer(broker, clock, recorder):
     clock.advance(1)
     conn.drain_events(0)
     assert recorder.of(ev.ConsumerLost) == []
-
-
-def test_a_queue_renewed_after_loss_sheds_the_lost_connections_consumer(broker, clock, recorder):
-    conn = make(broker, clock, recorder)
-    consumer(conn)  # "q": an ordinary queue
-    conn.declare_queue("replies", renew_after_loss=True)
-    replies = []
-    conn.consume("replies", lambda m: replies.append(m.body), no_ack=True)
-    recovered = []
-    conn.on_recovered(lambda: recovered.append(broker.calls.count("queue.delete")))
-    assert "queue.delete" not in broker.calls and recovered == []
-    broker.drop_connections()  # silently: the broker keeps both consumers
-    conn.drain_events(0)
-    conn.drain_events(0)
-    assert broker.connects == ["h1:1", "h2:2"]
-    # Deleted before it was declared again, after the topology was replayed.
-    order = broker.calls[broker.calls.index("queue.delete") - 1:]
-    assert order[:3] == ["queue.declare", "queue.delete", "queue.declare"]
-    assert recovered == [1]  # one delete: the ordinary queue "q" is only declared again
-    conn.publish(b"r", "", "replies")
-    conn.drain_events(0)
-    assert replies == [b"r"]
-
-
-def test_a_failing_recovery_callback_does_not_undo_the_recovery(broker, clock, recorder):
-    conn = make(broker, clock, recorder)
-    got = consumer(conn)
-    conn.on_recovered(lambda: 1 / 0)
-    broker.drop_connections()
-    conn.drain_events(0)
-    conn.drain_events(0)
-    conn.publish(b"after", "x", "k")
-    conn.drain_events(0)
-    assert got == [b"after"] and conn.state is State.CONNECTED

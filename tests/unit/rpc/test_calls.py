@@ -135,20 +135,6 @@ def test_an_uncertain_request_is_sent_again_after_the_grace_and_answered(waiters
     assert (event.msg_id, event.resend, event.host) == ("m1", 1, "h1:1")
 
 
-def test_a_confirmed_request_whose_reply_may_be_lost_is_sent_again_at_once(waiters, clock):
-    publisher = FakePublisher(["acked", "acked"])
-    sender = sender_for(waiters, clock, publisher, timeout=10.0)
-    sender.send()
-    publisher.settle()  # confirmed: its fate is known
-    thread, outcome = wait_in_thread(sender)
-    assert waiters.resend_all() == 1  # the reply connection came back
-    publisher.wait_for(2)
-    assert publisher.bodies == [b"request", b"request"]
-    waiters.deliver(reply("m1", "pong"))
-    thread.join(STEP)
-    assert outcome == {"result": "pong"} and sender.resends == 1
-
-
 def test_a_reply_within_the_grace_means_no_resend(waiters, clock):
     publisher = FakePublisher(["lost"])
     sender = sender_for(waiters, clock, publisher)

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import threading
-import time
 from types import SimpleNamespace
 
 import pytest
 
-from rabbit_ha_driver.connection import State
 from rabbit_ha_driver.exceptions import InvalidMessage, MessagingTimeout, RemoteError
 from rabbit_ha_driver.rpc import envelope
-from rabbit_ha_driver.rpc.replies import Outcome, ReplyListener, ReplyWaiters, handle_reply_message
-from rabbit_ha_driver.settings import from_url
-
-from .conftest import FAKE_URL, fake_factory
+from rabbit_ha_driver.rpc.replies import Outcome, ReplyWaiters, handle_reply_message
 
 
 @pytest.fixture
@@ -175,53 +169,3 @@ def test_an_oversized_reply_fails_its_call_at_once(waiters):
     assert handle_reply_message(waiters, raw(body), 2048) is None
     with pytest.raises(InvalidMessage, match=r"reply was refused.*over the limit"):
         waiters.wait(call)
-
-
-# -- a reply connection lost and restored ----------------------------------------
-
-
-def listening(settings, broker, waiters):
-    listener = ReplyListener(settings, fake_factory(settings, broker)("replies"), waiters)
-    listener.ensure_started(time.monotonic() + 5, "test")
-    return listener
-
-
-def recover(listener, broker):
-    """Drop the reply connection silently, then let it notice and come back."""
-    broker.drop_connections()
-    listener._conn.drain_events(0)
-    listener._conn.drain_events(0)
-    assert listener._conn.state is State.CONNECTED
-
-
-def test_calls_waiting_when_the_reply_connection_came_back_are_sent_again(settings, broker,
-                                                                          waiters, clock):
-    waiting = waiters.register("m1", 30.0)
-    done = waiters.register("m2", 30.0)
-    waiters.deliver(reply("m2", "answered"))
-    listener = listening(settings, broker, waiters)
-    try:
-        assert waiting.resend_at == math.inf
-        clock.advance(2.0)
-        recover(listener, broker)
-        # The queue was deleted first (the lost connection's consumer with it).
-        assert broker.calls.count("queue.delete") == 1
-        assert waiting.resend_at == clock.now()
-        assert done.resend_at == math.inf
-        assert waiters.wait(done) == "answered"
-    finally:
-        waiters.discard("m1")
-        listener.stop()
-
-
-def test_with_resends_off_a_restored_reply_connection_only_waits(broker, waiters, clock):
-    settings = from_url(FAKE_URL, rpc_resend_uncertain_after=0, rabbit_retry_interval=0.0,
-                        rabbit_retry_backoff=0.0, rabbit_interval_max=0.0)
-    waiting = waiters.register("m1", 30.0)
-    listener = listening(settings, broker, waiters)
-    try:
-        recover(listener, broker)
-        assert waiting.resend_at == math.inf
-    finally:
-        waiters.discard("m1")
-        listener.stop()
