@@ -435,10 +435,14 @@ class ReplyListener:
             self._lock.release()
 
     def _on_message(self, message: Any) -> None:
-        handle_reply_message(self.waiters, message, self.settings.rpc_max_message_size)
-        # After the waiter has it: a reply delivered to a connection that dies
-        # before this goes back to the queue (see the module docstring).
-        self._conn.ack(message)
+        try:
+            handle_reply_message(self.waiters, message, self.settings.rpc_max_message_size)
+        finally:
+            # After the waiter has it: a reply delivered to a connection that
+            # dies before this goes back to the queue (see the module
+            # docstring). Always: a reply that cannot be handled must not come
+            # back after every reconnect.
+            self._conn.ack(message)
 
     def _read(self, seconds: float, within: float | None = None) -> None:
         """One turn of reading the reply connection (a caller's or this thread's)."""

@@ -187,3 +187,25 @@ def test_a_reply_is_acknowledged_after_its_waiter_has_it(settings, clock):
     listener._on_message(message)
     assert order == [("ack", True)]
     assert waiters.wait(call) == "pong"
+
+
+def test_a_reply_that_cannot_be_handled_is_acknowledged_all_the_same(settings, clock, monkeypatch):
+    from rabbit_ha_driver.rpc import replies
+    from rabbit_ha_driver.rpc.replies import ReplyListener, ReplyWaiters
+
+    acked = []
+
+    class Conn:
+        def ack(self, message):
+            acked.append(message)
+            return True
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(replies, "handle_reply_message", broken)
+    listener = ReplyListener(settings, Conn(), ReplyWaiters(clock), queue="reply_x")
+    message = SimpleNamespace(body=b"{}")
+    with pytest.raises(RuntimeError):
+        listener._on_message(message)
+    assert acked == [message]  # not redelivered after every reconnect
