@@ -220,7 +220,8 @@ def test_liveness_over_tls_lets_the_native_scheduler_send(tls_broker, monkeypatc
     clock = FakeClock(10.0)
     sched = NativeScheduler(clock=clock)
     monkeypatch.setattr(runners, "native_scheduler", lambda: sched)
-    live = Liveness(from_url("amqps://127.0.0.1:5671/", heartbeat_timeout_threshold=6),
+    live = Liveness(from_url("amqps://127.0.0.1:5671/", heartbeat_timeout_threshold=6,
+                             heartbeat_rate=3),
                     name="svc", clock=clock)
     live.attach(StubConnection(transport, heartbeat=3))
     assert not live.owner_sends and live.owner_wait() is None

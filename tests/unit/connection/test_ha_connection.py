@@ -507,3 +507,43 @@ def test_a_single_zero_count_is_not_a_lost_consumer(broker, clock, recorder):
     clock.advance(1)
     conn.drain_events(0)
     assert recorder.of(ev.ConsumerLost) == []
+
+
+def test_a_confirm_that_arrived_while_its_waiter_could_not_run_is_not_a_missed_deadline(
+        broker, clock, recorder):
+    """An eventlet hub held by CPU-bound work: the waiter's read times out
+    when the hub resumes, past the deadline, with the confirm unread."""
+    from rabbit_ha_driver.connection.confirms import Outcome, Pending
+
+    conn = make(broker, clock, recorder)
+    conn.connect()
+    pending = Pending(1, "m1")
+    reads = []
+
+    def drain_once(wait):
+        reads.append(wait)
+        if len(reads) == 1:
+            clock.advance(12.0)  # could not run; the read timed out
+        else:
+            pending.outcome = Outcome.ACKED  # it was there all along
+
+    conn._drain_once = drain_once
+    conn.wait_confirm(pending, Deadline.after(10.0, clock))
+    assert pending.done and len(reads) == 2
+
+
+def test_a_confirm_that_never_came_is_still_a_missed_deadline(broker, clock, recorder):
+    from rabbit_ha_driver.connection.confirms import Pending
+
+    conn = make(broker, clock, recorder)
+    conn.connect()
+    reads = []
+
+    def drain_once(wait):
+        reads.append(wait)
+        clock.advance(wait if wait > 0.01 else 0.0)
+
+    conn._drain_once = drain_once
+    with pytest.raises(exc.MessagingTimeout, match="did not confirm"):
+        conn.wait_confirm(Pending(1, "m1"), Deadline.after(10.0, clock))
+    assert 1 < len(reads) <= 2 + 16  # the last look is bounded
