@@ -20,8 +20,10 @@ endpoint ran more than once.
 A deterministic companion: the caller's connections go through a proxy that
 swallows the broker's answers (so the request reaches the server, which runs
 it, but neither its confirm nor its reply comes back) and then cuts both
-connections. Without the re-send that call times out; with it the copy is
-answered from the server's reply cache and the method runs once.
+connections. Nothing may be lost and nothing run twice: the call is answered
+by its reply, which the broker puts back in the reply queue when the cut
+closes the connection that never acknowledged it, or by the copy its
+re-send makes the server answer from its reply cache, whichever comes first.
 
 The CI test runs each case once; ``-m slow`` repeats each case
 :data:`REPEAT` times and prints one line per run and a table.
@@ -221,7 +223,7 @@ class _CuttableProxy(SwallowProxy):
         self.close()
 
 
-def test_a_call_whose_confirm_and_reply_were_lost_is_answered_from_the_reply_cache(cluster):
+def test_a_call_whose_confirm_and_reply_were_swallowed_is_answered_and_runs_once(cluster):
     tag = uuid.uuid4().hex[:8]
     topic = f"resend-{tag}"
     endpoint = _Echo()
@@ -270,4 +272,4 @@ def test_a_call_whose_confirm_and_reply_were_lost_is_answered_from_the_reply_cac
           f"ran {endpoint.runs[1]} times")
     assert outcome.get("result") == 1, outcome
     assert endpoint.runs[1] == 1
-    assert len(resent) == 1
+    assert len(resent) <= 1
