@@ -48,3 +48,18 @@ def clock() -> FakeClock:
 @pytest.fixture
 def topic() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def cleanup():
+    """Collects servers and clients; stops and closes them after the test."""
+    from rabbit_ha_driver.rpc import RPCServer
+
+    stack = []
+    yield stack.append
+    for item in reversed(stack):
+        if isinstance(item, RPCServer):
+            item.stop()
+            item.wait(2)
+        else:
+            item.close()

@@ -56,18 +56,6 @@ class Endpoint:
 
 
 @pytest.fixture
-def cleanup():
-    stack = []
-    yield stack.append
-    for item in reversed(stack):
-        if isinstance(item, RPCServer):
-            item.stop()
-            item.wait(2)
-        else:
-            item.close()
-
-
-@pytest.fixture
 def serve(settings, factory, topic, cleanup):
     def start(endpoint=None, server="s1", settings=settings, **kwargs):
         endpoint = endpoint or Endpoint(server)

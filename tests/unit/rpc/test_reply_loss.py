@@ -55,18 +55,6 @@ def wait_until(predicate, seconds=3.0):
     return predicate()
 
 
-@pytest.fixture
-def cleanup():
-    stack = []
-    yield stack.append
-    for item in reversed(stack):
-        if isinstance(item, RPCServer):
-            item.stop()
-            item.wait(2)
-        else:
-            item.close()
-
-
 def start(settings, factory, topic, endpoint, server, cleanup):
     srv = RPCServer(settings, topic, server, [endpoint], connection_factory=factory)
     srv.start()
