@@ -59,6 +59,7 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import errors, frames
 from rabbit_ha_driver.connection.amqp_io import Liveness, raw_socket
+from rabbit_ha_driver.connection.cancels import CancelSchedule
 from rabbit_ha_driver.connection.channel import BrokerClose, ChannelLife, ChannelState, close_of, concerns
 from rabbit_ha_driver.connection.confirms import (
     ConfirmTracker,
@@ -67,6 +68,7 @@ from rabbit_ha_driver.connection.confirms import (
     settle_after_refusal,
     settled,
 )
+from rabbit_ha_driver.connection.connect_plan import ConnectPlan, GiveUp, Pause, Why
 from rabbit_ha_driver.connection.hosts import HostRing
 from rabbit_ha_driver.connection.locks import HandoverLock
 from rabbit_ha_driver.connection.refusals import closed_connection, note_refusal
@@ -172,18 +174,16 @@ class Connection:
         #: close() cut the socket of a connection another thread held; the
         #: lock's last holder finishes the close (see :mod:`.locks`).
         self._cut = False
-        #: Failed passes over the hosts since the last successful connect, and
-        #: when the next attempt is due: a reader whose turns are short (a
-        #: consumer draining in slices) keeps the backoff across its turns.
-        self._failed_passes = 0
-        self._retry_at = 0.0
         self._topology = Topology()
-        self._ring = HostRing(settings.hosts, settings.kombu_failover_strategy) if settings.hosts else None
         self._backoff = backoff or Backoff(
             interval=settings.rabbit_retry_interval,
             step=settings.rabbit_retry_backoff,
             cap=settings.rabbit_interval_max,
         )
+        #: The failover walk over the hosts (see :mod:`.connect_plan`).
+        self._plan = ConnectPlan(
+            HostRing(settings.hosts, settings.kombu_failover_strategy) if settings.hosts else None,
+            self._backoff, settings.rabbit_max_retries)
         self._transport_cls = transport or (MemoryTransport if settings.is_memory else AMQPTransport)
         self._transport_options = dict(transport_options or {})
         self._state = State.NEW
@@ -196,7 +196,8 @@ class Connection:
         self._pid = os.getpid()
         self._confirms = False
         self._tracker = ConfirmTracker()
-        self._pending_cancels: dict[str, float] = {}
+        #: Consumers the broker cancelled, until consumed again (see :mod:`.cancels`).
+        self._cancels = CancelSchedule()
         self._next_consumer_check = 0.0
         #: Consumed queues whose last check counted no consumer on the broker.
         self._zero_consumers: set[Any] = set()
@@ -211,7 +212,6 @@ class Connection:
         #: connection last received from them (a second time reconnects).
         self._relost: set[Any] = set()
         self._active_tags: set[str] = set()
-        self._recovered_cancels: set[str] = set()
         self._tags = itertools.count(1)
         self._tag_prefix = f"rha-{uuid.uuid4().hex[:12]}"
         self._life = ChannelLife(self.name)
@@ -321,6 +321,7 @@ class Connection:
         to judge broker refusals by the error table.
         """
         deadline = deadline or self._default_deadline()
+        began = self._clock.now()
         with self._locked(deadline, operation):
             recovering = False
             failures = 0
@@ -336,11 +337,11 @@ class Connection:
                     raise
                 except Exception as error:
                     failures += 1
-                    self._on_failure(error, operation, recovering, deadline, failures)
+                    self._on_failure(error, operation, recovering, deadline, failures, began)
                     recovering = True
 
     def _on_failure(self, error: BaseException, operation: str, recovering: bool,
-                    deadline: Deadline, failures: int) -> None:
+                    deadline: Deadline, failures: int, began: float) -> None:
         host = self._host.address if self._host else None
         close = close_of(error)
         if close is not None and self._state in _OPEN_STATES and not concerns(close, operation):
@@ -383,7 +384,7 @@ class Connection:
         if deadline.expired():
             raise exc.MessagingTimeout(
                 f"{operation} did not succeed before its deadline: {reason}",
-                waited=0.0, last_error=error) from error
+                waited=self._clock.now() - began, last_error=error) from error
 
     # -- topology ------------------------------------------------------------
 
@@ -653,6 +654,7 @@ class Connection:
         if pending.done:
             return
         deadline = deadline or self._default_deadline()
+        began = self._clock.now()
         with self._locked(deadline, "basic.publish"):
             budget = self.settings.request_timeout
             while not pending.done:
@@ -683,12 +685,12 @@ class Connection:
                             continue
                         raise exc.MessagingTimeout(
                             f"broker {self._addr()} did not confirm the message before the deadline",
-                            waited=0.0) from None
+                            waited=self._clock.now() - began) from None
                     if deadline.expired():
                         raise exc.MessagingTimeout(
                             f"broker {self._addr()} kept publishing blocked (resource alarm) past "
                             "the deadline; the message may still be delivered when it unblocks",
-                            waited=0.0) from None
+                            waited=self._clock.now() - began) from None
                 except Exception as error:
                     close = close_of(error)
                     if close is not None:
@@ -702,7 +704,7 @@ class Connection:
                 if not pending.done and deadline.expired() and not self._read_what_arrived(pending):
                     raise exc.MessagingTimeout(
                         f"broker {self._addr()} did not confirm the message before the deadline",
-                        waited=0.0)
+                        waited=self._clock.now() - began)
 
     def _read_what_arrived(self, pending: Pending) -> bool:
         """Read, without waiting, what already arrived; True once ``pending`` is settled.
@@ -757,11 +759,12 @@ class Connection:
             host=self._addr(), operation="basic.publish")
 
     def _wait_unblocked(self, deadline: Deadline) -> None:
+        began = self._clock.now()
         while self._state is State.BLOCKED:
             if deadline.expired():
                 raise exc.MessagingTimeout(
                     f"broker {self._addr()} kept publishing blocked past the deadline",
-                    waited=0.0)
+                    waited=self._clock.now() - began)
             self._drain_once(deadline.cap(0.5))
 
     # -- acknowledgements ------------------------------------------------------
@@ -826,8 +829,9 @@ class Connection:
             except exc.MessagingTimeout:
                 return
             wait = deadline.remaining()
-            if self._pending_cancels:
-                wait = min(wait, max(0.0, min(self._pending_cancels.values()) - self._clock.now()))
+            cancel_due = self._cancels.wait(self._clock.now())
+            if cancel_due is not None:
+                wait = min(wait, cancel_due)
             if self.settings.consumer_check_interval > 0 and self._topology.consumers:
                 wait = min(wait, max(0.0, self._next_consumer_check - self._clock.now()))
             try:
@@ -867,7 +871,7 @@ class Connection:
                 or budget <= 0:
             return
         self._next_consumer_check = now + interval
-        keys = {c.queue_key for c in self._topology.consumers.values()} - set(self._pending_cancels)
+        keys = {c.queue_key for c in self._topology.consumers.values()} - self._cancels.keys()
         for key in sorted(keys):
             name = self._topology.queue_name(key)
             try:
@@ -1016,17 +1020,14 @@ class Connection:
             return
         self._active_tags.discard(tag)
         delay = self.settings.kombu_reconnect_delay
-        self._pending_cancels[decl.queue_key] = self._clock.now() + delay
+        self._cancels.cancelled(decl.queue_key, self._clock.now(), delay)
         self.events.emit(ev.ConsumerCancelled(self.name, self._topology.queue_name(decl.queue_key), delay))
 
     def _restore_cancelled(self, deadline: Deadline, patient: bool = True) -> None:
         budget = self._maintenance_budget(deadline, patient)
         if budget <= 0 or self._channel is None:
             return
-        now = self._clock.now()
-        due = [key for key, at in self._pending_cancels.items() if at <= now]
-        for key in due:
-            del self._pending_cancels[key]
+        for key in self._cancels.take_due(self._clock.now()):
             try:
                 with self._request_deadline("queue.declare", budget):
                     self._topology.replay_queue(self._declarer(self._channel), key)
@@ -1038,7 +1039,7 @@ class Connection:
                 LOG.warning("[%s] re-consuming queue %r on the same connection failed (%s); "
                             "reconnecting", self.name, self._topology.queue_name(key), error)
                 self._lost(f"re-consume after cancel failed: {error}")
-                self._recovered_cancels.add(key)
+                self._cancels.restore_by_reconnect(key)
                 self._ensure_open(deadline, "basic.consume", patient=patient)
 
     # -- internals: connecting -----------------------------------------------------
@@ -1087,20 +1088,20 @@ class Connection:
         """
         recovering = self._last_host is not None
         self._set_state(State.RECOVERING if recovering else State.CONNECTING)
-        attempts = 0
+        plan = self._plan
+        plan.begin()
         started = self._clock.now()
         last_error: BaseException | None = None
         self._wait_for_retry(deadline)
         while True:
-            # At least one attempt, even when the caller left no time.
-            if attempts and deadline.expired():
+            step = plan.next_attempt(deadline.expired())
+            if isinstance(step, GiveUp):
                 raise exc.MessagingTimeout(
                     f"could not connect to any of {self._hosts_text()} within "
-                    f"{self._clock.now() - started:.1f}s ({attempts} attempts): {last_error}",
+                    f"{self._clock.now() - started:.1f}s ({step.attempts} attempts): {last_error}",
                     waited=self._clock.now() - started, last_error=last_error)
-            host = self._ring.current if self._ring else None
-            attempts += 1
-            self.events.emit(ev.Connecting(self.name, host.address if host else "memory", attempts))
+            host = step.host
+            self.events.emit(ev.Connecting(self.name, host.address if host else "memory", step.number))
             phase = ["connection.open"]
             try:
                 self._open(host, deadline, phase, patient)
@@ -1115,28 +1116,19 @@ class Connection:
                 last_error = error
                 self.events.emit(ev.ConnectFailed(self.name, host.address if host else "memory",
                                                   f"{phase[0]}: {type(error).__name__}: {error}"))
-                if self._ring is None:
-                    self._failed_passes += 1
-                    self._backoff_sleep(self._failed_passes, deadline)
-                    continue
-                self._ring.advance()
-                if self._ring.pass_complete():
-                    self._failed_passes += 1
-                    limit = self.settings.rabbit_max_retries
-                    if limit and self._failed_passes >= limit \
-                            and deadline.is_never:
-                        self._set_state(State.FAILED)
-                        raise exc.ConnectionLost(
-                            f"gave up after {self._failed_passes} passes over the hosts: {error}",
-                            attempts=attempts) from error
-                    self._backoff_sleep(self._failed_passes, deadline)
-                    self._ring.reset_pass()
+                after = plan.failed(self._clock.now(), forever=deadline.is_never)
+                if isinstance(after, GiveUp):
+                    assert after.why is Why.MAX_RETRIES
+                    self._set_state(State.FAILED)
+                    raise exc.ConnectionLost(
+                        f"gave up after {after.failed_passes} passes over the hosts: {error}",
+                        attempts=after.attempts) from error
+                if isinstance(after, Pause):
+                    self.events.emit(ev.RetryScheduled(self.name, after.failed_passes, after.seconds))
+                    self._clock.sleep(deadline.cap(after.seconds))
                 continue
-            self._failed_passes = 0
-            self._retry_at = 0.0
+            plan.succeeded()
             self._stop_if_closing("connection.open")
-            if self._ring:
-                self._ring.reset_pass()
             self._set_state(State.CONNECTED)
             heartbeat = getattr(self._raw, "heartbeat", 0) or 0
             where = host.address if host else "memory"
@@ -1144,9 +1136,8 @@ class Connection:
             if self._last_host is not None and host is not None and self._last_host != host:
                 self.events.emit(ev.FailedOver(self.name, self._last_host.address, host.address))
             self._last_host = host
-            for key in self._recovered_cancels:
+            for key in self._cancels.reconnected():
                 self.events.emit(ev.ConsumerRestored(self.name, self._topology.queue_name(key), False))
-            self._recovered_cancels.clear()
             return
 
     def _finish_cut_close(self) -> None:
@@ -1163,30 +1154,25 @@ class Connection:
         self._set_state(State.CLOSED)
         raise exc.ConnectionLost(f"connection {self.name} is closed", operation=operation)
 
-    def _backoff_sleep(self, failed_passes: int, deadline: Deadline) -> None:
-        delay = self._backoff.delay(failed_passes)
-        self._retry_at = self._clock.now() + delay
-        self.events.emit(ev.RetryScheduled(self.name, failed_passes, delay))
-        self._clock.sleep(deadline.cap(delay))
-
     def _hosts_text(self) -> str:
         return ", ".join(h.address for h in self.settings.hosts) or "memory://"
 
     def _wait_for_retry(self, deadline: Deadline) -> None:
-        """Honour a backoff an earlier, shorter turn began (see ``_retry_at``).
+        """Honour a backoff an earlier, shorter turn began (see :mod:`.connect_plan`).
 
         Raises MessagingTimeout, without an attempt, when the deadline ends
         before the next attempt is due.
         """
-        wait = self._retry_at - self._clock.now()
+        wait = self._plan.wait_due(self._clock.now())
         if wait <= 0:
             return
         if deadline.remaining() < wait:
-            self._clock.sleep(max(0.0, deadline.remaining()))
+            waited = max(0.0, deadline.remaining())
+            self._clock.sleep(waited)
             raise exc.MessagingTimeout(
                 f"could not connect to any of {self._hosts_text()}: backing off after "
-                f"{self._failed_passes} failed passes, next attempt in {wait:.1f}s",
-                waited=wait)
+                f"{self._plan.failed_passes} failed passes, next attempt in {wait:.1f}s",
+                waited=waited)
         self._clock.sleep(wait)
 
     def _open(self, host: Host | None, deadline: Deadline, phase: list[str], patient: bool = False) -> None:
@@ -1395,9 +1381,7 @@ class Connection:
         if self._state in _OPEN_STATES:
             self.events.emit(ev.ConnectionLost(self.name, self._addr() or "memory", reason))
             self._set_state(State.RECOVERING)
-            if self._ring is not None:
-                self._ring.advance()
-                self._ring.reset_pass()
+            self._plan.lost()
         self._teardown()
 
     def _teardown(self) -> None:
@@ -1409,7 +1393,7 @@ class Connection:
         self._raw = None
         self._transport = None
         self._host = None
-        self._pending_cancels.clear()
+        self._cancels.clear()
         if self.liveness is not None:
             self.liveness.detach()
         if raw is not None:
