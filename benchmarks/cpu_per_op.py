@@ -25,8 +25,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rabbit_ha_driver.bench.subjects import SUBJECTS, make
-from rabbit_ha_driver.bench.worker import RemoteServers, start_servers
+from benchmarks.bench.subjects import SUBJECTS, make
+from benchmarks.bench.worker import RemoteServers, start_servers
 
 WARM_UP = 300
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 import pytest
 
+from benchmarks import heartbeat_cpu as heartbeat
+from benchmarks.bench import command, report, rounds, worker
+from benchmarks.bench.subjects import SUBJECTS
 from rabbit_ha_driver import cli
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.bench import command, heartbeat, report, rounds, worker
-from rabbit_ha_driver.bench.subjects import SUBJECTS
 
 URL = "rabbit://bench:s3cret@broker.example:5672/"
 
@@ -50,11 +52,11 @@ class FakeRunner:
         argv = list(argv)
         self.calls.append((argv, timeout))
         assert argv[0] == sys.executable and argv[1] == "-m"
-        if argv[2] == "rabbit_ha_driver.bench.heartbeat":
+        if argv[2] == "benchmarks.heartbeat_cpu":
             details = {"heartbeat_cpu_percent": 0.4, "windows_percent": self.heartbeat_windows,
                        "heartbeat_frames": 1234, "declared_dead": 0, "lost": 0}
             return rounds.Completed(0, "noise\n" + json.dumps(details) + "\n", "", 12.0)
-        assert argv[2] == "rabbit_ha_driver.bench.worker"
+        assert argv[2] == "benchmarks.bench.worker"
         subject = argv[3]
         self._runs[subject] = self._runs.get(subject, 0) + 1
         failure = self.fail.get((subject, self._runs[subject]))
@@ -250,7 +252,7 @@ def test_json_output_is_one_object_of_medians_and_progress_goes_to_stderr():
     assert "round 3/3: oslo_fake ok" in err and "heartbeat: ok" in err
     assert len(runner.subjects_run()) == 15
     heartbeat_argv, timeout = runner.calls[-1]
-    assert heartbeat_argv[2:] == ["rabbit_ha_driver.bench.heartbeat", "--url", URL, "--json",
+    assert heartbeat_argv[2:] == ["benchmarks.heartbeat_cpu", "--url", URL, "--json",
                                   "--connections", "200", "--threshold", "10", "--windows", "3",
                                   "--seconds", "60"]
     assert timeout > 3 * 60 + 10
@@ -336,7 +338,7 @@ def test_heartbeat_seconds_zero_skips_the_heartbeat_figure():
 def test_a_failed_heartbeat_run_fails_the_command_but_keeps_the_rest():
     class BrokenHeartbeat(FakeRunner):
         def __call__(self, argv: Sequence[str], timeout: float) -> rounds.Completed:
-            if argv[2].endswith("heartbeat"):
+            if argv[2].endswith("heartbeat_cpu"):
                 return crashed("ConnectionRefusedError: nope")
             return super().__call__(argv, timeout)
 
@@ -418,6 +420,28 @@ def test_cli_refuses_bad_arguments_with_exit_status_2(capsys, argv, message):
 def test_cli_refuses_a_memory_url_with_exit_status_2(capsys):
     assert cli.main(["bench", "--url", "memory://"]) == 2
     assert "needs a RabbitMQ broker" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["--url", URL, "--runs", "3"], ["--help"], ["-v", "x"]])
+def test_without_the_checkout_bench_says_where_the_benchmarks_are(capsys, monkeypatch, argv):
+    # As in an installed wheel: the benchmark's module cannot be imported.
+    monkeypatch.setattr(cli.measure, "BENCH_MODULE", "benchmarks.no_such_bench.command")
+    assert cli.main(["bench", *argv]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [cli.measure.UNAVAILABLE]
+    assert "source checkout" in captured.err and "tox -e bench" in captured.err
+    assert "bench" in cli.build_parser().format_help()  # still listed, and the rest still parses
+
+
+def test_children_find_the_benchmarks_from_any_directory():
+    from benchmarks import bench
+
+    env = bench.child_env({"PYTHONPATH": f"/elsewhere{os.pathsep}{bench.CHECKOUT}", "HOME": "/h"})
+    assert env["PYTHONPATH"] == os.pathsep.join([str(bench.CHECKOUT), "/elsewhere"])
+    assert env["HOME"] == "/h"
+    assert bench.child_env({})["PYTHONPATH"] == str(bench.CHECKOUT)
+    assert (bench.CHECKOUT / "benchmarks" / "bench" / "worker.py").is_file()
 
 
 # -- the worker's and the heartbeat benchmark's pure parts ----------------------------------

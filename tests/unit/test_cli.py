@@ -8,6 +8,7 @@ import pytest
 
 from rabbit_ha_driver import cli
 from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.cli import check, demo, drill
 from rabbit_ha_driver.clock import FakeClock
 
 
@@ -72,7 +73,7 @@ def test_demo_reports_failure_when_the_broker_is_unreachable():
     out = io.StringIO()
     settings = from_url("rabbit://u:p@127.0.0.1:1/", rabbit_retry_interval=0.05,
                         rabbit_interval_max=0.05)
-    assert cli.run_demo(settings, timeout=0.05, out=out) == 1
+    assert demo.run_demo(settings, timeout=0.05, out=out) == 1
     text = out.getvalue()
     assert "FAIL" in text and "could not connect" in text
     assert "demo failed" in text
@@ -97,7 +98,7 @@ def test_check_names_an_unreachable_host_and_fails():
     out = io.StringIO()
     settings = from_url("rabbit://u:secret@127.0.0.1:1/", rabbit_retry_interval=0.05,
                         rabbit_interval_max=0.05)
-    assert cli.run_check(settings, timeout=0.2, out=out) == 1
+    assert check.run_check(settings, timeout=0.2, out=out) == 1
     text = out.getvalue()
     assert "FAIL 127.0.0.1:1: cannot connect: MessagingTimeout" in text
     assert "check failed: no host reachable (127.0.0.1:1)" in text
@@ -107,13 +108,13 @@ def test_check_names_an_unreachable_host_and_fails():
 def test_socket_options_are_shown_with_units_and_missing_ones_named():
     from rabbit_ha_driver.connection.sockets import SocketOptions
 
-    line = cli.describe_socket_options(SocketOptions(True, 10, 3, 4, 21.5))
+    line = check.describe_socket_options(SocketOptions(True, 10, 3, 4, 21.5))
     assert line == ("SO_KEEPALIVE=on TCP_KEEPIDLE=10s TCP_KEEPINTVL=3s TCP_KEEPCNT=4 "
                     "TCP_USER_TIMEOUT=21.5s")
-    line = cli.describe_socket_options(SocketOptions(False, None, None, None, 0))
+    line = check.describe_socket_options(SocketOptions(False, None, None, None, 0))
     assert line == ("SO_KEEPALIVE=off TCP_KEEPIDLE=n/a TCP_KEEPINTVL=n/a TCP_KEEPCNT=n/a "
                     "TCP_USER_TIMEOUT=kernel default")
-    assert "not tuned" in cli.describe_socket_options(None)
+    assert "not tuned" in check.describe_socket_options(None)
 
 
 # -- drill: arguments ------------------------------------------------------------------
@@ -163,7 +164,7 @@ def test_drill_reports_each_second_and_the_outage(capsys):
     clock = FakeClock()
     out = io.StringIO()
     call = _scripted_call(clock, clock.now(), 1.95, 2.95)
-    stats = cli.run_drill(call, interval=0.25, duration=5.0, clock=clock, out=out)
+    stats = drill.run_drill(call, interval=0.25, duration=5.0, clock=clock, out=out)
     lines = out.getvalue().splitlines()
     progress = [line for line in lines if "calls" in line and "failures" in line]
     assert [line.split()[0] for line in progress] == ["1s", "2s", "3s", "4s", "5s"]
@@ -188,8 +189,8 @@ def test_drill_reports_each_second_and_the_outage(capsys):
 def test_drill_still_failing_at_the_end_and_interrupted():
     clock = FakeClock()
     out = io.StringIO()
-    stats = cli.run_drill(_scripted_call(clock, clock.now(), 0.5, 99.0), interval=0.1,
-                          duration=2.0, clock=clock, out=out)
+    stats = drill.run_drill(_scripted_call(clock, clock.now(), 0.5, 99.0), interval=0.1,
+                            duration=2.0, clock=clock, out=out)
     assert "still failing at the end" in out.getvalue()
     assert stats.outages == [] and stats.failing
 
@@ -199,7 +200,7 @@ def test_drill_still_failing_at_the_end_and_interrupted():
             raise KeyboardInterrupt
 
     out = io.StringIO()
-    stats = cli.run_drill(interrupted, interval=0.1, duration=None, clock=clock, out=out)
+    stats = drill.run_drill(interrupted, interval=0.1, duration=None, clock=clock, out=out)
     text = out.getvalue()
     assert "interrupted" in text and "2 calls, 0 failed" in text and "no outage" in text
 
@@ -209,8 +210,8 @@ def test_drill_command_runs_its_own_server_on_memory():
 
     clock = FakeClock()
     out = io.StringIO()
-    status = cli.run_drill_command(from_url("memory://"), topic=None, serve=False, interval=0.5,
-                                   timeout=5.0, duration=2.0, clock=clock, out=out)
+    status = drill.run_drill_command(from_url("memory://"), topic=None, serve=False, interval=0.5,
+                                     timeout=5.0, duration=2.0, clock=clock, out=out)
     text = out.getvalue()
     assert status == 0, text
     assert "own test server" in text
@@ -221,9 +222,9 @@ def test_drill_against_a_topic_nobody_serves_fails_with_an_outage():
     from rabbit_ha_driver.settings import from_url
 
     out = io.StringIO()
-    status = cli.run_drill_command(from_url("memory://"), topic="nobody-serves-this",
-                                   serve=False, interval=0.05, timeout=0.1, duration=0.2,
-                                   out=out)
+    status = drill.run_drill_command(from_url("memory://"), topic="nobody-serves-this",
+                                     serve=False, interval=0.05, timeout=0.1, duration=0.2,
+                                     out=out)
     text = out.getvalue()
     assert status == 1
     assert "own test server" not in text
@@ -246,7 +247,7 @@ def test_check_warns_when_the_broker_denies_transient_queues():
     broker = FakeBroker()
     broker.fail_next("queue.declare", feature_denied())
     out = io.StringIO()
-    cli._warn_if_transient_queues_denied(_fake_connection(broker), from_url("rabbit://u:p@h1:1/"),
+    check._warn_if_transient_queues_denied(_fake_connection(broker), from_url("rabbit://u:p@h1:1/"),
                                          5.0, out)
     assert "WARN the broker denies transient non-exclusive queues (transient_nonexcl_queues)" \
         in out.getvalue()
@@ -261,6 +262,6 @@ def test_check_probes_nothing_when_no_transient_queue_is_declared():
     out = io.StringIO()
     settings = from_url("rabbit://u:p@h1:1/", rabbit_quorum_queue=True,
                         rabbit_transient_quorum_queue=True)
-    cli._warn_if_transient_queues_denied(_fake_connection(broker), settings, 5.0, out)
+    check._warn_if_transient_queues_denied(_fake_connection(broker), settings, 5.0, out)
     assert out.getvalue() == "" and "queue.declare" not in broker.calls
-    assert cli.declares_transient_queues(from_url("rabbit://u:p@h1:1/", amqp_durable_queues=True))
+    assert check.declares_transient_queues(from_url("rabbit://u:p@h1:1/", amqp_durable_queues=True))

@@ -16,13 +16,13 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from rabbit_ha_driver.bench.rounds import (
+from benchmarks.bench.rounds import (
     HEARTBEAT_CONNECTIONS,
     HEARTBEAT_THRESHOLD,
     HeartbeatResult,
     RunResult,
 )
-from rabbit_ha_driver.bench.subjects import SUBJECTS
+from benchmarks.bench.subjects import SUBJECTS
 
 #: The figures reported, in table order, with their unit and decimals.
 FIGURES: dict[str, tuple[str, int]] = {

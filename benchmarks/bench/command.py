@@ -17,9 +17,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
+from benchmarks.bench import report, rounds
+from benchmarks.bench.subjects import SUBJECTS
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.bench import report, rounds
-from rabbit_ha_driver.bench.subjects import SUBJECTS
 from rabbit_ha_driver.settings import parse_transport_url
 
 #: The first node of the test cluster ``tools/rabbit_cluster.py start`` runs.

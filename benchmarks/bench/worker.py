@@ -1,10 +1,10 @@
 """One run of one subject, in a process of its own; prints its figures as JSON.
 
-Run by :mod:`rabbit_ha_driver.bench` (``rabbit-ha bench``) once per subject
+Run by :mod:`benchmarks.bench` (``rabbit-ha bench``) once per subject
 and run, so every run starts from a fresh interpreter and memory figures are
 not skewed by what an earlier subject left behind::
 
-    python -m rabbit_ha_driver.bench.worker SUBJECT URL [--seconds S]
+    python -m benchmarks.bench.worker SUBJECT URL [--seconds S]
 
 Figures (those that do not apply to a subject are left out):
 
@@ -39,7 +39,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from rabbit_ha_driver.bench.subjects import SUBJECTS, Subject, make
+from benchmarks.bench import child_env
+from benchmarks.bench.subjects import SUBJECTS, Subject, make
 
 CONNECTIONS = 20
 IDLE_SERVERS = 10
@@ -183,12 +184,12 @@ class RemoteServers(Servers):
 
     def __init__(self, name: str, url: str, topic: str, names: list[str],
                  fanout_only: bool) -> None:
-        command = [sys.executable, "-m", "rabbit_ha_driver.bench.worker", name, url,
+        command = [sys.executable, "-m", "benchmarks.bench.worker", name, url,
                    "--serve", topic, "--names", ",".join(names)]
         if fanout_only:
             command.append("--fanout")
         self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      text=True, bufsize=1)
+                                      text=True, bufsize=1, env=child_env())
         ready = self._read()
         if ready != "ready":
             self.close()

@@ -2,7 +2,7 @@
 
 How it works
 ------------
-Five *subjects* (:mod:`~rabbit_ha_driver.bench.subjects`) run the same RPC
+Five *subjects* (:mod:`~benchmarks.bench.subjects`) run the same RPC
 servers and clients against one broker:
 
 * ``rabbit_ha``: this library's own API (``RPCClient``, ``RPCServer``);
@@ -18,7 +18,7 @@ servers and clients against one broker:
 The ``oslo_*`` subjects need oslo.messaging (the ``oslo`` extra); without it
 they are reported as unavailable and the others still run.
 
-One *run* of one subject is one process (:mod:`~rabbit_ha_driver.bench.worker`),
+One *run* of one subject is one process (:mod:`~benchmarks.bench.worker`),
 so every run starts from a fresh interpreter and memory figures are not
 skewed by an earlier subject. A run measures, with a short warm-up before
 each timed phase of ``--seconds`` seconds:
@@ -37,7 +37,7 @@ each timed phase of ``--seconds`` seconds:
 * ``fanout_per_s``: fanout casts to 3 servers, counted until every server
   received every one.
 
-:mod:`~rabbit_ha_driver.bench.rounds` runs ``--runs`` *rounds*; each round
+:mod:`~benchmarks.bench.rounds` runs ``--runs`` *rounds*; each round
 runs every subject once, and each round starts one subject further along
 than the one before, so the order rotates and a burst of load on a shared
 machine does not always land on the same subject. A run that fails (exits
@@ -46,17 +46,41 @@ reported with the last lines of its stderr and leaves its figures out; the
 other runs go on.
 
 Then ``heartbeat_cpu_percent``, for ``rabbit_ha`` only
-(:mod:`~rabbit_ha_driver.bench.heartbeat`, also a process of its own): 200
+(:mod:`~benchmarks.heartbeat_cpu`, also a process of its own): 200
 idle library connections at ``heartbeat_timeout_threshold`` T = 10 s, T
 seconds to settle, then ``--runs`` windows of ``--heartbeat-seconds`` (60)
 each, in which the process's CPU time (user + system) is taken as a
 percentage of one core.
 
-:mod:`~rabbit_ha_driver.bench.report` takes, per subject and figure, the
+:mod:`~benchmarks.bench.report` takes, per subject and figure, the
 median (:func:`statistics.median`) of the runs that produced it, with its
 minimum, maximum and count, and the ratios of the medians: the targets
 (e.g. ``rabbit_ha`` ``calls_per_s`` at least twice ``oslo_rabbit``'s),
 each PASS, MISS, or n/a when a figure is missing, and informational ratios
 without a target. The targets need at least five runs to be read with any
-confidence. :mod:`~rabbit_ha_driver.bench.command` is the command itself.
+confidence. :mod:`~benchmarks.bench.command` is the command itself.
+
+Where it lives
+--------------
+Beside the package, in the source checkout, not in the wheel: it needs
+oslo.messaging's driver internals and is a development tool.
+``rabbit-ha bench`` imports it from the checkout that holds the
+``rabbit_ha_driver`` it runs from (see :mod:`rabbit_ha_driver.cli.measure`),
+and every child process (``python -m benchmarks...``) gets that checkout on
+its ``PYTHONPATH`` (:func:`child_env`), whatever its working directory.
 """
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+#: The source checkout these benchmarks are part of.
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def child_env(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """``env`` with :data:`CHECKOUT` first on ``PYTHONPATH``, for a ``python -m benchmarks...`` child."""
+    paths = [str(CHECKOUT), *(path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path)]
+    return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}

@@ -1,7 +1,7 @@
 """Running the bench: rounds of one-run worker processes, then the heartbeat figure.
 
 How this works. Every run of a subject is a child process
-(``python -m rabbit_ha_driver.bench.worker``), started by a *runner*: a
+(``python -m benchmarks.bench.worker``), started by a *runner*: a
 function that takes the command line and a timeout and returns a
 :class:`Completed`. The real one, :func:`run_process`, kills a child (and
 anything it started) that outlives its timeout; tests pass a fake that
@@ -33,6 +33,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from benchmarks.bench import child_env
 
 #: Seconds a worker run may take beyond its timed phases before it is killed.
 RUN_TIMEOUT = 300.0
@@ -69,7 +71,8 @@ def run_process(argv: Sequence[str], timeout: float) -> Completed:
     """Run ``argv`` in a session of its own; kill the session at ``timeout``."""
     started = time.monotonic()
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                            env=child_env())
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -118,7 +121,7 @@ def run_timeout(seconds: float) -> float:
 
 
 def worker_argv(subject: str, url: str, seconds: float, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "rabbit_ha_driver.bench.worker", subject, url, "--seconds", f"{seconds:g}"]
+    return [python, "-m", "benchmarks.bench.worker", subject, url, "--seconds", f"{seconds:g}"]
 
 
 def parse_figures(stdout: str) -> dict[str, float]:
@@ -224,7 +227,7 @@ class HeartbeatResult:
 
 
 def heartbeat_argv(url: str, windows: int, seconds: float, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "rabbit_ha_driver.bench.heartbeat", "--url", url, "--json",
+    return [python, "-m", "benchmarks.heartbeat_cpu", "--url", url, "--json",
             "--connections", str(HEARTBEAT_CONNECTIONS), "--threshold", str(HEARTBEAT_THRESHOLD),
             "--windows", str(windows), "--seconds", f"{seconds:g}"]
 
