@@ -1,37 +1,39 @@
-"""Frozen settings, built once at the edge from oslo.config and a transport URL.
+"""Frozen settings: every option's value after validation, and the transport URL.
 
-How it works: :func:`from_conf` reads every option of ``[rabbit_ha]`` (oslo.config
-checks types and bounds), takes each value by the one rule of
-:mod:`rabbit_ha_driver.precedence` (URL query, then ``[rabbit_ha]``, then the
-``[oslo_messaging_rabbit]`` values the oslo.messaging driver hands over, then
-the default), then applies the checks that involve more than one value. Each
-failure raises :class:`~rabbit_ha_driver.exceptions.ConfigurationError` naming
-the option (in the group its value came from) and the value, so a bad
-configuration stops a service at start-up rather than at the first fault.
-Unknown keys, in a ``[rabbit_ha]`` file section or in the query string, are
-warned about by name and ignored. :func:`from_url` does the same without a
-``ConfigOpts``.
+How it works: a :class:`Settings` holds one value per option of the
+``[rabbit_ha]`` group, checked on creation (:func:`validated`: the checks that
+involve more than one value, or that oslo.config cannot express), each failure
+a :class:`~rabbit_ha_driver.exceptions.ConfigurationError` naming the option
+(in the group its value came from) and the value. :func:`parse_transport_url`
+reads oslo.messaging's URL syntax into :class:`Host` values.
 
-Nothing below this module reads oslo.config: the connection and RPC layers get a
-:class:`Settings`.
+This module imports no oslo.config: the connection and RPC layers get a
+:class:`Settings`, never a ``ConfigOpts``. Reading configuration (a
+``ConfigOpts``, a URL's query string, keyword values checked with the options'
+types) is the options layer's job: :func:`rabbit_ha_driver.options.from_conf`
+and :func:`rabbit_ha_driver.options.from_url`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
+import socket
 import ssl
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from oslo_config import cfg
-
-from rabbit_ha_driver import optional, options, precedence
+from rabbit_ha_driver import optional
 from rabbit_ha_driver.exceptions import ConfigurationError
 
-LOG = logging.getLogger(__name__)
+#: The oslo.config group of the library's options, as errors name it.
+GROUP = "rabbit_ha"
+
+#: oslo.messaging's defaults for the queue manager's names.
+DEFAULT_HOSTNAME = socket.gethostname()
+DEFAULT_PROCESSNAME = os.path.basename(sys.argv[0])
 
 #: URL schemes understood by :func:`parse_transport_url`.
 AMQP_SCHEMES = {"rabbit", "rabbit-ha", "amqp", "amqps", "pyamqp"}
@@ -209,8 +211,8 @@ class Settings:
     rabbit_quorum_max_memory_length: int = 0
     rabbit_quorum_max_memory_bytes: int = 0
     use_queue_manager: bool = False
-    hostname: str = options.DEFAULT_HOSTNAME
-    processname: str = options.DEFAULT_PROCESSNAME
+    hostname: str = DEFAULT_HOSTNAME
+    processname: str = DEFAULT_PROCESSNAME
     amqp_auto_delete: bool = False
 
     #: Where each value came from (see :mod:`rabbit_ha_driver.precedence`).
@@ -220,7 +222,7 @@ class Settings:
     def option_label(self, name: str) -> str:
         """``[group] name`` for errors: the group the value of ``name`` came from."""
         source = self.origins.get(name, "")
-        group = source if source.startswith("[") else f"[{options.GROUP}]"
+        group = source if source.startswith("[") else f"[{GROUP}]"
         return f"{group} {name}"
 
     @property
@@ -237,100 +239,14 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed, validated like the original."""
-        return _validated(dataclasses.replace(self, **changes))
+        return validated(dataclasses.replace(self, **changes))
 
     def __repr__(self) -> str:
         return f"<Settings {self.transport_url.redacted()} T={self.heartbeat_timeout_threshold}>"
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Settings)} - {"transport_url", "origins"}
-_KNOWN = {opt.dest for opt in options.ALL_OPTS}
-#: The source name of values the oslo.messaging driver takes from oslo.messaging's group.
-UPSTREAM = "[oslo_messaging_rabbit]"
-
-
-def from_conf(conf: cfg.ConfigOpts, url: str | None = None, *,
-              upstream: Mapping[str, Any] | None = None) -> Settings:
-    """Settings from ``conf`` (registering our options if needed) and a URL.
-
-    ``url`` overrides ``[rabbit_ha] transport_url``; its query string overrides
-    any other option of the group. ``upstream`` holds the options a service set
-    in ``[oslo_messaging_rabbit]`` that have the same name and meaning here;
-    they apply where ``[rabbit_ha]`` and the query say nothing.
-    """
-    try:
-        options.register_opts(conf)
-    except cfg.DuplicateOptError as exc:
-        raise ConfigurationError(options.GROUP, None,
-                                 f"options already registered differently: {exc}") from exc
-    group = conf[options.GROUP]
-    values: dict[str, Any] = {}
-    for opt in options.ALL_OPTS:
-        try:
-            values[opt.dest] = group[opt.dest]
-        except (ValueError, cfg.ConfigFileValueError) as exc:
-            raise ConfigurationError(f"[{options.GROUP}] {opt.dest}", _raw_value(conf, opt.dest),
-                                     str(exc)) from exc
-    for key, closest in precedence.unknown_keys(precedence.file_keys(conf, options.GROUP),
-                                                _KNOWN):
-        LOG.warning("%s", precedence.describe_unknown(key, closest, f"[{options.GROUP}]"))
-    own = {name: values[name] for name in _FIELDS
-           if precedence.was_set(conf, name, options.GROUP)}
-    raw_url = url if url is not None else values["transport_url"]
-    layers = [(f"[{options.GROUP}]", own)]
-    if upstream:
-        layers.append((UPSTREAM, {name: _coerce(name, value, source=UPSTREAM)
-                                  for name, value in upstream.items()}))
-    return _build(raw_url, values, layers)
-
-
-def from_url(url: str = "memory://", **overrides: Any) -> Settings:
-    """Settings from a transport URL and keyword overrides, without oslo.config.
-
-    Keyword values are checked against the options' types and bounds like
-    values from a configuration file; an unknown keyword is an error (it is
-    code, not configuration).
-    """
-    defaults: dict[str, Any] = {opt.dest: opt.default for opt in options.ALL_OPTS}
-    given = {name: _coerce(name, value, source="argument") for name, value in overrides.items()}
-    return _build(url, defaults, [("argument", given)])
-
-
-def _build(raw_url: str, defaults: Mapping[str, Any],
-           layers: Sequence[tuple[str, Mapping[str, Any]]]) -> Settings:
-    parsed = parse_transport_url(raw_url)
-    query: dict[str, Any] = {}
-    for name, text in parsed.query.items():
-        if name in _FIELDS:
-            query[name] = _coerce(name, text, source=precedence.QUERY)
-    for key, closest in precedence.unknown_keys(parsed.query, _FIELDS):
-        LOG.warning("%s", precedence.describe_unknown(key, closest, precedence.QUERY))
-    merged = precedence.merge({k: v for k, v in defaults.items() if k in _FIELDS},
-                              (precedence.QUERY, query), *layers)
-    if parsed.scheme == "amqps":
-        merged["ssl"] = precedence.Sourced(True, "transport_url scheme")
-    fields = {name: sourced.value for name, sourced in merged.items()}
-    origins = {name: sourced.source for name, sourced in merged.items()}
-    return _validated(Settings(transport_url=parsed, origins=origins, **fields))
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Convert and bound-check one value with its option's own type."""
-    opt = options.opt_by_name(name)
-    if opt is None or name not in _FIELDS:
-        raise ConfigurationError(name, value, f"unknown option in {source}; known: "
-                                 + ", ".join(sorted(_FIELDS)))
-    if value is None:
-        return None
-    group = source if source.startswith("[") else f"[{options.GROUP}]"
-    try:
-        return opt.type(value)
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(f"{group} {name}", value, f"{exc} (from {source})") from exc
-
-
-def _validated(s: Settings) -> Settings:
-    """Checks that span several options, or that oslo.config cannot express."""
+def validated(s: Settings) -> Settings:
+    """``s``, after the checks that span several options or that oslo.config cannot express."""
     t = s.heartbeat_timeout_threshold
     if t is not None and 0 < t < 2:
         raise ConfigurationError(
@@ -422,14 +338,20 @@ def _validate_queue_types(s: Settings) -> None:
                                          "use_queue_manager (it is part of queue names)")
 
 
-def _raw_value(conf: cfg.ConfigOpts, name: str) -> Any:
-    """The text a configuration file gave for ``name``, for error messages."""
-    try:
-        found = conf._namespace._get_file_value([(options.GROUP, name)])  # type: ignore[union-attr]
-    except Exception:  # the value is only decoration for the message
-        return "<unreadable>"
-    if isinstance(found, tuple):
-        found = found[0]
-    if isinstance(found, list) and found:
-        return found[-1]
-    return found
+#: Names that moved to the options layer (they read configuration with
+#: oslo.config's types), still importable from here for existing callers.
+_MOVED_TO_OPTIONS = frozenset({"from_conf", "from_url"})
+
+
+def __getattr__(name: str) -> Any:
+    """``from_conf`` and ``from_url`` of :mod:`rabbit_ha_driver.options`, for old imports.
+
+    Loading them from here loads oslo.config only when they are asked for;
+    this module itself never does (``tests/unit/test_layers.py`` allows this
+    one upward import, and no other).
+    """
+    if name in _MOVED_TO_OPTIONS:
+        from rabbit_ha_driver import options
+
+        return getattr(options, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

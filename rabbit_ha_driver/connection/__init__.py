@@ -1,6 +1,19 @@
-"""The HA connection layer: recovery, failover, liveness, topology."""
+"""The HA connection layer: recovery, failover, liveness, topology.
 
-from rabbit_ha_driver.connection.ha_connection import Connection, State
+The layers above (RPC, adapters) import the connection's names from here, never
+from its modules (``tests/unit/test_layers.py``).
+"""
+
+from rabbit_ha_driver.connection.confirms import Outcome, Pending
+from rabbit_ha_driver.connection.ha_connection import Connection, State, default_connection_name
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
 
-__all__ = ["Backoff", "Connection", "Deadline", "State"]
+__all__ = [
+    "Backoff",
+    "Connection",
+    "Deadline",
+    "Outcome",
+    "Pending",
+    "State",
+    "default_connection_name",
+]

@@ -81,7 +81,7 @@ class HeartbeatPolicy:
     threshold: float
     """``T``: seconds without inbound traffic after which a connection is dead; 0 = off."""
 
-    rate: float = 3.0
+    rate: float = 1.5
     """Heartbeat frames we send per negotiated interval on an idle connection."""
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.events import EventBus, LogSubscriber
+from rabbit_ha_driver.options import from_conf
 from rabbit_ha_driver.oslo import announce, exposition, upstream
 from rabbit_ha_driver.oslo.incoming import OsloPollListener
 from rabbit_ha_driver.oslo.policy import SendBudget, library_url, send_budget
@@ -47,7 +48,7 @@ from rabbit_ha_driver.rpc.client import (
 )
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
 from rabbit_ha_driver.rpc.listener import PollListener, rpc_listener
-from rabbit_ha_driver.settings import Settings, from_conf
+from rabbit_ha_driver.settings import Settings
 
 LOG = logging.getLogger(__name__)
 

@@ -49,9 +49,13 @@ from typing import Any, Protocol
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver import forks
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection import Connection, Deadline
-from rabbit_ha_driver.connection.confirms import Outcome, Pending
-from rabbit_ha_driver.connection.ha_connection import default_connection_name
+from rabbit_ha_driver.connection import (
+    Connection,
+    Deadline,
+    Outcome,
+    Pending,
+    default_connection_name,
+)
 from rabbit_ha_driver.events import (
     CallCompleted,
     CallTimedOut,

@@ -134,7 +134,7 @@ def test_busy_connections_never_delay_the_heartbeats_of_the_others(pairs, clock)
     locks: list[TimedLock] = []
     natives = natives_with(clock, locks)
     sched = NativeScheduler(clock=clock)
-    policy = HeartbeatPolicy(threshold=6)  # H = 3 s, a frame every second
+    policy = HeartbeatPolicy(threshold=6, rate=3)  # H = 3 s, a frame every second
     members = []
     for i in range(6):
         pair = pairs()
@@ -200,7 +200,7 @@ def test_a_full_receive_buffer_that_nobody_reads_is_not_a_dead_peer(pairs, clock
     assert fill(pair.peer) > 0  # the broker sent more than we read: our window is shut
     assert (link.unread_bytes() or 0) >= link.full_at()
     sched = NativeScheduler(clock=clock)
-    watch = sched.watch(link, HeartbeatPolicy(threshold=6))
+    watch = sched.watch(link, HeartbeatPolicy(threshold=6, rate=3))
     run_observing(sched, clock, pair.transport.sock, until=20.0)  # > 3 T
     assert not link.dead and not watch.dead, link.dead_reason
     assert link.heartbeats_sent >= 15
@@ -214,7 +214,7 @@ def test_a_full_receive_buffer_of_a_peer_that_stopped_acknowledging_is_dead_at_t
     fill(pair.peer)
     fill(pair.transport.sock)  # and the peer reads nothing either: our frames go nowhere
     sched = NativeScheduler(clock=clock)
-    watch = sched.watch(link, HeartbeatPolicy(threshold=6))
+    watch = sched.watch(link, HeartbeatPolicy(threshold=6, rate=3))
     run_observing(sched, clock, pair.transport.sock, until=20.0)
     assert watch.dead and link.dead
     assert link.dead_reason is not None and link.dead_reason.startswith("nothing received for 6.0s")
@@ -231,7 +231,7 @@ def test_a_few_unread_bytes_are_not_a_full_buffer(pairs, clock):
     select.select([pair.transport.sock], [], [], 5)
     assert link.inbound_marker() == (0, 24)
     sched = NativeScheduler(clock=clock)
-    watch = sched.watch(link, HeartbeatPolicy(threshold=6))
+    watch = sched.watch(link, HeartbeatPolicy(threshold=6, rate=3))
     run_observing(sched, clock, pair.transport.sock, until=20.0)
     assert watch.dead
     link.detach()

@@ -129,6 +129,17 @@ def test_idle_connection_sends_a_frame_every_h_over_rate():
     assert state.sent == 12
 
 
+def test_default_rate_is_the_options_a_frame_every_h_over_1_5():
+    # HeartbeatPolicy() without a rate behaves like the option's default
+    # (heartbeat_rate = 1.5; test_defaults_agree.py keeps the two equal).
+    clock = FakeClock(0.0)
+    policy = HeartbeatPolicy(30)
+    assert policy.rate == 1.5 and policy.send_interval() == pytest.approx(10.0)
+    state = policy.state(clock.now())
+    log = drive(state, clock, 60, inbound=[15 * k for k in range(1, 5)])
+    assert sends(log) == pytest.approx([10.0 * k for k in range(1, 7)])
+
+
 def test_wake_ups_are_deadlines_only():
     # An idle healthy connection wakes for its sends and nothing else.
     clock = FakeClock(0.0)
@@ -141,7 +152,7 @@ def test_wake_ups_are_deadlines_only():
 
 def test_other_outbound_frames_make_heartbeats_unnecessary():
     clock = FakeClock(0.0)
-    state = HeartbeatPolicy(30).state(clock.now())
+    state = HeartbeatPolicy(30, rate=3).state(clock.now())  # a frame every H/3 = 5 s
     publishes = [k * 2.0 for k in range(1, 31)]  # a frame every 2 s < H/3
     log = drive(state, clock, 70, inbound=[15 * k for k in range(1, 5)], outbound=publishes)
     # None while publishing; once it stops, heartbeats resume H/3 after the last frame.
@@ -150,7 +161,7 @@ def test_other_outbound_frames_make_heartbeats_unnecessary():
 
 def test_frame_the_writer_could_not_send_is_retried_shortly_and_not_counted():
     clock = FakeClock(0.0)
-    state = HeartbeatPolicy(30).state(clock.now())
+    state = HeartbeatPolicy(30, rate=3).state(clock.now())  # a frame every H/3 = 5 s
     busy_until = 5.6
     log = drive(state, clock, 12, inbound=[10.0], writer_busy=lambda now: now < busy_until)
     attempts = sends(log)
@@ -195,7 +206,7 @@ def test_heartbeats_off():
 
 
 def test_decision_wake_at_is_the_earliest_deadline():
-    state = HeartbeatPolicy(30).state(0.0)
+    state = HeartbeatPolicy(30, rate=3).state(0.0)  # a frame every H/3 = 5 s
     d = state.decide(3.0)
     assert d.action is Action.NOTHING
     assert d.wake_at == pytest.approx(5.0) == state.next_send_at()
@@ -205,7 +216,7 @@ def test_decision_wake_at_is_the_earliest_deadline():
 
 
 def test_times_in_the_past_never_move_deadlines_back():
-    state = HeartbeatPolicy(30).state(50.0)
+    state = HeartbeatPolicy(30, rate=3).state(50.0)  # a frame every H/3 = 5 s
     state.note_inbound(40.0)
     state.note_outbound(45.0)
     assert state.dead_at() == 80.0

@@ -106,7 +106,7 @@ def recorder():
 def test_healthy_idle_connection_is_served_and_never_declared_dead(sched, clock):
     m = FakeMember(clock)
     m.broker_heartbeats(every=14.9, until=3600)
-    sched.watch(m, HeartbeatPolicy(30))
+    sched.watch(m, HeartbeatPolicy(30, rate=3))
     run_until(sched, clock, 3600)
     assert m.dead is None
     assert m.send_times() == pytest.approx([5.0 * k for k in range(1, 721)])
@@ -117,7 +117,7 @@ def test_silent_connection_is_declared_dead_at_t_with_events(sched, clock, recor
     bus, rec = recorder
     m = FakeMember(clock)
     m.broker_heartbeats(every=15, until=60)
-    sched.watch(m, HeartbeatPolicy(30), events=bus)
+    sched.watch(m, HeartbeatPolicy(30, rate=3), events=bus)
     run_until(sched, clock, 1000)
     when, silent, reason = m.dead
     assert when == pytest.approx(90.0)
@@ -147,7 +147,7 @@ def test_many_connections_one_scheduler(sched, clock):
         m = FakeMember(clock, name=f"c{i}")
         if i % 100 != 7:
             m.broker_heartbeats(every=15, until=400)
-        sched.watch(m, HeartbeatPolicy(30))
+        sched.watch(m, HeartbeatPolicy(30, rate=3))
         members.append(m)
     start = clock.now()
     run_until(sched, clock, 400)
@@ -166,7 +166,7 @@ def test_many_connections_one_scheduler(sched, clock):
 def test_removed_connection_is_left_alone(sched, clock):
     keep, gone = FakeMember(clock, "keep"), FakeMember(clock, "gone")
     keep.broker_heartbeats(every=15, until=200)
-    watches = [sched.watch(keep, HeartbeatPolicy(30)), sched.watch(gone, HeartbeatPolicy(30))]
+    watches = [sched.watch(keep, HeartbeatPolicy(30, rate=3)), sched.watch(gone, HeartbeatPolicy(30, rate=3))]
     run_until(sched, clock, 12)
     assert len(gone.sent) == 2
     watches[1].cancel()
@@ -181,7 +181,7 @@ def test_removed_connection_is_left_alone(sched, clock):
 def test_busy_writer_is_retried_shortly(sched, clock):
     m = FakeMember(clock)
     m.broker_heartbeats(every=15, until=100)
-    sched.watch(m, HeartbeatPolicy(30))
+    sched.watch(m, HeartbeatPolicy(30, rate=3))
     run_until(sched, clock, 4.9)
     m.busy = True
     run_until(sched, clock, 5.6)
@@ -193,7 +193,7 @@ def test_busy_writer_is_retried_shortly(sched, clock):
 def test_write_error_declares_the_connection_dead(sched, clock, caplog):
     m = FakeMember(clock)
     m.fail = ConnectionResetError(104, "reset by peer")
-    w = sched.watch(m, HeartbeatPolicy(30))
+    w = sched.watch(m, HeartbeatPolicy(30, rate=3))
     run_until(sched, clock, 100)
     assert m.dead[0] == pytest.approx(5.0)
     assert "heartbeat write failed" in m.dead[2] and "reset by peer" in w.dead_reason
@@ -206,7 +206,7 @@ def test_a_write_error_is_an_event_the_metrics_count_at_once(sched, clock):
     m.fail = ConnectionResetError(104, "reset by peer")
     bus, recorder = ev.EventBus(), ev.Recorder()
     bus.subscribe(recorder)
-    sched.watch(m, HeartbeatPolicy(30), events=bus)
+    sched.watch(m, HeartbeatPolicy(30, rate=3), events=bus)
     run_until(sched, clock, 100)
     [dead] = recorder.of(ev.DeclaredDead)
     assert dead.reason.startswith("heartbeat write failed") and "reset by peer" in dead.describe()
@@ -214,7 +214,7 @@ def test_a_write_error_is_an_event_the_metrics_count_at_once(sched, clock):
 
 def test_cancel_while_a_step_writes_is_not_a_death(sched, clock, caplog):
     m = FakeMember(clock)
-    w = sched.watch(m, HeartbeatPolicy(30))
+    w = sched.watch(m, HeartbeatPolicy(30, rate=3))
     sched.run_pending()
 
     def detached_meanwhile(native: bool) -> bool:
@@ -231,7 +231,7 @@ def test_cancel_while_a_step_writes_is_not_a_death(sched, clock, caplog):
 def test_tls_connection_is_watched_but_not_written_by_the_native_thread(sched, clock):
     m = FakeMember(clock, native_heartbeats=False)
     m.broker_heartbeats(every=15, until=45)
-    w = sched.watch(m, HeartbeatPolicy(30))
+    w = sched.watch(m, HeartbeatPolicy(30, rate=3))
     wakes = run_until(sched, clock, 200)
     assert m.sent == []
     assert m.dead[0] == pytest.approx(75.0)
@@ -242,7 +242,7 @@ def test_tls_connection_is_watched_but_not_written_by_the_native_thread(sched, c
 def test_owner_traffic_replaces_heartbeats(sched, clock):
     m = FakeMember(clock)
     m.broker_heartbeats(every=15, until=100)
-    sched.watch(m, HeartbeatPolicy(30))
+    sched.watch(m, HeartbeatPolicy(30, rate=3))
     for t in range(1, 60):
         clock.call_at(float(t), lambda t=t: setattr(m, "outbound_at", float(t)))
     run_until(sched, clock, 70)
@@ -254,7 +254,7 @@ def test_unread_bytes_count_as_life(sched, clock):
     m = FakeMember(clock, interval=1)
     for k in range(1, 40):
         clock.call_at(k * 0.99, lambda: setattr(m, "marker", m.marker + 8))
-    sched.watch(m, HeartbeatPolicy(3))
+    sched.watch(m, HeartbeatPolicy(3, rate=3))
     run_until(sched, clock, 45)
     assert m.dead is not None
     assert 39 * 0.99 + 2.0 <= m.dead[0] <= 39 * 0.99 + 3.0
@@ -263,7 +263,7 @@ def test_unread_bytes_count_as_life(sched, clock):
 
 def test_poke_looks_at_a_connection_now(sched, clock):
     m = FakeMember(clock)
-    w = sched.watch(m, HeartbeatPolicy(30))
+    w = sched.watch(m, HeartbeatPolicy(30, rate=3))
     sched.run_pending()
     assert sched.next_wakeup() == pytest.approx(5.0)
     clock.advance(1.0)
@@ -277,7 +277,7 @@ def test_poke_looks_at_a_connection_now(sched, clock):
 def test_unexpected_error_in_a_step_is_logged_and_retried(sched, clock, caplog):
     m = FakeMember(clock)
     m.fail = RuntimeError("boom")
-    sched.watch(m, HeartbeatPolicy(30))
+    sched.watch(m, HeartbeatPolicy(30, rate=3))
     assert sched.run_pending() == pytest.approx(runners.STEP_ERROR_RETRY)
     assert "heartbeat step for 127.0.0.1:5672 failed" in caplog.text and "boom" in caplog.text
     m.fail = None
@@ -288,7 +288,7 @@ def test_unexpected_error_in_a_step_is_logged_and_retried(sched, clock, caplog):
 
 def test_heartbeats_off_is_not_watched(sched, clock):
     assert not sched.watch(FakeMember(clock), HeartbeatPolicy(0)).active
-    assert not sched.watch(FakeMember(clock, interval=0), HeartbeatPolicy(30)).active
+    assert not sched.watch(FakeMember(clock, interval=0), HeartbeatPolicy(30, rate=3)).active
     assert len(sched) == 0
 
 
@@ -306,7 +306,7 @@ def test_native_thread_follows_the_fake_clock_step_by_step(clock):
             return ok
 
         m.send_heartbeat = send  # type: ignore[method-assign]
-        w = sched.watch(m, HeartbeatPolicy(30))
+        w = sched.watch(m, HeartbeatPolicy(30, rate=3))
         clock.advance(5.0)  # the next frame is due now...
         w.poke()  # ...and the thread learns of it without waiting for its timeout
         assert sent.wait(10)
@@ -345,7 +345,7 @@ def test_scheduler_in_a_patched_process_posts_instead_of_emitting(clock):
     bus, rec = ev.EventBus(), ev.Recorder()
     bus.subscribe(rec)
     m = FakeMember(clock)
-    sched.watch(m, HeartbeatPolicy(30), events=bus)
+    sched.watch(m, HeartbeatPolicy(30, rate=3), events=bus)
     run_until(sched, clock, 100)
     assert m.dead is not None
     assert rec.events == []
@@ -370,7 +370,7 @@ def test_green_loop_wakes_at_deadlines_and_at_least_every_half_interval(clock):
 def test_green_loop_survives_an_unexpected_error(clock, caplog):
     m = FakeMember(clock)
     m.fail = RuntimeError("boom")
-    w = Watch(m, HeartbeatPolicy(30), clock.now(), runner="green", native=False)
+    w = Watch(m, HeartbeatPolicy(30, rate=3), clock.now(), runner="green", native=False)
 
     def sleep(s):
         m.fail = None
@@ -390,7 +390,7 @@ def test_green_runner_spawns_a_green_thread_and_cancel_kills_it(clock):
 
     m = FakeMember(clock)
     m.broker_heartbeats(every=15, until=10**6)
-    w = GreenRunner(clock=clock, sleep=sleep).watch(m, HeartbeatPolicy(30))
+    w = GreenRunner(clock=clock, sleep=sleep).watch(m, HeartbeatPolicy(30, rate=3))
     for _ in range(10):
         eventlet.sleep(0)
     assert len(m.sent) >= 5 and all(not native for _, native in m.sent)
@@ -459,7 +459,7 @@ def test_watch_connection_reports_the_runner(monkeypatch, clock, recorder):
     bus, rec = recorder
     fake = NativeScheduler(clock=clock)
     monkeypatch.setattr(runners, "native_scheduler", lambda: fake)
-    w = runners.watch_connection(FakeMember(clock, native_heartbeats=False), HeartbeatPolicy(30),
+    w = runners.watch_connection(FakeMember(clock, native_heartbeats=False), HeartbeatPolicy(30, rate=3),
                                  events=bus)
     [selected] = rec.of(ev.RunnerSelected)
     assert selected.runner == "native" and "over TLS" in selected.reason
