@@ -1,7 +1,9 @@
 """The library's one error tree.
 
-Every error the library raises derives from :class:`RabbitHAError`. The tree is
-split by what a caller can do about it:
+Every error the library raises to its callers derives from
+:class:`RabbitHAError`, and every such class is defined here (a unit test
+walks the package's ``raise`` statements to keep it so). The tree is split by
+what a caller can do about it:
 
 * :class:`ConfigurationError`: fix the configuration; raised at start-up.
 * :class:`RecoverableError`: the broker or the network failed in a way that a
@@ -11,10 +13,22 @@ split by what a caller can do about it:
   inequivalent queue arguments, access refused, a deprecated feature the
   broker denies: :class:`FeatureDenied`); raised at once.
 * :class:`MessagingTimeout`: a deadline passed; says what it waited for.
+* :class:`ClientClosed`: the client was closed by its owner; make a new one.
 * :class:`RemoteError`: the remote endpoint raised; carries its type and text.
+* :class:`DispatchError`: a server has no endpoint method for a request
+  (:class:`NoSuchMethod`, :class:`UnsupportedVersion`,
+  :class:`InvalidArguments`); fix the caller or the server. A caller receives
+  these as a :class:`RemoteError` naming the class.
+* :class:`InvalidMessage`: a message from the wire was refused (not JSON in
+  the expected envelope, too large; :class:`BadRequest` for a request); the
+  sender must change it.
 
 kombu, py-amqp and socket errors are translated into this tree in exactly one
 place, :mod:`rabbit_ha_driver.connection.errors`.
+
+Some classes also derive from a builtin exception (``ValueError``,
+``TimeoutError``, ``AttributeError``, ``TypeError``) so that code written
+against the builtin, as oslo.messaging's callers are, catches them too.
 """
 
 from __future__ import annotations
@@ -62,7 +76,12 @@ class ChannelDead(RecoverableError):
 
 
 class ConsumerCancelled(RecoverableError):
-    """The broker cancelled a consumer (basic.cancel)."""
+    """The broker cancelled a consumer (basic.cancel).
+
+    Not raised at present: the connection handles a broker's cancel itself
+    (it waits, declares the queue again and consumes again; see
+    :class:`rabbit_ha_driver.events.ConsumerCancelled`). Kept because it is
+    part of the public API."""
 
     def __init__(self, queue: str, consumer_tag: str) -> None:
         self.queue = queue
@@ -123,6 +142,10 @@ class MessagingTimeout(RabbitHAError, TimeoutError):
         super().__init__(message)
 
 
+class ClientClosed(RabbitHAError):
+    """The client was closed while a call was in progress, or used after it was closed."""
+
+
 class RemoteError(RabbitHAError):
     """The remote endpoint raised an exception while handling a call."""
 
@@ -135,3 +158,50 @@ class RemoteError(RabbitHAError):
 
 class InvalidMessage(RabbitHAError):
     """A message was not valid JSON in the expected envelope, or too large."""
+
+
+class BadRequest(InvalidMessage):
+    """A request that cannot be dispatched; says whom to tell, if anyone.
+
+    ``msg_id`` and ``reply_q`` are the caller's, when the request named them,
+    so the server can answer with this error at once."""
+
+    def __init__(self, reason: str, *, msg_id: str | None = None,
+                 reply_q: str | None = None) -> None:
+        self.reason = reason
+        self.msg_id = msg_id
+        self.reply_q = reply_q
+        super().__init__(reason)
+
+
+class DispatchError(RabbitHAError):
+    """A server found no endpoint method that can take a request."""
+
+
+class NoSuchMethod(DispatchError, AttributeError):
+    """No endpoint has a public method of the requested name."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        super().__init__(f"Endpoint does not support RPC method {method}")
+
+
+class UnsupportedVersion(DispatchError):
+    """No endpoint accepts the requested namespace and version."""
+
+    def __init__(self, version: str, method: str, namespace: str | None = None) -> None:
+        self.version = version
+        self.method = method
+        self.namespace = namespace
+        where = f" in namespace {namespace}" if namespace else ""
+        super().__init__(f"Endpoint does not support RPC version {version}{where}. "
+                         f"Attempted method: {method}")
+
+
+class InvalidArguments(DispatchError, TypeError):
+    """The request's arguments do not fit the method's signature."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        self.method = method
+        self.reason = reason
+        super().__init__(f"wrong arguments for RPC method {method}: {reason}")

@@ -137,13 +137,40 @@ def classify(error: BaseException, operation: str, recovering: bool = False) -> 
     if isinstance(error, socket.timeout | OSError | EOFError | ConnectionError):
         return Action.RECONNECT
     if isinstance(error, AttributeError):
-        # py-amqp's answer to an operation on a connection whose socket it has
-        # already dropped (its ``sock`` is None). Consumer callbacks run behind
-        # a guard, so a programming error of the caller does not arrive here.
-        return Action.RECONNECT
+        return Action.RECONNECT if raised_in_io_layer(error) else Action.RAISE
     if isinstance(error, TypeError | ValueError | KeyError):
         return Action.RAISE
     return Action.RECONNECT
+
+
+#: Top-level packages of the code that does the I/O for a connection: py-amqp,
+#: kombu, vine (py-amqp's callbacks), the socket and TLS modules and, when a
+#: service monkey-patched them, eventlet's green sockets.
+IO_PACKAGES = frozenset({"amqp", "kombu", "vine", "socket", "ssl", "eventlet"})
+
+
+def raised_in_io_layer(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside :data:`IO_PACKAGES`, by its traceback.
+
+    An AttributeError is how py-amqp and kombu fail on a connection they
+    have already dropped: they set its ``sock``, ``transport`` or
+    ``connection`` to None, and the next operation reads an attribute of
+    None (``'NoneType' object has no attribute 'gettimeout'`` in py-amqp's
+    ``having_timeout``, ``... 'drain_events'`` in kombu). That is a lost
+    connection. The same error raised by the library's own code or by the
+    function a caller gave to ``ensure()`` is a bug, and reconnecting would
+    only hide it until the deadline; it is raised instead. Judged by the
+    innermost frame of the traceback, never by the text. An error that was
+    never raised (no traceback) says nothing either way: it keeps the old
+    verdict, a lost connection.
+    """
+    tb = error.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__")
+    return isinstance(module, str) and module.partition(".")[0] in IO_PACKAGES
 
 
 def closes_channel(error: BaseException) -> bool:

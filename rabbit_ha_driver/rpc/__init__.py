@@ -44,7 +44,8 @@ cast, fanout and notify each other both ways. The differences:
   ``module.Class`` (``Class`` for builtins); no module named by a peer is
   imported. oslo.messaging re-raises builtins and allowed modules' classes.
 * Dispatch errors are ``NoSuchMethod``, ``UnsupportedVersion`` and
-  ``InvalidArguments`` from :mod:`rabbit_ha_driver.rpc.server`; an
+  ``InvalidArguments`` (:mod:`rabbit_ha_driver.exceptions`; on the wire they
+  keep their earlier name, ``rabbit_ha_driver.rpc.server.<class>``); an
   oslo.messaging caller sees them as ``RemoteError`` (with oslo.messaging
   servers a wrong argument is a ``TypeError`` of the method).
 * Not implemented: classic mirroring (``x-ha-policy``) and falling back to
@@ -68,6 +69,12 @@ cast, fanout and notify each other both ways. The differences:
   dropped.
 """
 
+from rabbit_ha_driver.exceptions import (  # also public here, as before they moved
+    ClientClosed,
+    InvalidArguments,
+    NoSuchMethod,
+    UnsupportedVersion,
+)
 from rabbit_ha_driver.rpc.client import Publisher, Receipt, RPCClient, RPCTransport, Target
 from rabbit_ha_driver.rpc.envelope import DEFAULT_EXCHANGE, PRIORITIES
 from rabbit_ha_driver.rpc.executors import EventletExecutor, Executor, ThreadingExecutor
@@ -80,15 +87,7 @@ from rabbit_ha_driver.rpc.listener import (
     rpc_listener,
 )
 from rabbit_ha_driver.rpc.notify import HANDLED, REQUEUE, NotificationServer, Notifier
-from rabbit_ha_driver.rpc.replies import ClientClosed
-from rabbit_ha_driver.rpc.server import (
-    Dispatcher,
-    InvalidArguments,
-    MessageHandlingServer,
-    NoSuchMethod,
-    RPCServer,
-    UnsupportedVersion,
-)
+from rabbit_ha_driver.rpc.server import Dispatcher, MessageHandlingServer, RPCServer
 
 __all__ = [
     "DEFAULT_EXCHANGE",

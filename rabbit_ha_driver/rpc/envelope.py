@@ -50,7 +50,14 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from rabbit_ha_driver.exceptions import InvalidMessage, RemoteError
+from rabbit_ha_driver.exceptions import (
+    BadRequest,
+    InvalidArguments,
+    InvalidMessage,
+    NoSuchMethod,
+    RemoteError,
+    UnsupportedVersion,
+)
 from rabbit_ha_driver.rpc import compression as compression_codec
 from rabbit_ha_driver.rpc import queue_types
 from rabbit_ha_driver.rpc.queue_manager import QueueManager
@@ -80,16 +87,18 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
-
-class BadRequest(InvalidMessage):
-    """A request that cannot be dispatched; says whom to tell, if anyone."""
-
-    def __init__(self, reason: str, *, msg_id: str | None = None,
-                 reply_q: str | None = None) -> None:
-        self.reason = reason
-        self.msg_id = msg_id
-        self.reply_q = reply_q
-        super().__init__(reason)
+#: The module an error names on the wire when it is not where the class is
+#: defined: these errors were defined in the modules named here before they
+#: joined :mod:`rabbit_ha_driver.exceptions`, and they travel under those
+#: names still, so a caller matching ``exc_type`` and a peer of an earlier
+#: release see what they saw before. Both modules still provide each class
+#: (an oslo.messaging caller that allows the module imports it from there).
+WIRE_MODULES: Mapping[type[BaseException], str] = {
+    BadRequest: "rabbit_ha_driver.rpc.envelope",
+    NoSuchMethod: "rabbit_ha_driver.rpc.server",
+    UnsupportedVersion: "rabbit_ha_driver.rpc.server",
+    InvalidArguments: "rabbit_ha_driver.rpc.server",
+}
 
 
 class _Ids:
@@ -469,7 +478,8 @@ def encode_failure(failure: BaseException | ExcInfo) -> str:
         # Passing a remote error on: keep the original type and text.
         name, module, text = exc.exc_type, "", exc.value
     else:
-        name, module, text = exc_type.__name__, exc_type.__module__, str(exc)
+        name, text = exc_type.__name__, str(exc)
+        module = WIRE_MODULES.get(exc_type, exc_type.__module__)
         if name.endswith(_REMOTE_SUFFIX) and module.endswith(_REMOTE_SUFFIX):
             name, module = name[: -len(_REMOTE_SUFFIX)], module[: -len(_REMOTE_SUFFIX)]
     kwargs = getattr(exc, "kwargs", None)

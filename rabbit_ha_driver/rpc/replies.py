@@ -43,6 +43,7 @@ from rabbit_ha_driver import forks
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Connection, Deadline, State
 from rabbit_ha_driver.exceptions import (
+    ClientClosed,
     InvalidMessage,
     MessagingTimeout,
     RabbitHAError,
@@ -52,9 +53,6 @@ from rabbit_ha_driver.rpc.recent import Recent
 from rabbit_ha_driver.settings import Settings
 
 LOG = logging.getLogger(__name__)
-
-class ClientClosed(RabbitHAError):
-    """The client was closed while a call was in progress."""
 
 
 #: Seconds one drain of the reply connection may take; bounds how long
