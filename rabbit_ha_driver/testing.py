@@ -29,6 +29,7 @@ import amqp.exceptions
 from kombu.transport import memory as kombu_memory
 from kombu.transport.virtual import BrokerState
 
+from rabbit_ha_driver.connection.backend import MemoryLink
 from rabbit_ha_driver.connection.channel import close_of, method_sig
 from rabbit_ha_driver.connection.transport import MemoryChannel
 
@@ -278,13 +279,21 @@ class FakeChannel(MemoryChannel):
         super()._put(queue, message, **kwargs)
 
 
+class FakeLink(MemoryLink):
+    """The fake broker's link: the memory link plus what the fake adds."""
+
+    #: Consumers hear of a cancel (see :meth:`FakeBroker.cancel_consumers`).
+    notifies_cancel = True
+    #: queue.declare-ok counts a queue's consumers (see FakeChannel.queue_declare).
+    counts_consumers = True
+
+
 class FakeTransport(kombu_memory.Transport):
     """Memory transport whose broker fails on demand; see :class:`FakeBroker`."""
 
     Channel = FakeChannel
     polling_interval = 0.01
-    #: queue.declare-ok counts a queue's consumers (see FakeChannel.queue_declare).
-    counts_consumers = True
+    link_class = FakeLink
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
         self.fake_broker: FakeBroker = client.transport_options["fake_broker"]

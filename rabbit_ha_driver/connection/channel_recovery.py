@@ -24,7 +24,6 @@ from rabbit_ha_driver.connection.confirms import ConfirmTracker, settle_after_re
 from rabbit_ha_driver.connection.lifecycle import OPEN_STATES, _Lifecycle
 from rabbit_ha_driver.connection.retry import Deadline
 from rabbit_ha_driver.connection.topology import BindingDecl, ConsumerDecl, ExchangeDecl, QueueDecl
-from rabbit_ha_driver.connection.transport import supports_confirms
 
 LOG = logging.getLogger(__name__)
 
@@ -41,7 +40,8 @@ class _ChannelRecovery(_Lifecycle):
 
     def _open_channel(self) -> None:
         self._life.move(ChannelState.OPENING)
-        channel = self._transport.create_channel(self._raw)
+        assert self._link is not None
+        channel = self._link.channel()
         # The channel tells us first when the broker closes it (see channel.py).
         channel.on_broker_close = self._on_broker_close
         self._active_tags = set()
@@ -53,7 +53,7 @@ class _ChannelRecovery(_Lifecycle):
         self._zero_consumers.clear()
         self._starving.clear()
         self._unsettled = 0
-        self._confirms = supports_confirms(self._transport)
+        self._confirms = self._link.confirms
         self._tracker.lose_all()
         if self._confirms:
             channel.confirm_select()
@@ -154,11 +154,12 @@ class _ChannelRecovery(_Lifecycle):
         """
         waiting, close = self._refused_waiting, self._refused_close
         names = sorted({p.exchange for p in waiting if p.exchange})
-        if not names or close is None:
+        link = self._link
+        if not names or close is None or link is None:
             return
         try:
             with self._request_deadline("channel.open", deadline.cap(self.settings.request_timeout)):
-                probe_channel = self._transport.create_channel(self._raw)
+                probe_channel = link.channel()
         except Exception as error:
             LOG.debug("[%s] could not tell which publish was refused: %s", self.name, error)
             return
@@ -198,9 +199,7 @@ class _ChannelRecovery(_Lifecycle):
         return _ChannelDeclarer(self, channel)
 
     def _deliver(self, decl: ConsumerDecl, channel: Any) -> Callable[[Any], None]:
-        to_python = None
-        if supports_confirms(self._transport):
-            to_python = getattr(channel, "message_to_python", None)
+        to_python = self._link.message_converter(channel) if self._link is not None else None
 
         def deliver(raw_message: Any) -> None:
             message = to_python(raw_message) if to_python is not None else raw_message
@@ -262,11 +261,11 @@ class _ChannelDeclarer:
             # basic.consume with the tag makes RabbitMQ close the connection.
             return
         kwargs: dict[str, Any] = {}
-        if supports_confirms(conn._transport):
+        link = conn._link
+        if link is not None and link.notifies_cancel:
             kwargs["on_cancel"] = conn._on_cancel
+        if link is not None and link.consumer_arguments:
             kwargs["arguments"] = decl.arguments or None
-        elif hasattr(self._channel, "fake_broker"):
-            kwargs["on_cancel"] = conn._on_cancel
         self._channel.basic_consume(queue=queue, no_ack=decl.no_ack,
                                     callback=conn._deliver(decl, self._channel),
                                     consumer_tag=decl.tag, **kwargs)

@@ -22,6 +22,7 @@ import kombu
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import errors
+from rabbit_ha_driver.connection.backend import open_link
 from rabbit_ha_driver.connection.channel import ChannelState, close_of, concerns
 from rabbit_ha_driver.connection.channel_recovery import _ChannelRecovery
 from rabbit_ha_driver.connection.connect_plan import GiveUp, Pause, Why
@@ -29,7 +30,6 @@ from rabbit_ha_driver.connection.lifecycle import OPEN_STATES, State
 from rabbit_ha_driver.connection.refusals import closed_connection, note_refusal
 from rabbit_ha_driver.connection.retry import Deadline
 from rabbit_ha_driver.connection.tls_options import amqp_ssl_options
-from rabbit_ha_driver.connection.transport import DeadlineConnection, supports_confirms
 from rabbit_ha_driver.settings import Host
 
 LOG = logging.getLogger(__name__)
@@ -181,9 +181,9 @@ class _Connecting(_ChannelRecovery):
             plan.succeeded()
             self._stop_if_closing("connection.open")
             self._set_state(State.CONNECTED)
-            heartbeat = getattr(self._raw, "heartbeat", 0) or 0
+            heartbeat = self._link.heartbeat if self._link is not None else 0.0
             where = host.address if host else "memory"
-            self.events.emit(ev.Connected(self.name, where, self.local_port, float(heartbeat)))
+            self.events.emit(ev.Connected(self.name, where, self.local_port, heartbeat))
             if self._last_host is not None and host is not None and self._last_host != host:
                 self.events.emit(ev.FailedOver(self.name, self._last_host.address, host.address))
             self._last_host = host
@@ -231,15 +231,11 @@ class _Connecting(_ChannelRecovery):
                 transport=self._transport_cls, heartbeat=self.liveness.heartbeat,
                 connect_timeout=budget, ssl=self._ssl_options(host),
                 login_method=self.settings.rabbit_login_method, transport_options=options)
-        self._kombu = kconn
-        self._transport = kconn.transport
-        self._raw = self._transport.establish_connection()
-        if isinstance(self._raw, DeadlineConnection):
-            self._raw.frame_write_timeout = self.settings.request_timeout
+        self._link = link = open_link(kconn, frame_write_timeout=self.settings.request_timeout)
         self._host = host
         self._pid = os.getpid()
-        if self.liveness is not None and supports_confirms(self._transport):
-            self.liveness.attach(self._raw)
+        if self.liveness is not None and link.heartbeats:
+            self.liveness.attach(link.raw)
         phase[0] = "channel.open"
         # What is left of the caller's time, not the budget the connect began with.
         with self._request_deadline("channel.open", max(0.05, deadline.cap(self.settings.connect_timeout))):

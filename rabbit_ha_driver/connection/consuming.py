@@ -24,7 +24,6 @@ from rabbit_ha_driver.connection.channel_recovery import POST_RECOVERY_CHECK
 from rabbit_ha_driver.connection.connecting import _Connecting
 from rabbit_ha_driver.connection.lifecycle import OPEN_STATES
 from rabbit_ha_driver.connection.retry import Deadline
-from rabbit_ha_driver.connection.transport import DeadlineConnection, counts_consumers
 
 LOG = logging.getLogger(__name__)
 
@@ -160,11 +159,11 @@ class _Consuming(_Connecting):
           have been sent them.
 
         Only some transports count a queue's consumers (see
-        :func:`counts_consumers`), and RabbitMQ counts none for a stream,
+        :attr:`.backend.Link.counts_consumers`), and RabbitMQ counts none for a stream,
         whose messages stay in it once read: a stream shows neither sign.
         """
         count = getattr(declare_ok, "consumer_count", None)
-        if not counts_consumers(self._transport) or count is None \
+        if self._link is None or not self._link.counts_consumers or count is None \
                 or self._topology.is_stream(key):
             self._zero_consumers.discard(key)
             self._starving.pop(key, None)
@@ -214,10 +213,8 @@ class _Consuming(_Connecting):
         if owner_wait is not None:
             wait = min(wait, owner_wait)
         try:
-            if isinstance(self._raw, DeadlineConnection):
-                self._raw.drain_for(wait)
-            else:
-                self._transport.drain_events(self._raw, timeout=wait)
+            if self._link is not None:
+                self._link.drain(wait)
         except TimeoutError:
             pass
         finally:

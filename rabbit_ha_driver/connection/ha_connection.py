@@ -102,11 +102,11 @@ class Connection(_Publishing):
                     with suppress(OSError, TypeError):
                         _socket.socket.shutdown(raw_socket(sock), socket.SHUT_RDWR)
                 return
-            raw, transport = self._raw, self._transport
-            if raw is not None and os.getpid() == self._pid and self._state in OPEN_STATES:
+            link = self._link
+            if link is not None and os.getpid() == self._pid and self._state in OPEN_STATES:
                 try:
                     with self._request_deadline("connection.close", min(2.0, self.settings.request_timeout)):
-                        transport.close_connection(raw)
+                        link.close()
                 except Exception as error:  # closing a dying connection may fail
                     LOG.debug("[%s] close: %s", self.name, error)
             self._teardown()

@@ -27,15 +27,14 @@ import sys
 import uuid
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
-
-import kombu
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection.amqp_io import Liveness
+from rabbit_ha_driver.connection.backend import Link
 from rabbit_ha_driver.connection.cancels import CancelSchedule
 from rabbit_ha_driver.connection.channel import BrokerClose, ChannelLife, ChannelState
 from rabbit_ha_driver.connection.confirms import ConfirmTracker, Pending
@@ -46,9 +45,7 @@ from rabbit_ha_driver.connection.retry import Backoff, Deadline
 from rabbit_ha_driver.connection.topology import Topology
 from rabbit_ha_driver.connection.transport import (
     AMQPTransport,
-    DeadlineConnection,
     MemoryTransport,
-    supports_confirms,
 )
 from rabbit_ha_driver.settings import Host, Settings
 
@@ -124,9 +121,8 @@ class _Lifecycle:
         self._transport_cls = transport or (MemoryTransport if settings.is_memory else AMQPTransport)
         self._transport_options = dict(transport_options or {})
         self._state = State.NEW
-        self._kombu: kombu.Connection | None = None
-        self._transport: Any = None
-        self._raw: Any = None
+        #: The open link to a broker (see :mod:`.backend`); None when there is none.
+        self._link: Link | None = None
         self._channel: Any = None
         self._host: Host | None = None
         self._last_host: Host | None = None
@@ -227,13 +223,22 @@ class _Lifecycle:
         finally:
             self._lock.release()
 
+    @property
+    def _raw(self) -> Any:
+        """The transport's own connection object (py-amqp's, kombu's memory one)."""
+        return self._link.raw if self._link is not None else None
+
+    @property
+    def _transport(self) -> Any:
+        return self._link.transport if self._link is not None else None
+
     @contextmanager
     def _request_deadline(self, operation: str, seconds: float) -> Iterator[None]:
-        raw = self._raw
-        if isinstance(raw, DeadlineConnection):
-            with raw.deadline(operation, max(0.001, seconds)):
-                yield
-        else:
+        link = self._link
+        if link is None:
+            yield
+            return
+        with link.request_deadline(operation, seconds):
             yield
 
     def _request_budget(self) -> Deadline:
@@ -254,9 +259,7 @@ class _Lifecycle:
         self.events.emit(ev.Unblocked(self.name, self._addr() or "-"))
 
     def _socket(self) -> socket.socket | None:
-        raw = self._raw
-        transport = getattr(raw, "_transport", None) or getattr(raw, "transport", None)
-        return getattr(transport, "sock", None)
+        return self._link.socket() if self._link is not None else None
 
     def _lost(self, reason: str) -> None:
         if self._state in OPEN_STATES:
@@ -267,24 +270,17 @@ class _Lifecycle:
 
     def _teardown(self) -> None:
         self._tracker.lose_all()
-        raw, transport = self._raw, self._transport
+        link, self._link = self._link, None
         self._channel = None
         if self._life.state is not ChannelState.NONE:
             self._life.move(ChannelState.NONE)
-        self._raw = None
-        self._transport = None
         self._host = None
         self._cancels.clear()
         if self.liveness is not None:
             self.liveness.detach()
-        if raw is not None:
+        if link is not None:
             try:
-                if isinstance(raw, DeadlineConnection):
-                    raw.discard()
-                elif supports_confirms(transport):
-                    raw.collect()
-                else:
-                    transport.close_connection(raw)
+                link.discard()
             except Exception as error:
                 LOG.debug("[%s] teardown: %s", self.name, error)
 
@@ -307,7 +303,7 @@ class _Lifecycle:
         connect anew (the socket itself was closed by :meth:`_reinit_after_fork`)."""
         LOG.debug("[%s] process forked; opening a new connection in the child", self.name)
         self._close_inherited_socket()
-        self._raw = None
+        self._link = None
         self._teardown()
         self._pid = os.getpid()
         if self._state in OPEN_STATES:
@@ -327,20 +323,8 @@ class _Lifecycle:
         self._close_inherited_socket()
 
     def _close_inherited_socket(self) -> None:
-        raw = self._raw
-        if raw is None or not supports_confirms(self._transport):
-            return
-        transport = getattr(raw, "_transport", None)
-        sock = getattr(transport, "sock", None)
-        if transport is None or sock is None:
-            return
-        transport.sock = None  # py-amqp's close() then sends and shuts down nothing
-        with suppress(OSError, ValueError):
-            # detach() drops an SSL object without a close_notify; closing
-            # the descriptor in the child leaves the parent's open.
-            fd = sock.detach()
-            if fd >= 0:
-                os.close(fd)
+        if self._link is not None:
+            self._link.forget_after_fork()
 
 
 def _after_fork_in_child() -> None:

@@ -24,7 +24,6 @@ from rabbit_ha_driver.connection.confirms import Outcome, Pending, settled
 from rabbit_ha_driver.connection.consuming import _Consuming
 from rabbit_ha_driver.connection.lifecycle import State
 from rabbit_ha_driver.connection.retry import Deadline
-from rabbit_ha_driver.connection.transport import DeadlineConnection
 
 LOG = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ class _Publishing(_Consuming):
             return
         raw = self._raw
         self._drain_once(WAITING_READ)
-        while raw is self._raw and isinstance(raw, DeadlineConnection) and raw.frame_buffered():
+        while raw is self._raw and self._link is not None and self._link.frame_buffered():
             self._drain_once(WAITING_READ)
 
     def wait_confirm(self, pending: Pending, deadline: Deadline | None = None) -> None:

@@ -35,6 +35,7 @@ from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp as kombu_pyamqp
 
 from rabbit_ha_driver import forks
+from rabbit_ha_driver.connection.backend import AMQPLink, MemoryLink
 from rabbit_ha_driver.connection.channel import RecoverableChannel
 from rabbit_ha_driver.connection.errors import RequestTimeout, WriteTimeout
 from rabbit_ha_driver.connection.inbound import MemoryMessage
@@ -249,6 +250,7 @@ class AMQPTransport(kombu_pyamqp.Transport):
     """kombu's py-amqp transport with deadline-aware connections."""
 
     Connection = DeadlineConnection
+    link_class = AMQPLink
 
     def create_channel(self, connection: Any) -> Any:
         return connection.fresh_channel()
@@ -282,14 +284,5 @@ class MemoryTransport(kombu_memory.Transport):
 
     Channel = MemoryChannel
     polling_interval = 0.01
+    link_class = MemoryLink
 
-
-def counts_consumers(transport: Any) -> bool:
-    """True when ``queue.declare-ok`` says how many consumers a queue has
-    (AMQP does; kombu's memory transport always says 0)."""
-    return supports_confirms(transport) or bool(getattr(transport, "counts_consumers", False))
-
-
-def supports_confirms(transport: Any) -> bool:
-    """True when the transport talks AMQP (publisher confirms, returns, cancels)."""
-    return isinstance(transport, kombu_pyamqp.Transport)
