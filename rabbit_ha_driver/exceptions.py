@@ -157,7 +157,8 @@ class RemoteError(RabbitHAError):
 
 
 class InvalidMessage(RabbitHAError):
-    """A message was not valid JSON in the expected envelope, or too large."""
+    """A message was not valid JSON in the expected envelope, or too large; or
+    a message to send has a property AMQP cannot encode (raised at once, never retried)."""
 
 
 class BadRequest(InvalidMessage):

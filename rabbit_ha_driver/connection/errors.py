@@ -118,6 +118,8 @@ def classify(error: BaseException, operation: str, recovering: bool = False) -> 
         return Action.RAISE
     if isinstance(error, exc.RecoverableError | RequestTimeout):
         return Action.RECONNECT
+    if isinstance(error, exc.RabbitHAError):  # bad input or configuration: a reconnect cannot mend it
+        return Action.RAISE
     if isinstance(error, ssl.SSLCertVerificationError):
         return Action.RAISE
     if isinstance(error, ssl.SSLError) and getattr(error, "reason", None) in TLS_REFUSALS:

@@ -13,8 +13,11 @@ eventlet hub wakes late with its confirm unread).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import struct
+from collections.abc import Iterator
 from typing import Any
 
 from rabbit_ha_driver import exceptions as exc
@@ -97,8 +100,10 @@ class _Publishing(_Consuming):
             message = channel.prepare_message(
                 body, props.pop("priority", None), props.pop("content_type", None),
                 props.pop("content_encoding", None), headers, props)
-            channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
-                                  mandatory=mandatory)
+            with _encoding(exchange, routing_key):
+                # py-amqp encodes every frame before it writes the first.
+                channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
+                                      mandatory=mandatory)
             if not self._confirms:
                 return settled(Outcome.ACKED)  # memory: refused at once if unroutable
             return self._tracker.published(props.get("message_id"), exchange, self._clock.now())
@@ -145,8 +150,9 @@ class _Publishing(_Consuming):
         is left to py-amqp."""
         message_id = (props.setdefault("message_id", self._tracker.next_message_id())
                       if mandatory else None)
-        data = frames.publish(channel.channel_id, self._raw.frame_max, exchange, routing_key,
-                              body, {**props, "headers": headers}, mandatory=mandatory)
+        with _encoding(exchange, routing_key):
+            data = frames.publish(channel.channel_id, self._raw.frame_max, exchange, routing_key,
+                                  body, {**props, "headers": headers}, mandatory=mandatory)
         return None if data is None else (data, message_id, exchange)
 
     def _write_recorded(self, data: bytes, message_id: str | None, exchange: str,
@@ -310,10 +316,32 @@ class _Publishing(_Consuming):
             host=self._addr(), operation="basic.publish")
 
     def _wait_unblocked(self, deadline: Deadline) -> None:
+        """Wait, reading, until the broker unblocks publishing or ``deadline`` passes.
+
+        Not under the request deadline the attempt runs in: a broker that
+        blocked publishing (a resource alarm) answers nothing until it
+        unblocks, and that silence is not a dead connection. Only the
+        caller's deadline ends the wait; a broker that really died is found
+        by the heartbeats, which go on while it is blocked.
+        """
         began = self._clock.now()
         while self._state is State.BLOCKED:
             if deadline.expired():
                 raise exc.MessagingTimeout(
                     f"broker {self._addr()} kept publishing blocked past the deadline",
                     waited=self._clock.now() - began)
-            self._drain_once(deadline.cap(0.5))
+            with self._request_deadline("connection.blocked", deadline.remaining() + 1.0):
+                self._drain_once(deadline.cap(0.5))
+
+
+@contextlib.contextmanager
+def _encoding(exchange: str, routing_key: str) -> Iterator[None]:
+    """A property AMQP cannot encode (a datetime timestamp, a number out of
+    range) is the message's fault, not the connection's: raise it at once
+    instead of reconnecting until the deadline."""
+    try:
+        yield
+    except (struct.error, OverflowError) as error:
+        raise exc.InvalidMessage(
+            f"message to {exchange!r}/{routing_key!r} has a property AMQP cannot encode: "
+            f"{error}") from error
