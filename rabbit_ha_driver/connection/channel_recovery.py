@@ -82,9 +82,8 @@ class _ChannelRecovery(_Lifecycle):
         except Exception as error:
             close = close_of(error)
             operation = close.method if close is not None and close.method else "queue.declare"
-            if operation in _REPLAY_METHODS and \
-                    errors.classify(error, operation, recovering=True) is errors.Action.RAISE:
-                raise errors.translate(error, operation, self._addr()) from error
+            if operation in _REPLAY_METHODS:
+                errors.raise_refusal(error, operation, self._addr(), recovering=True)
             LOG.info("[%s] reopening the channel failed (%s); reconnecting", self.name, error)
             return False
 

@@ -84,8 +84,8 @@ class _Connecting(_ChannelRecovery):
         if close is not None and self._state in OPEN_STATES:
             self._channel_closed(close)
         action = errors.classify(error, operation, recovering)
-        if action is errors.Action.RAISE:
-            refused = errors.translate(error, operation, host)
+        refused = errors.refusal(error, operation, host, recovering=recovering)
+        if refused is not None:
             note_refusal(self, error, operation, refused)
             if errors.closes_channel(error) and self._state in OPEN_STATES:
                 # The broker closed the channel: give the next caller a fresh one,
@@ -96,6 +96,8 @@ class _Connecting(_ChannelRecovery):
             elif closed_connection(error):
                 # The broker closed the connection: the next caller reconnects.
                 self._lost(str(refused))
+            if refused is error:
+                raise
             raise refused from error
         if isinstance(error, errors.RequestTimeout):
             self.events.emit(ev.RequestDeadlineMissed(self.name, host or "-", operation, error.timeout))
@@ -158,11 +160,13 @@ class _Connecting(_ChannelRecovery):
                 self._open(host, deadline, phase, patient)
             except Exception as error:
                 self._teardown()
-                action = errors.classify(error, phase[0], recovering=True)
-                if action is errors.Action.RAISE:
+                refused = errors.refusal(error, phase[0], host.address if host else None,
+                                         recovering=True)
+                if refused is not None:
                     self._set_state(State.FAILED)
-                    refused = errors.translate(error, phase[0], host.address if host else None)
                     note_refusal(self, error, phase[0], refused)
+                    if refused is error:
+                        raise
                     raise refused from error
                 last_error = error
                 self.events.emit(ev.ConnectFailed(self.name, host.address if host else "memory",

@@ -74,8 +74,7 @@ class _Consuming(_Connecting):
                 if close is not None:
                     self._restore_after_close(close, None if patient else bound)
                     return
-                if errors.classify(error, "basic.consume") is errors.Action.RAISE:
-                    raise errors.translate(error, "basic.consume", self._addr()) from error
+                errors.raise_refusal(error, "basic.consume", self._addr())
                 dead = self.liveness.dead_reason if self.liveness is not None else None
                 self._lost(dead or str(errors.translate(error, "basic.consume", self._addr())))
             try:
@@ -231,9 +230,7 @@ class _Consuming(_Connecting):
                     self._topology.replay_queue(self._declarer(self._channel), key)
                 self.events.emit(ev.ConsumerRestored(self.name, self._topology.queue_name(key), True))
             except Exception as error:
-                action = errors.classify(error, "queue.declare", recovering=True)
-                if action is errors.Action.RAISE:
-                    raise errors.translate(error, "queue.declare", self._addr()) from error
+                errors.raise_refusal(error, "queue.declare", self._addr(), recovering=True)
                 LOG.warning("[%s] re-consuming queue %r on the same connection failed (%s); "
                             "reconnecting", self.name, self._topology.queue_name(key), error)
                 self._lost(f"re-consume after cancel failed: {error}")

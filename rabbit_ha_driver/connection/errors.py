@@ -175,6 +175,36 @@ def raised_in_io_layer(error: BaseException) -> bool:
     return isinstance(module, str) and module.partition(".")[0] in IO_PACKAGES
 
 
+def refusal(error: BaseException, operation: str, host: str | None, *,
+            recovering: bool = False) -> BaseException | None:
+    """What the caller gets for ``error`` when retrying cannot mend it; None when it can.
+
+    The one place where errors cross from kombu, py-amqp and the socket into
+    the library: a broker refusal, and any error raised inside the I/O layer,
+    becomes the library's own error (:func:`translate`); an error raised by
+    the library's own code or by a function given to ``ensure()`` (a bug, or
+    bad input: a TypeError, a KeyError) is returned as it is, so the caller
+    sees it for what it is.
+    """
+    if classify(error, operation, recovering) is not Action.RAISE:
+        return None
+    if isinstance(error, exc.RabbitHAError | amqp.exceptions.AMQPError | OSError | EOFError) \
+            or raised_in_io_layer(error):
+        return translate(error, operation, host)
+    return error
+
+
+def raise_refusal(error: BaseException, operation: str, host: str | None, *,
+                  recovering: bool = False) -> None:
+    """Raise :func:`refusal`'s error for ``error`` (from it), or return when retrying may mend it."""
+    refused = refusal(error, operation, host, recovering=recovering)
+    if refused is None:
+        return
+    if refused is error:
+        raise error
+    raise refused from error
+
+
 def closes_channel(error: BaseException) -> bool:
     """True for a broker refusal that closed only the channel, not the connection."""
     return (isinstance(error, amqp.exceptions.AMQPError) and reply_code_of(error) is not None

@@ -205,9 +205,7 @@ class Connection(_Publishing):
                 if close is not None:
                     self._restore_after_close(close)
                     return
-                action = errors.classify(error, "basic.cancel")
-                if action is errors.Action.RAISE:
-                    raise errors.translate(error, "basic.cancel", self._addr()) from error
+                errors.raise_refusal(error, "basic.cancel", self._addr())
                 self._lost(f"basic.cancel failed: {error}")
 
     def delete_queue(self, name: str, deadline: Deadline | None = None) -> None:

@@ -254,8 +254,7 @@ class _Publishing(_Consuming):
                         # Settles every waiting message of the closed channel.
                         self._restore_after_close(close, deadline)
                         continue
-                    if errors.classify(error, "basic.publish") is errors.Action.RAISE:
-                        raise errors.translate(error, "basic.publish", self._addr()) from error
+                    errors.raise_refusal(error, "basic.publish", self._addr())
                     self._lost(str(errors.translate(error, "basic.publish", self._addr())))
                     continue
                 if not pending.done and deadline.expired() and not self._read_what_arrived(pending):

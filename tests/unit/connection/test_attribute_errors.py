@@ -9,12 +9,13 @@ bug: it is raised at once, not retried until the deadline.
 
 from __future__ import annotations
 
+import amqp.exceptions
 import amqp.transport
 import pytest
 from kombu.transport import pyamqp as kombu_pyamqp
 
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.connection import Deadline
+from rabbit_ha_driver.connection import Deadline, State, errors
 from rabbit_ha_driver.connection.errors import Action, classify, raised_in_io_layer
 
 from .conftest import make_connection
@@ -98,8 +99,32 @@ def test_ensure_raises_a_bug_at_once_instead_of_reconnecting(broker, clock, reco
         calls.append(channel)
         return channel.no_such_method_of_the_channel()
 
-    with pytest.raises(exc.RabbitHAError) as info:
+    # The bug reaches the caller as itself, at once: not as a lost connection.
+    with pytest.raises(AttributeError, match="no_such_method_of_the_channel"):
         conn.ensure(declare, operation="queue.declare", deadline=Deadline.after(60, clock))
-    assert isinstance(info.value.__cause__, AttributeError)
-    assert "no_such_method_of_the_channel" in str(info.value)
     assert len(calls) == 1 and len(broker.connects) == 1 and clock.sleeps == []
+    assert conn.state is State.CONNECTED
+
+
+def test_ensure_raises_bad_input_as_itself_and_keeps_the_connection(broker, clock, recorder):
+    conn = make_connection(broker, clock, recorder)
+    conn.connect()
+
+    def declare(channel):
+        return {}["a key the caller forgot"]
+
+    with pytest.raises(KeyError):
+        conn.ensure(declare, operation="queue.declare", deadline=Deadline.after(60, clock))
+    assert conn.state is State.CONNECTED and len(broker.connects) == 1
+
+
+def test_refusal_maps_io_layer_and_broker_errors_once_and_leaves_bugs_alone():
+    broker_refusal = amqp.exceptions.AccessRefused("ACCESS_REFUSED - no", reply_code=403)
+    mapped = errors.refusal(broker_refusal, "queue.declare", "h:1")
+    assert isinstance(mapped, exc.IrrecoverableError) and mapped.reply_code == 403
+    bug = TypeError("our own mistake")
+    try:
+        raise bug
+    except TypeError as raised:
+        assert errors.refusal(raised, "queue.declare", "h:1") is raised
+    assert errors.refusal(ConnectionResetError(), "queue.declare", "h:1") is None
