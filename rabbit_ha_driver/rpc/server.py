@@ -5,7 +5,8 @@ How this works. :class:`MessageHandlingServer` is the part servers share: on
 publishing connection (for replies), subscribes (bounded by a start timeout;
 if the broker is not reachable yet it keeps trying in the background), and
 runs one loop that reserves a worker slot, polls one message and submits its
-handling to the executor. :meth:`~MessageHandlingServer.stop` makes the
+handling to the executor. Its states and their moves are in
+:mod:`.server_lifecycle`. :meth:`~MessageHandlingServer.stop` makes the
 listener stop consuming and give back messages it had not handed out; it
 returns once the loop has ended, which takes at most a drain slice or two.
 :meth:`~MessageHandlingServer.wait` lets running handlers finish (bounded by
@@ -13,24 +14,18 @@ its timeout if one is given), then closes the connections.
 
 :class:`RPCServer` consumes a topic's shared queue, its own ``topic.server``
 queue and its own queue on the topic's fanout exchange. Its
-:class:`Dispatcher` calls ``endpoint.<method>(ctxt, **args)`` on the first
-endpoint that has a public method of that name and accepts the request's
-namespace and version (from an optional ``target`` attribute, as
-oslo.messaging's endpoints have). Names starting with ``_`` are never
-dispatched, nor attributes that are not plain methods (properties, classes,
-data). Arguments are checked against the method's signature before the call,
-so wrong arguments are reported as such and not as an error of the method.
-A call whose caller asked for call monitoring gets a heartbeat every half of
-its monitor timeout while the method runs.
+:class:`~.dispatcher.Dispatcher` calls ``endpoint.<method>(ctxt, **args)`` on
+the first endpoint that has a public method of that name and accepts the
+request's namespace and version; wrong arguments are reported as such and
+not as an error of the method. A call whose caller asked for call monitoring
+gets a heartbeat every half of its monitor timeout while the method runs.
 """
 
 from __future__ import annotations
 
 import abc
-import inspect
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +40,7 @@ from rabbit_ha_driver.events import EventBus
 from rabbit_ha_driver.exceptions import InvalidArguments, NoSuchMethod, UnsupportedVersion
 from rabbit_ha_driver.rpc import envelope
 from rabbit_ha_driver.rpc.client import ConnectionFactory, Publisher, default_connection_factory
+from rabbit_ha_driver.rpc.dispatcher import Dispatcher
 from rabbit_ha_driver.rpc.executors import Executor, make_executor
 from rabbit_ha_driver.rpc.listener import (
     DRAIN_SLICE,
@@ -53,7 +49,22 @@ from rabbit_ha_driver.rpc.listener import (
     RpcIncomingMessage,
     rpc_listener,
 )
+from rabbit_ha_driver.rpc.server_lifecycle import ServerLifecycle, ServerState
 from rabbit_ha_driver.settings import Settings
+
+__all__ = [
+    "PROMOTE_AFTER",
+    "STOP_TIMEOUT",
+    "TOKEN_WAIT",
+    "WATCH_IDLE",
+    "Dispatcher",
+    "InvalidArguments",
+    "MessageHandlingServer",
+    "NoSuchMethod",
+    "RPCServer",
+    "ServerState",
+    "UnsupportedVersion",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -66,96 +77,6 @@ TOKEN_WAIT = 0.05
 PROMOTE_AFTER = 0.005
 #: Seconds without handling after which the watcher stops looking regularly.
 WATCH_IDLE = 1.0
-
-
-def _version_ok(implemented: str | None, requested: str) -> bool:
-    """oslo.messaging's rule: same major, requested minor.rev not newer."""
-    if implemented is None:
-        implemented = "1.0"
-    try:
-        want = [int(p) for p in requested.split(".")] + [0, 0]
-        have = [int(p) for p in implemented.split(".")] + [0, 0]
-    except ValueError:
-        return False
-    return want[0] == have[0] and (want[1], want[2]) <= (have[1], have[2])
-
-
-class Dispatcher:
-    """Finds and calls the endpoint method a request names."""
-
-    def __init__(self, endpoints: Sequence[object]) -> None:
-        if not endpoints:
-            raise ValueError("an RPC server needs at least one endpoint")
-        self.endpoints = list(endpoints)
-        # What a (namespace, version, method) resolves to and each method's
-        # signature, found once: endpoints are fixed when the server starts.
-        self._found: dict[tuple[str | None, str, str], Callable[..., Any]] = {}
-        self._signatures: dict[Callable[..., Any], inspect.Signature | None] = {}
-
-    @staticmethod
-    def _target(endpoint: object) -> tuple[list[str | None], str | None]:
-        target = getattr(endpoint, "target", None)
-        if target is None:
-            return [None], None
-        namespaces = getattr(target, "accepted_namespaces", None)
-        if namespaces is None:
-            namespaces = [getattr(target, "namespace", None)]
-        return list(namespaces), getattr(target, "version", None)
-
-    @staticmethod
-    def _method(endpoint: object, name: str) -> Callable[..., Any] | None:
-        """The bound method ``name`` if it is public and a plain method."""
-        if not name.isidentifier() or name.startswith("_") or name == "target":
-            return None
-        static = inspect.getattr_static(endpoint, name, None)
-        if isinstance(static, staticmethod | classmethod):
-            static = static.__func__
-        if not (inspect.isfunction(static) or inspect.ismethoddescriptor(static)
-                or inspect.isbuiltin(static)):
-            return None
-        method = getattr(endpoint, name)
-        return method if callable(method) else None
-
-    def lookup(self, request: envelope.Request) -> Callable[..., Any]:
-        """The method to call; raises NoSuchMethod or UnsupportedVersion."""
-        version = request.version or "1.0"
-        key = (request.namespace, version, request.method)
-        found = self._found.get(key)
-        if found is None:
-            found = self._found[key] = self._lookup(request, version)
-        return found
-
-    def _lookup(self, request: envelope.Request, version: str) -> Callable[..., Any]:
-        compatible = False
-        for endpoint in self.endpoints:
-            namespaces, implemented = self._target(endpoint)
-            if request.namespace not in namespaces or not _version_ok(implemented, version):
-                continue
-            compatible = True
-            method = self._method(endpoint, request.method)
-            if method is not None:
-                return method
-        if compatible:
-            raise NoSuchMethod(request.method)
-        raise UnsupportedVersion(version, request.method, request.namespace)
-
-    def dispatch(self, request: envelope.Request) -> Any:
-        """Call the method with ``(ctxt, **args)``; its errors propagate."""
-        method = self.lookup(request)
-        try:
-            signature = self._signatures[method]
-        except KeyError:
-            try:
-                signature = inspect.signature(method)
-            except (TypeError, ValueError):
-                signature = None
-            self._signatures[method] = signature
-        if signature is not None:
-            try:
-                signature.bind(request.context, **request.args)
-            except TypeError as error:
-                raise InvalidArguments(request.method, str(error)) from None
-        return method(request.context, **request.args)
 
 
 class MessageHandlingServer(abc.ABC):
@@ -185,7 +106,7 @@ class MessageHandlingServer(abc.ABC):
         self._listener: PollListener | None = None
         self._publisher: Publisher | None = None
         self._join: Callable[[float | None], bool] | None = None
-        self._state = "new"
+        self._life = ServerLifecycle(name, self._clock)
         # Leader/followers: whoever holds the token polls; the worker that
         # receives a message hands the token on and handles the message
         # itself. Once polling has ended the token stays taken.
@@ -197,7 +118,7 @@ class MessageHandlingServer(abc.ABC):
         self._watcher_wake = threading.Event()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} {self._state}>"
+        return f"<{type(self).__name__} {self.name} {self._life.state.value}>"
 
     @property
     def listener(self) -> PollListener | None:
@@ -205,7 +126,7 @@ class MessageHandlingServer(abc.ABC):
 
     @property
     def running(self) -> bool:
-        return self._state == "running"
+        return self._life.state is ServerState.RUNNING
 
     @abc.abstractmethod
     def _make_listener(self, publisher: Publisher) -> PollListener:
@@ -227,9 +148,9 @@ class MessageHandlingServer(abc.ABC):
         queue arguments that differ from an existing queue's).
         """
         with self._lock:
-            if self._state != "new":
-                if self._state == "running":
-                    return
+            if self._life.state is ServerState.RUNNING:
+                return
+            if not self._life.allows(ServerState.RUNNING):
                 raise RuntimeError(f"{self!r} cannot be started again")
             publisher = Publisher(self.settings, self._factory, purpose=f"{self.name}:reply",
                                   clock=self._clock)
@@ -244,7 +165,7 @@ class MessageHandlingServer(abc.ABC):
                 LOG.warning("%r: broker not reachable within %.1fs; subscribing in the "
                             "background", self, self._start_timeout)
             self._listener, self._publisher = listener, publisher
-            self._state = "running"
+            self._life.move(ServerState.RUNNING)
             self._join = self._loop_done.wait
             if not self._executor.reserve(self._start_timeout):
                 raise RuntimeError(f"{self!r}: no free worker to poll with")
@@ -289,7 +210,7 @@ class MessageHandlingServer(abc.ABC):
                 if handed_on:
                     return
                 continue  # nobody took over the polling: poll again
-            self._freed_at = time.monotonic()
+            self._freed_at = self._clock.now()
             self._token.release()
             self._watcher_wake.set()
             self._handle(incoming)
@@ -299,18 +220,21 @@ class MessageHandlingServer(abc.ABC):
 
         While messages keep coming it looks every :data:`PROMOTE_AFTER`
         seconds; after :data:`WATCH_IDLE` seconds without handling it waits
-        for the next one instead.
+        for the next one instead. Times are the server's clock's; the waits
+        are on events, so :meth:`stop` ends them (on a fake clock that is not
+        moved nobody is promoted: the handling worker polls again once done).
         """
-        idle_since = time.monotonic()
+        clock = self._clock
+        idle_since = clock.now()
         while not self._loop_done.is_set():
             freed = self._freed_at
-            now = time.monotonic()
+            now = clock.now()
             if freed is None:
                 if now - idle_since >= WATCH_IDLE:
                     self._watcher_wake.clear()
                     if self._freed_at is None:
                         self._watcher_wake.wait(WATCH_IDLE)
-                    idle_since = time.monotonic()
+                    idle_since = clock.now()
                     continue
             else:
                 idle_since = now
@@ -345,9 +269,9 @@ class MessageHandlingServer(abc.ABC):
     def stop(self) -> None:
         """Stop taking messages; returns once the loop ended (never hangs)."""
         with self._lock:
-            if self._state != "running":
+            if self._life.state is not ServerState.RUNNING:
                 return
-            self._state = "stopping"
+            self._life.move(ServerState.STOPPING)
             listener, join = self._listener, self._join
         assert listener is not None and join is not None
         listener.stop()
@@ -370,7 +294,7 @@ class MessageHandlingServer(abc.ABC):
         returns False if some were still running when it ran out.
         """
         with self._lock:
-            if self._state in ("new", "stopped"):
+            if self._life.state in (ServerState.NEW, ServerState.STOPPED):
                 return True
             listener, publisher, join = self._listener, self._publisher, self._join
         assert listener is not None and publisher is not None and join is not None
@@ -379,7 +303,8 @@ class MessageHandlingServer(abc.ABC):
         listener.cleanup()
         publisher.close()
         with self._lock:
-            self._state = "stopped"
+            if self._life.state is not ServerState.STOPPED:  # another wait() may have ended it
+                self._life.move(ServerState.STOPPED)
         return finished
 
 
