@@ -1,4 +1,4 @@
-"""What each queue the library declares looks like: type, durability, arguments, name.
+"""What each queue the library declares looks like: type, durability, arguments.
 
 How it works. oslo.messaging's rabbit driver declares four kinds of queue,
 and a service on ``rabbit-ha://`` must declare the same ones with the same
@@ -25,11 +25,13 @@ The fanout exchange is durable when ``rabbit_transient_quorum_queue`` is set
 (always auto-delete); topic exchanges are durable like topic queues and
 auto-delete with ``amqp_auto_delete``.
 
-Names: reply queues are ``reply_<id>`` and fanout queues
-``<topic>_fanout_<id>``, where ``<id>`` is random, or with
-``use_queue_manager`` the queue manager's ``<hostname>:<processname>:<N>``
-(:mod:`rabbit_ha_driver.rpc.queue_manager`). A stream fanout is one queue per
-topic, ``<topic>_fanout``, shared by every server.
+Names are :mod:`rabbit_ha_driver.rpc.naming`'s: reply queues are
+``reply_<id>`` and fanout queues ``<topic>_fanout_<id>``, where ``<id>`` is
+random, or with ``use_queue_manager`` the queue manager's
+``<hostname>:<processname>:<N>`` (:mod:`rabbit_ha_driver.rpc.queue_manager`).
+A stream fanout is one queue per topic, ``<topic>_fanout``, shared by every
+server. :mod:`rabbit_ha_driver.rpc.topology` puts names and these rules
+together into the declarations the RPC layer makes.
 
 Stream consumers (``x-stream-offset``): a server starts reading at
 ``"next"``, the stream's end, so a server that starts or restarts receives

@@ -10,7 +10,7 @@ import pytest
 from kombu import compression as kombu_compression
 
 from rabbit_ha_driver.exceptions import InvalidMessage
-from rabbit_ha_driver.rpc import compression, envelope
+from rabbit_ha_driver.rpc import compression, wire
 
 # Kept small: a freed allocation of several MiB would raise glibc's mmap
 # threshold and upset the RSS figures of tests/unit/test_bench.py.
@@ -28,7 +28,7 @@ def test_what_kombu_compresses_is_expanded(method, header):
     body = wrapped({"method": "echo", "args": {"v": "x" * 1000}})
     packed, content_type = kombu_compression.compress(body, method)
     assert content_type == header
-    inner = envelope.decode(packed, **JSON, max_size=LIMIT, compression=header)
+    inner = wire.decode(packed, **JSON, max_size=LIMIT, compression=header)
     assert inner["args"]["v"] == "x" * 1000
     # The library's own compression is kombu's.
     ours, our_header = compression.compress(body, method)
@@ -49,7 +49,7 @@ def test_a_compression_bomb_is_refused_without_expanding_it(pack, header):
     bomb = pack(b" " * (16 * LIMIT))
     assert len(bomb) < LIMIT // 20
     with pytest.raises(InvalidMessage, match="expands beyond the limit of 65536 bytes"):
-        envelope.decode(bomb, **JSON, max_size=LIMIT, compression=header)
+        wire.decode(bomb, **JSON, max_size=LIMIT, compression=header)
 
 
 @pytest.mark.parametrize(("body", "header", "fragment"), [
@@ -60,4 +60,4 @@ def test_a_compression_bomb_is_refused_without_expanding_it(pack, header):
 ])
 def test_bad_compressed_bodies_are_refused(body, header, fragment):
     with pytest.raises(InvalidMessage, match=fragment):
-        envelope.decode(body, **JSON, max_size=LIMIT, compression=header)
+        wire.decode(body, **JSON, max_size=LIMIT, compression=header)

@@ -16,7 +16,7 @@ import pytest
 from oslo_messaging._drivers import impl_rabbit
 
 from rabbit_ha_driver.exceptions import ConfigurationError
-from rabbit_ha_driver.rpc import envelope, queue_types
+from rabbit_ha_driver.rpc import naming, queue_types, topology
 from rabbit_ha_driver.rpc.listener import deletes_fanout_queue
 from rabbit_ha_driver.rpc.queue_manager import SHM_DIR, QueueManager
 from rabbit_ha_driver.settings import from_url
@@ -36,7 +36,7 @@ def oslo_arguments(*, ttl: int, quorum: bool, stream: bool = False, **limits: in
 @pytest.mark.parametrize("limits", [{}, LIMITS])
 def test_topic_queues_match_oslo_messaging(quorum, limits):
     settings = from_url("memory://", rabbit_quorum_queue=quorum, **limits)
-    spec = envelope.topic_queue(settings, "openstack", "t")
+    spec = topology.topic_queue(settings, "openstack", "t")
     # oslo.messaging's declare_topic_consumer: no TTL, quorum per rabbit_quorum_queue.
     assert dict(spec.arguments) == oslo_arguments(ttl=0, quorum=quorum, **limits)
     assert spec.durable is quorum
@@ -48,14 +48,14 @@ def test_reply_and_fanout_queues_match_oslo_messaging(transient_quorum, limits):
     settings = from_url("memory://", rabbit_transient_quorum_queue=transient_quorum,
                         rabbit_transient_queues_ttl=600, **limits)
     expected = oslo_arguments(ttl=600, quorum=transient_quorum, **limits)
-    fanout = envelope.fanout_queue(settings, "t")
+    fanout = topology.fanout_queue(settings, "t")
     assert dict(fanout.arguments) == expected
-    assert dict(envelope.transient_queue_arguments(settings)) == expected
+    assert dict(queue_types.transient_queue_arguments(settings)) == expected
     # declare_direct_consumer / declare_fanout_consumer: durable = transient quorum.
     assert fanout.durable is transient_quorum
     assert queue_types.transient_durable(settings) is transient_quorum
     # fanout_send: the exchange is durable with transient quorum queues, always auto-delete.
-    assert envelope.fanout_exchange(settings, "t") == envelope.ExchangeSpec(
+    assert topology.fanout_exchange(settings, "t") == topology.ExchangeSpec(
         "t_fanout", "fanout", durable=transient_quorum, auto_delete=True)
 
 
@@ -70,16 +70,16 @@ def test_a_transient_queues_ttl_of_0_means_no_expiry_as_in_oslo_messaging(transi
                         rabbit_transient_quorum_queue=transient_quorum,
                         rabbit_stream_fanout=stream)
     expected = oslo_arguments(ttl=0, quorum=transient_quorum, stream=stream)
-    assert dict(envelope.fanout_queue(settings, "t").arguments) == expected
+    assert dict(topology.fanout_queue(settings, "t").arguments) == expected
     assert "x-expires" not in expected and "x-max-age" not in expected
     if not stream:
-        assert dict(envelope.transient_queue_arguments(settings)) == expected
+        assert dict(queue_types.transient_queue_arguments(settings)) == expected
 
 
 def test_stream_fanout_matches_oslo_messaging():
     settings = from_url("memory://", rabbit_transient_quorum_queue=True, rabbit_stream_fanout=True,
                         **LIMITS)
-    spec = envelope.fanout_queue(settings, "t")
+    spec = topology.fanout_queue(settings, "t")
     assert spec.name == "t_fanout" and spec.exchange == "t_fanout" and spec.durable
     assert dict(spec.arguments) == oslo_arguments(ttl=1800, quorum=True, stream=True, **LIMITS)
     assert dict(spec.arguments) == {"x-queue-type": "stream", "x-max-age": "1800s"}
@@ -90,10 +90,10 @@ def test_stream_fanout_matches_oslo_messaging():
 
 def test_amqp_auto_delete_applies_to_topic_exchanges_and_queues():
     settings = from_url("memory://", amqp_auto_delete=True)
-    assert envelope.topic_queue(settings, "openstack", "t").auto_delete
-    assert envelope.topic_exchange(settings, "openstack").auto_delete
-    assert not envelope.fanout_queue(settings, "t").auto_delete
-    assert not envelope.topic_queue(from_url("memory://"), "openstack", "t").auto_delete
+    assert topology.topic_queue(settings, "openstack", "t").auto_delete
+    assert topology.topic_exchange(settings, "openstack").auto_delete
+    assert not topology.fanout_queue(settings, "t").auto_delete
+    assert not topology.topic_queue(from_url("memory://"), "openstack", "t").auto_delete
 
 
 def test_stream_fanout_needs_transient_quorum_queues_and_a_prefetch_limit():
@@ -142,8 +142,8 @@ def test_queue_manager_names_reply_and_fanout_queues():
     process = f"rha-unit-{uuid.uuid4().hex[:8]}"
     settings = from_url("memory://", use_queue_manager=True, hostname="h", processname=process)
     try:
-        assert envelope.reply_queue_name(settings) == f"reply_h:{process}:1"
-        assert envelope.fanout_queue(settings, "t").name == f"t_fanout_h:{process}:2"
+        assert naming.reply_queue_name(settings) == f"reply_h:{process}:1"
+        assert topology.fanout_queue(settings, "t").name == f"t_fanout_h:{process}:2"
     finally:
         (SHM_DIR / f"h_{process}_qmanager").unlink(missing_ok=True)
     assert not queue_types.deletes_own_queues(settings)
