@@ -9,7 +9,9 @@ writer would have. The frame layout (AMQP 0-9-1, section 4.2.3): a type
 octet, the channel as a short, the payload size as a long, the payload and
 the end octet ``0xCE``. A message is a ``basic.publish`` method frame, a
 content header frame (class, weight, body size, property flags, properties)
-and body frames of at most ``frame_max - 8`` bytes each.
+and body frames of at most ``frame_max - 8`` bytes each. A heartbeat is a
+frame of its own type with no payload, always the same eight bytes
+(:data:`HEARTBEAT_FRAME`).
 
 Only the property types of the basic class are supported; a message with a
 property this module does not know (or header values it cannot encode) gets
@@ -26,7 +28,11 @@ from amqp.serialization import dumps as amqp_dumps
 FRAME_METHOD = 1
 FRAME_HEADER = 2
 FRAME_BODY = 3
+FRAME_HEARTBEAT = 8
 FRAME_END = b"\xce"
+
+#: An AMQP heartbeat frame: type 8, channel 0, size 0, frame-end.
+HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 BASIC = 60
 PUBLISH = 40

@@ -23,10 +23,15 @@ is healthy, but the broker stops reading from it, so the kernel's send queue
 can stall on a zero window and a short user timeout would tear it down.
 :func:`suspend_user_timeout` and :func:`set_user_timeout` let the connection
 lift the timeout while blocked and restore it afterwards.
+
+:func:`raw_socket` finds the real socket object behind a TLS or eventlet
+green socket: the one whose ``shutdown`` and non-blocking ``send`` are safe
+from any OS thread and never go through the hub.
 """
 
 from __future__ import annotations
 
+import _socket
 import dataclasses
 import logging
 import socket
@@ -54,6 +59,16 @@ _TCP_OPTS: dict[str, int | None] = {
     "TCP_KEEPCNT": getattr(socket, "TCP_KEEPCNT", None),
     "TCP_USER_TIMEOUT": getattr(socket, "TCP_USER_TIMEOUT", None),
 }
+
+
+def raw_socket(sock: Any) -> _socket.socket:
+    """The real socket object behind a plain, TLS or eventlet green socket."""
+    if isinstance(sock, _socket.socket):
+        return sock
+    inner = getattr(sock, "fd", None)  # eventlet's GreenSocket wraps the real one
+    if isinstance(inner, _socket.socket):
+        return inner
+    raise TypeError(f"not a socket: {sock!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import runners
 from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection.outbox import Outbox
 from rabbit_ha_driver.connection.runners import GreenRunner, Natives, NativeScheduler, Watch
 from rabbit_ha_driver.exceptions import ConfigurationError
 
@@ -325,7 +326,7 @@ def test_shared_scheduler_is_one_thread_per_process():
 
 def test_outbox_runs_posted_calls_later():
     natives = Natives(True, threading, select, os, time)
-    box = runners._Outbox(natives)
+    box = Outbox(natives)
     seen: list[int] = []
     box.post(seen.append, 1)
     box.post(seen.append, 2)

@@ -135,3 +135,17 @@ def test_apply_works_on_an_eventlet_green_socket(tcp_pair):
     client, _ = tcp_pair
     green = greenio.GreenSocket(client)
     assert sockets.apply(green, derive(12)) == sockets.read(client)
+
+
+def test_acknowledged_bytes_of_a_socket_without_tcp_info_are_unknown():
+    a, b = socket.socketpair()  # not TCP: the kernel has no TCP_INFO for it
+    try:
+        assert sockets.bytes_acked(a) is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_raw_socket_of_something_else_is_an_error():
+    with pytest.raises(TypeError, match="not a socket"):
+        sockets.raw_socket(object())

@@ -230,3 +230,110 @@ def test_liveness_over_tls_lets_the_native_scheduler_send(tls_broker, monkeypatc
     sched.run_pending()
     assert recv_exactly(peer, 24) == HEARTBEAT_FRAME * 3
     live.detach()
+
+
+# -- the edges: the end of the stream, a socket that is gone, a record OpenSSL cannot finish at once --
+
+
+def test_a_peer_that_hangs_up_reads_as_the_end_of_the_stream(tls_broker):
+    transport, peer = tls_broker
+    peer.close()  # no close_notify: the TCP connection just ends
+    data: bytes | None = None
+    for _ in range(100):
+        assert select.select([transport.sock], [], [], 5)[0]
+        data = tls_io.read_now(transport.sock, 1024)
+        if data is not None:
+            break
+    assert data == b""
+
+
+class FakeSSLObject:
+    """An SSL object whose writes would block ``blocks`` times, then succeed."""
+
+    def __init__(self, *blocks: type[ssl.SSLError], forever: bool = False) -> None:
+        self.blocks = list(blocks)
+        self.forever = forever
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        if self.forever:
+            raise ssl.SSLWantWriteError()
+        if self.blocks:
+            raise self.blocks.pop(0)()
+        self.written.append(data)
+        return len(data)
+
+
+class Unwrapped:
+    _sslobj = None
+
+
+def test_a_socket_without_its_ssl_object_is_refused():
+    with pytest.raises(OSError, match="read on a closed"):
+        tls_io.read_now(Unwrapped(), 8)
+    with pytest.raises(OSError, match="write on a closed"):
+        tls_io.write_now(Unwrapped(), HEARTBEAT_FRAME, writable=lambda s, t: True, finish_within=1.0)
+
+
+def test_no_room_on_the_socket_writes_nothing():
+    sock = Unwrapped()
+    sock._sslobj = FakeSSLObject()  # type: ignore[assignment]
+    assert tls_io.write_now(sock, HEARTBEAT_FRAME, writable=lambda s, t: False, finish_within=1.0) is False
+    assert sock._sslobj.written == []  # type: ignore[attr-defined]
+
+
+def test_a_record_that_would_block_is_retried_with_the_same_bytes():
+    sock = Unwrapped()
+    sslobj = FakeSSLObject(ssl.SSLWantWriteError, ssl.SSLWantReadError)
+    sock._sslobj = sslobj  # type: ignore[assignment]
+    waits: list[float] = []
+
+    def writable(_: Any, seconds: float) -> bool:
+        waits.append(seconds)
+        return True
+
+    assert tls_io.write_now(sock, HEARTBEAT_FRAME, writable=writable, finish_within=30.0)
+    assert sslobj.written == [HEARTBEAT_FRAME]
+    assert waits[0] == 0.0 and len(waits) == 3 and all(0 < w <= 30.0 for w in waits[1:])
+
+
+def test_a_record_that_cannot_be_finished_in_time_breaks_the_stream():
+    sock = Unwrapped()
+    sock._sslobj = FakeSSLObject(forever=True)  # type: ignore[assignment]
+    with pytest.raises(OSError, match="half written"):
+        tls_io.write_now(sock, HEARTBEAT_FRAME, writable=lambda s, t: True, finish_within=0.0)
+
+
+class FreeGuard:
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def test_waiting_on_a_closed_socket_is_an_error():
+    a, b = socket.socketpair()
+    b.close()
+    reader = tls_io.GuardedReader(a, FreeGuard())
+    assert not reader.green
+    a.close()
+    with pytest.raises(OSError, match="TLS socket closed"):
+        reader._wait_readable(1.0)
+
+
+def test_a_green_socket_waits_in_the_hub():
+    pytest.importorskip("eventlet")
+    from eventlet import greenio
+
+    a, b = socket.socketpair()
+    try:
+        reader = tls_io.GuardedReader(greenio.GreenSocket(a), FreeGuard())
+        assert reader.green
+        reader._wait_readable(0.001)  # nothing arrives: the next turn reports the timeout
+        b.sendall(b"x")
+        reader._wait_readable(5.0)  # returns as soon as the byte is there
+        assert a.recv(1) == b"x"
+    finally:
+        a.close()
+        b.close()
