@@ -2,20 +2,23 @@
 
 How this works. :class:`RabbitHADriver` reads ``[rabbit_ha]`` and the URL once
 into frozen settings, then keeps three things for the life of the transport:
-an :class:`~rabbit_ha_driver.rpc.client.RPCTransport` (one publishing
+an :class:`~rabbit_ha_driver.rpc.transport.RPCTransport` (one publishing
 connection that threads take turns on, the reply queue with its connection
 and draining thread, and the table of calls waiting for replies), a second
-:class:`~rabbit_ha_driver.rpc.client.Publisher` for the replies of its
+:class:`~rabbit_ha_driver.rpc.publisher.Publisher` for the replies of its
 servers, and the connection factory that gives each listener a connection of
 its own.
 
 A send computes its :class:`~rabbit_ha_driver.oslo.policy.SendBudget` first
 and everything it does runs under it; errors become oslo.messaging's here,
 at one boundary (:meth:`RabbitHADriver._publish` and
-:meth:`RabbitHADriver._call`). A call is sent, re-sent when its fate is
-uncertain and waited for by the same
-:class:`~rabbit_ha_driver.rpc.calls.CallSender` as the library's
-``RPCClient.call``.
+:meth:`RabbitHADriver._call`). A call runs on the library's own call path,
+:class:`~rabbit_ha_driver.rpc.calls.OutgoingCall`, as ``RPCClient.call``
+does: registered for its reply, sent, re-sent when its fate is uncertain,
+waited for and reported on the event bus; a cast is published by the
+transport's :class:`~rabbit_ha_driver.rpc.publisher.Publisher`, as
+``RPCClient.cast`` is, with the options oslo.messaging's ``retry`` and
+``transport_options`` ask for.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from oslo_config import cfg
 from oslo_messaging import exceptions as oslo_exc
 from oslo_messaging._drivers import base
 
-from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.events import EventBus, LogSubscriber
@@ -38,16 +40,12 @@ from rabbit_ha_driver.oslo.incoming import OsloPollListener
 from rabbit_ha_driver.oslo.policy import SendBudget, library_url, send_budget
 from rabbit_ha_driver.oslo.wire import encode, remote_exception, with_context
 from rabbit_ha_driver.rpc import envelope
-from rabbit_ha_driver.rpc.calls import CallSender, ResendRule
-from rabbit_ha_driver.rpc.client import (
-    ConnectionFactory,
-    Publisher,
-    Receipt,
-    RPCTransport,
-    default_connection_factory,
-)
+from rabbit_ha_driver.rpc.calls import OutgoingCall
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
 from rabbit_ha_driver.rpc.listener import PollListener, rpc_listener
+from rabbit_ha_driver.rpc.publisher import Publisher
+from rabbit_ha_driver.rpc.receipts import Receipt
+from rabbit_ha_driver.rpc.transport import ConnectionFactory, RPCTransport, default_connection_factory
 from rabbit_ha_driver.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -181,51 +179,29 @@ class RabbitHADriver(base.BaseDriver):
 
     def _call(self, ctxt: Any, message: Mapping[str, Any], exchange: ExchangeSpec, key: str,
               budget: SendBudget, call_monitor_timeout: float | None, what: str) -> Any:
-        """A call, reported on the event bus as the library's own calls are (metrics)."""
-        assert budget.reply_by is not None
-        events, where = self._transport.events, self._transport.publisher.where
-        started = self.clock.now()
-        try:
-            result = self._call_once(ctxt, message, exchange, key, budget, call_monitor_timeout,
-                                     what)
-        except oslo_exc.MessagingTimeout:
-            events.emit(ev.CallTimedOut(*where(), budget.reply_by - started))
-            raise
-        except Exception:
-            events.emit(ev.CallCompleted(*where(), self.clock.now() - started, False))
-            raise
-        events.emit(ev.CallCompleted(*where(), self.clock.now() - started, True))
-        return result
+        """A call on the library's call path, its errors made oslo.messaging's.
 
-    def _call_once(self, ctxt: Any, message: Mapping[str, Any], exchange: ExchangeSpec, key: str,
-                   budget: SendBudget, call_monitor_timeout: float | None, what: str) -> Any:
-        """A call, sent and re-sent by the library's rules (:mod:`rabbit_ha_driver.rpc.calls`).
-
-        The request is written without waiting for its confirm, unless the
-        caller asked to learn of undeliverable messages (``at_least_once``):
-        then the confirm is awaited and a request no queue takes raises
-        ``MessageUndeliverable``.
+        :class:`~rabbit_ha_driver.rpc.calls.OutgoingCall` registers for the
+        reply, sends and re-sends the request by the library's rules, waits
+        for the reply and reports the call on the event bus as the library's
+        own calls are (metrics; a timeout is an oslo.messaging
+        ``MessagingTimeout`` leaving it). What differs from ``RPCClient.call``
+        is oslo.messaging's: the request is encoded as its rabbit driver
+        encodes it, sending ends by the budget's ``send_by`` (``retry``), and
+        with ``at_least_once`` the confirm is awaited and a request no queue
+        takes raises ``MessageUndeliverable``.
         """
         assert budget.reply_by is not None
-        waiters = self._transport.waiters
-        msg_id = envelope.new_id()
-        pending = waiters.register(msg_id, budget.reply_by - self.clock.now(),
-                                   call_monitor_timeout or None, what=f"the reply to {what}")
-        try:
-            replies = self._transport.reply_listener
+        with OutgoingCall(self._transport, what, budget.reply_by - self.clock.now(),
+                          call_monitor_timeout=call_monitor_timeout or None,
+                          timeouts=(oslo_exc.MessagingTimeout,)) as call:
             body = self._encode(with_context(message, ctxt, **{
-                envelope.MSG_ID: msg_id, envelope.REPLY_Q: replies.queue,
+                envelope.MSG_ID: call.msg_id, envelope.REPLY_Q: call.reply_q,
                 envelope.TIMEOUT: call_monitor_timeout}), what)
-            sender = CallSender(
-                self._transport.publisher, waiters, pending, body, exchange, key, what=what,
-                rule=ResendRule.of(self.settings), clock=self.clock,
-                events=self._transport.events, persistent=envelope.durable(self.settings),
-                send_by=budget.send_by, retry_unroutable=budget.unroutable_for,
-                reply_q=replies.queue)
             try:
-                replies.ensure_started(budget.send_by, what)
-                LOG.debug("CALL %s msg_id %s reply queue %s", what, msg_id, replies.queue)
-                sent = sender.send(wait_confirm=budget.undeliverable)
+                sent = call.send(body, exchange, key, send_by=budget.send_by,
+                                 retry_unroutable=budget.unroutable_for,
+                                 wait_confirm=budget.undeliverable)
             except exc.MessagingTimeout as error:
                 raise self._gave_up(error, budget) from error
             except exc.RabbitHAError as error:
@@ -235,15 +211,13 @@ class RabbitHADriver(base.BaseDriver):
                 raise oslo_exc.MessageUndeliverable(exc.Unroutable(reason, reply_code=312),
                                                     exchange.name, key, body)
             try:
-                return sender.wait()
+                return call.wait()
             except exc.MessagingTimeout as error:
                 raise oslo_exc.MessagingTimeout(str(error)) from error
             except exc.RemoteError as error:
                 raise remote_exception(error, self._allowed_remote_exmods) from None
             except exc.RabbitHAError as error:
                 raise oslo_exc.MessageDeliveryFailure(f"{what}: {error}") from error
-        finally:
-            waiters.discard(msg_id)
 
     def send_notification(self, target: Any, ctxt: Any, message: Mapping[str, Any],
                           version: float, retry: int | None = None) -> None:

@@ -35,17 +35,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import Clock
-from rabbit_ha_driver.events import EventBus, RequestResent
+from rabbit_ha_driver.events import CallCompleted, CallTimedOut, EventBus, RequestResent
+from rabbit_ha_driver.rpc import envelope
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec
 from rabbit_ha_driver.rpc.replies import PendingCall, ReplyWaiters
 from rabbit_ha_driver.settings import Settings
 
 if TYPE_CHECKING:
-    from rabbit_ha_driver.rpc.client import Publisher, Receipt
+    from rabbit_ha_driver.rpc.publisher import Publisher
+    from rabbit_ha_driver.rpc.receipts import Receipt
+    from rabbit_ha_driver.rpc.transport import RPCTransport
 
 LOG = logging.getLogger(__name__)
 
@@ -194,3 +198,91 @@ class CallSender:
             self._events.emit(RequestResent(*self.publisher.where(), self.call.msg_id,
                                             self.resends))
         self._publish()
+
+
+class OutgoingCall:
+    """One call on ``transport``, from registering for its reply to the reply.
+
+    Registers for the reply at once (``timeout`` bounds the whole call);
+    encode the request naming :attr:`msg_id` and :attr:`reply_q`, then
+    :meth:`send` it and :meth:`wait` for the result. Use it as a context
+    manager: on the way out the call is forgotten (a late reply is dropped)
+    and reported on the transport's event bus: ``CallTimedOut`` when the
+    error leaving the block is one of ``timeouts`` (the caller's own timeout
+    errors, after any translation), else ``CallCompleted``.
+    """
+
+    def __init__(self, transport: RPCTransport, what: str, timeout: float, *,
+                 call_monitor_timeout: float | None = None,
+                 timeouts: tuple[type[BaseException], ...] = (exc.MessagingTimeout,)) -> None:
+        self.transport = transport
+        self.what = what
+        self.timeout = timeout
+        self._timeouts = timeouts
+        self._clock = transport.clock
+        self.started = self._clock.now()
+        self.msg_id = envelope.new_id()
+        self.replies = transport.reply_listener
+        self.pending = transport.waiters.register(
+            self.msg_id, timeout, call_monitor_timeout, what=f"the reply to {what}")
+        self._sender: CallSender | None = None
+
+    def __repr__(self) -> str:
+        return f"<OutgoingCall {self.what} msg_id {self.msg_id}>"
+
+    @property
+    def reply_q(self) -> str:
+        """The queue the reply comes to; the request names it."""
+        return self.replies.queue
+
+    @property
+    def deadline(self) -> float:
+        """When the call gives up waiting, on the transport's clock."""
+        return self.pending.deadline
+
+    def __enter__(self) -> OutgoingCall:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        transport = self.transport
+        transport.waiters.discard(self.msg_id)
+        where = transport.publisher.where()
+        if error is None:
+            transport.events.emit(CallCompleted(*where, self._clock.now() - self.started, True))
+        elif isinstance(error, self._timeouts):
+            transport.events.emit(CallTimedOut(*where, self.timeout))
+        elif isinstance(error, Exception):
+            transport.events.emit(CallCompleted(*where, self._clock.now() - self.started, False))
+
+    def send(self, body: bytes, exchange: ExchangeSpec, routing_key: str, *,
+             send_by: float | None = None, retry_unroutable: float | None = None,
+             wait_confirm: bool = False) -> bool:
+        """Start the reply queue and send the request by :class:`CallSender`'s rules.
+
+        ``send_by`` bounds sending (default: the call's deadline);
+        ``retry_unroutable`` and ``wait_confirm`` are :class:`CallSender`'s.
+        Returns False only with ``wait_confirm``, when no queue took the
+        request. Raises MessagingTimeout (sending did not finish by
+        ``send_by``) and what :meth:`CallSender.send` raises.
+        """
+        transport = self.transport
+        settings = transport.settings
+        sender = CallSender(transport.publisher, transport.waiters, self.pending, body,
+                            exchange, routing_key, what=self.what, rule=ResendRule.of(settings),
+                            clock=self._clock, events=transport.events,
+                            persistent=envelope.durable(settings), send_by=send_by,
+                            retry_unroutable=retry_unroutable, reply_q=self.reply_q)
+        self._sender = sender
+        self.replies.ensure_started(sender.send_by, self.what)
+        LOG.debug("CALL %s msg_id %s reply queue %s", self.what, self.msg_id, self.reply_q)
+        return sender.send(wait_confirm=wait_confirm)
+
+    def wait(self) -> Any:
+        """The reply's result (the request re-sent meanwhile by the rules above).
+
+        Raises RemoteError, MessagingTimeout, ClientClosed.
+        """
+        if self._sender is None:
+            raise RuntimeError(f"{self.what}: wait() before send()")
+        return self._sender.wait()

@@ -35,7 +35,7 @@ from rabbit_ha_driver.oslo.incoming import OsloRpcIncoming
 from rabbit_ha_driver.oslo.policy import attempt_window
 from rabbit_ha_driver.oslo.wire import encode, remote_exception, with_context
 from rabbit_ha_driver.rpc import envelope
-from rabbit_ha_driver.rpc.client import ConnectionFactory
+from rabbit_ha_driver.rpc.transport import ConnectionFactory
 from rabbit_ha_driver.settings import Settings, from_url
 from rabbit_ha_driver.testing import FakeBroker, FakeTransport
 
@@ -385,6 +385,45 @@ def test_a_call_whose_request_was_lost_with_its_connection_is_sent_again(
             client.call({}, "echo", value=1)
         assert LosesTheFirstRequest.sent == [] and resent == []
     assert endpoint.casts == []
+
+
+def test_calls_are_reported_on_the_event_bus_as_the_librarys_own(transports, broker, serve,
+                                                                 topic):
+    transport = transports()
+    serve(transport)
+    seen: list = []
+    transport._driver.events.subscribe(lambda e: seen.append(e) if isinstance(
+        e, (events.CallCompleted, events.CallTimedOut)) else None)
+    client = om.get_rpc_client(transport, om.Target(topic=topic), timeout=5)
+    assert client.call({}, "echo", value=1)["value"] == 1
+    with pytest.raises(ValueError):
+        client.call({}, "boom")
+    with pytest.raises(om.MessagingTimeout):
+        client.prepare(topic=f"{topic}-nobody", timeout=0.3).call({}, "echo", value=1)
+    with pytest.raises(om.MessageUndeliverable):
+        client.prepare(topic=f"{topic}-nobody", transport_options=om.TransportOptions(
+            at_least_once=True)).call({}, "echo", value=1)
+    completed, failed, timed_out, undeliverable = seen
+    assert isinstance(completed, events.CallCompleted) and completed.ok
+    assert isinstance(failed, events.CallCompleted) and not failed.ok
+    assert isinstance(timed_out, events.CallTimedOut)
+    assert timed_out.timeout == pytest.approx(0.3, abs=0.05)
+    assert isinstance(undeliverable, events.CallCompleted) and not undeliverable.ok
+
+
+def test_a_call_whose_retries_run_out_first_fails_and_is_no_timeout(transports, broker, topic):
+    seen: list = []
+    transport = transports()
+    transport._driver.events.subscribe(lambda e: seen.append(e) if isinstance(
+        e, (events.CallCompleted, events.CallTimedOut)) else None)
+    broker.down_hosts.add("h1:1")
+    client = om.get_rpc_client(transport, om.Target(topic=topic), timeout=5, retry=0)
+    started = time.monotonic()
+    with pytest.raises(om.MessageDeliveryFailure, match="could not"):
+        client.call({}, "echo", value=1)
+    assert time.monotonic() - started < 2.0  # one attempt window, not the timeout
+    [failed] = seen
+    assert isinstance(failed, events.CallCompleted) and not failed.ok
 
 
 def test_a_remote_exception_is_raised_as_oslo_messaging_raises_it(transports, serve, topic):

@@ -392,7 +392,7 @@ def test_an_unexpected_error_while_writing_leaves_the_publisher_usable(publisher
 
 def test_beyond_the_window_the_oldest_half_is_settled_before_the_next_write(
         publisher_for, clock, monkeypatch):
-    monkeypatch.setattr(client, "CONFIRM_WINDOW", 4)
+    monkeypatch.setattr("rabbit_ha_driver.rpc.receipts.CONFIRM_WINDOW", 4)
     conn = ScriptedConnection()
     publisher = publisher_for(conn)
     receipts = [write(publisher, clock) for _ in range(4)]
@@ -408,7 +408,7 @@ def test_beyond_the_window_the_oldest_half_is_settled_before_the_next_write(
 
 
 def test_messages_confirmed_as_written_never_fill_the_window(publisher_for, clock, monkeypatch):
-    monkeypatch.setattr(client, "CONFIRM_WINDOW", 4)
+    monkeypatch.setattr("rabbit_ha_driver.rpc.receipts.CONFIRM_WINDOW", 4)
     conn = ScriptedConnection(acked_at_once=True)
     publisher = publisher_for(conn)
     receipts = [write(publisher, clock) for _ in range(20)]
@@ -518,7 +518,7 @@ def test_a_returned_message_being_resent_does_not_hold_up_the_receipts_after_it(
 
 def test_a_write_beyond_the_window_does_not_wait_for_a_returned_messages_resend(
         publisher_for, clock, monkeypatch):
-    monkeypatch.setattr(client, "CONFIRM_WINDOW", 2)
+    monkeypatch.setattr("rabbit_ha_driver.rpc.receipts.CONFIRM_WINDOW", 2)
     conn = ScriptedConnection({1: Outcome.RETURNED})
     conn.resend_gate = threading.Event()
     publisher = publisher_for(conn)
