@@ -16,11 +16,13 @@ look at. Gauges (``connected``, ``blocked``) follow the connection's
 lifecycle state; per host they are the number of connections in that state on
 the host. Time spent blocked is measured on an injectable clock.
 
-The connection layer emits every event counted here except the three RPC
-facts defined below (:class:`CallCompleted`, :class:`CallTimedOut`,
-:class:`UnroutableRetry`), which belong to the RPC layer and go on the bus of
-its connections. :meth:`Metrics.snapshot` returns plain dicts (safe to serialise or
-compare), :meth:`Metrics.log_summary` writes them as log lines, and
+The connection layer emits every event counted here except those of
+:mod:`rabbit_ha_driver.rpc_events` (calls completed and timed out, messages
+returned unroutable, requests sent again, repeated requests), which belong to
+the RPC layer and go on the bus of its connections. What is counted, and the
+latency histogram, are in :mod:`rabbit_ha_driver.metric_series`.
+:meth:`Metrics.snapshot` returns plain dicts (safe to serialise or compare),
+:meth:`Metrics.log_summary` writes them as log lines, and
 :mod:`rabbit_ha_driver.prometheus` exposes them to a Prometheus registry when
 ``prometheus-client`` is installed.
 
@@ -30,10 +32,8 @@ a consumer's, a caller's), so every update takes one short lock.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,96 +41,36 @@ from typing import Any
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import forks
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
+from rabbit_ha_driver.metric_series import (
+    COUNTERS,
+    DEFAULT_LATENCY_BUCKETS,
+    GAUGES,
+    Histogram,
+    Series,
+)
+
+__all__ = [
+    "COUNTERS",
+    "DEFAULT_LATENCY_BUCKETS",
+    "GAUGES",
+    "CallCompleted",
+    "CallTimedOut",
+    "Histogram",
+    "Metrics",
+    "UnroutableRetry",
+]
 
 LOG = logging.getLogger(__name__)
 
-#: Upper bounds, in seconds, of the call latency histogram's buckets; a last
-#: ``+Inf`` bucket is implied. They cover a fast loopback call (milliseconds)
-#: up to oslo.messaging's default 60 s call timeout.
-DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)
-
-#: Counters kept for every connection and every host, with what each counts.
-COUNTERS: dict[str, str] = {
-    "connects": "AMQP handshakes that succeeded",
-    "reconnects": "handshakes after the first one of a connection",
-    "connect_failures": "connect attempts to one host that failed",
-    "connections_lost": "established connections that failed",
-    "failovers": "recoveries onto a different host (counted for the host left)",
-    "consumer_cancels": "consumers cancelled by the broker (basic.cancel)",
-    "consumers_restored": "cancelled consumers consuming again",
-    "consumers_lost": "consumers the broker lost without a cancel, consuming again",
-    "heartbeats_missed": "times nothing arrived for longer than 1.5 heartbeat intervals",
-    "declared_dead": "connections declared dead for lack of inbound traffic",
-    "blocks": "times the broker blocked publishing (resource alarm)",
-    "blocked_seconds": "seconds spent blocked by the broker",
-    "request_deadlines_missed": "synchronous AMQP requests with no reply before their deadline",
-    "requests_resent": "call requests sent again after their fate was uncertain",
-    "duplicate_requests_answered": "repeated call requests answered from a server's reply cache",
-    "duplicate_requests_dropped": "repeated call requests dropped while the first copy ran",
-    "unroutable_retries": "messages returned unroutable and sent again",
-    "calls": "RPC calls that ended (with a result, an error or a timeout)",
-    "call_errors": "RPC calls that ended with an error other than a timeout",
-    "call_timeouts": "RPC calls that timed out",
-}
-
-#: Gauges kept for every connection (0 or 1) and every host (a count).
-GAUGES: dict[str, str] = {
-    "connected": "connections that are open (connected or blocked)",
-    "blocked": "connections the broker is blocking",
-}
-
-_OPEN_STATES = frozenset({"connected", "blocked"})
-
-
-# -- RPC-level events ------------------------------------------------------------
-
-
-# RPC-level events live in rabbit_ha_driver.events with the others.
+# The RPC layer's events, still importable from here.
 CallCompleted = ev.CallCompleted
 CallTimedOut = ev.CallTimedOut
 UnroutableRetry = ev.UnroutableRetry
 
+_OPEN_STATES = frozenset({"connected", "blocked"})
+
 
 # -- the tables ------------------------------------------------------------------
-
-
-class Histogram:
-    """Cumulative buckets, sum, count and maximum of observed values."""
-
-    def __init__(self, bounds: Iterable[float] = DEFAULT_LATENCY_BUCKETS) -> None:
-        self.bounds = tuple(sorted(bounds))
-        self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
-        self.count = 0
-        self.sum = 0.0
-        self.max = 0.0
-
-    def observe(self, value: float) -> None:
-        self._counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.sum += value
-        self.max = max(self.max, value)
-
-    def snapshot(self) -> dict[str, Any]:
-        """``count``, ``sum``, ``max`` and ``buckets`` (upper bound -> cumulative count)."""
-        buckets: dict[float, int] = {}
-        running = 0
-        for bound, n in zip((*self.bounds, math.inf), self._counts, strict=True):
-            running += n
-            buckets[bound] = running
-        return {"count": self.count, "sum": self.sum, "max": self.max, "buckets": buckets}
-
-
-class _Series:
-    """The counters, gauges and latency of one connection or one host."""
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.counters: dict[str, float] = dict.fromkeys(COUNTERS, 0)
-        self.latency = Histogram(bounds)
-
-    def add(self, name: str, amount: float = 1) -> None:
-        self.counters[name] += amount
 
 
 @dataclasses.dataclass
@@ -157,8 +97,8 @@ class Metrics:
         self._bounds = tuple(sorted(latency_buckets))
         self._lock = threading.Lock()
         self._conns: dict[str, _ConnState] = {}
-        self._by_conn: dict[str, _Series] = {}
-        self._by_host: dict[str, _Series] = {}
+        self._by_conn: dict[str, Series] = {}
+        self._by_host: dict[str, Series] = {}
         self._attached: dict[int, tuple[ev.EventBus, Callable[[], None]]] = {}
         forks.at_fork_in_child(self._after_fork)
 
@@ -225,7 +165,7 @@ class Metrics:
         conn = self._conns.get(name)
         if conn is None:
             conn = self._conns[name] = _ConnState()
-            self._by_conn[name] = _Series(self._bounds)
+            self._by_conn[name] = Series(self._bounds)
         return conn
 
     def _count(self, event: ev.Event, name: str, amount: float = 1,
@@ -247,10 +187,10 @@ class Metrics:
                 return str(candidate)
         return None
 
-    def _host(self, host: str) -> _Series:
+    def _host(self, host: str) -> Series:
         series = self._by_host.get(host)
         if series is None:
-            series = self._by_host[host] = _Series(self._bounds)
+            series = self._by_host[host] = Series(self._bounds)
         return series
 
     def _end_block(self, name: str, conn: _ConnState) -> None:

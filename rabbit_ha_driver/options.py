@@ -6,6 +6,13 @@ registering differently defined options under ``oslo_messaging_rabbit`` would
 raise ``DuplicateOptError`` as soon as oslo.messaging's rabbit driver loads in
 the same process.
 
+Where the options are. Each ``cfg.Opt`` is defined with the layer that reads
+it: :mod:`~rabbit_ha_driver.connection_options` (brokers, failover, liveness,
+TLS), :mod:`~rabbit_ha_driver.queue_options` (consumers, durability, queue
+types) and :mod:`~rabbit_ha_driver.rpc_options` (RPC, the metrics endpoint).
+This module gathers them into :data:`ALL_OPTS`, in the order of the sample
+file, and registers and lists them; every list is importable from here.
+
 How values are read: :func:`from_conf` reads every option of ``[rabbit_ha]``
 (oslo.config checks types and bounds), takes each value by the one rule of
 :mod:`rabbit_ha_driver.precedence` (URL query, then ``[rabbit_ha]``, then the
@@ -33,442 +40,34 @@ from typing import Any
 from oslo_config import cfg
 
 from rabbit_ha_driver import precedence
+from rabbit_ha_driver.connection_options import broker_opts, liveness_opts, retry_opts, tls_opts
 from rabbit_ha_driver.exceptions import ConfigurationError
-from rabbit_ha_driver.settings import (
-    DEFAULT_HOSTNAME,
-    DEFAULT_PROCESSNAME,
-    GROUP,
-    Settings,
-    parse_transport_url,
-    validated,
-)
+from rabbit_ha_driver.queue_options import consumer_opts, queue_type_opts
+from rabbit_ha_driver.rpc_options import metrics_opts, rpc_opts
+from rabbit_ha_driver.settings import GROUP, Settings, parse_transport_url, validated
+
+__all__ = [
+    "ALL_OPTS",
+    "GROUP",
+    "UPSTREAM",
+    "broker_opts",
+    "consumer_opts",
+    "from_conf",
+    "from_url",
+    "list_opts",
+    "liveness_opts",
+    "metrics_opts",
+    "opt_by_name",
+    "queue_type_opts",
+    "register_opts",
+    "retry_opts",
+    "rpc_opts",
+    "tls_opts",
+]
 
 # The unknown-key warnings keep the logger operators know them by
 # (docs/troubleshooting.rst), from when reading lived in settings.
 LOG = logging.getLogger("rabbit_ha_driver.settings")
-
-broker_opts = [
-    cfg.StrOpt(
-        "transport_url",
-        default="memory://",
-        secret=True,
-        help="Where the brokers are, in oslo.messaging's transport URL syntax: "
-        "rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost (schemes "
-        "rabbit, rabbit-ha, amqp; amqps or ssl=true for TLS). List every node "
-        "of the cluster: failover only moves between the hosts given here. "
-        "Options of this group may be given in the query string, e.g. "
-        "?heartbeat_timeout_threshold=10. memory:// is kombu's in-process "
-        "transport, for demos and tests.",
-    ),
-    cfg.StrOpt(
-        "kombu_failover_strategy",
-        choices=("round-robin", "shuffle"),
-        default="round-robin",
-        help="Order in which the hosts are tried after a connection error: in "
-        "the order given, or shuffled once per process (spreads a fleet over the "
-        "cluster).",
-    ),
-    cfg.StrOpt(
-        "connection_name",
-        help="Name shown for this process's connections in the broker's "
-        "connection list (management UI, rabbitmqctl list_connections). "
-        "Default: '<program>:<pid>:<hostname>'.",
-    ),
-    cfg.FloatOpt(
-        "connect_timeout",
-        default=5.0,
-        min=0.1,
-        help="Seconds allowed for one TCP connect, TLS handshake and AMQP "
-        "handshake to one host before trying the next.",
-    ),
-]
-
-retry_opts = [
-    cfg.FloatOpt(
-        "rabbit_retry_interval",
-        default=0.2,
-        min=0.0,
-        help="Seconds to wait before the first reconnect attempt after a full "
-        "pass over the hosts failed. Moving to the next host of a pass is "
-        "immediate.",
-    ),
-    cfg.FloatOpt(
-        "rabbit_retry_backoff",
-        default=1.0,
-        min=0.0,
-        help="Seconds added to the wait after each further failed pass over the "
-        "hosts.",
-    ),
-    cfg.FloatOpt(
-        "rabbit_interval_max",
-        default=3.0,
-        min=0.0,
-        help="Cap, in seconds, on the wait between passes over the hosts. Kept "
-        "low so a service is serving again within seconds of a cluster's "
-        "return. A random jitter of up to 20% is added.",
-    ),
-    cfg.IntOpt(
-        "rabbit_max_retries",
-        default=0,
-        min=0,
-        help="Reconnect attempts a background consumer makes before it gives up "
-        "and reports the connection failed; 0 means it keeps trying (a server "
-        "should). Calls, casts and notifications are bounded by their deadline "
-        "whatever this says.",
-    ),
-    cfg.FloatOpt(
-        "request_timeout",
-        default=10.0,
-        min=0.1,
-        help="Deadline, in seconds, for every synchronous AMQP request (declare, "
-        "bind, consume, cancel, qos, close). It does not restart on incoming "
-        "heartbeats. A request that misses it counts as a dead channel and goes "
-        "through recovery.",
-    ),
-]
-
-liveness_opts = [
-    cfg.IntOpt(
-        "heartbeat_timeout_threshold",
-        default=4,
-        min=0,
-        help="T, in seconds: a connection that has received nothing for T "
-        "seconds is declared dead and recovery starts (within T + 1 s). The "
-        "heartbeat negotiated with the broker is shorter than T so that a "
-        "healthy idle connection is never declared dead. 0 disables AMQP "
-        "heartbeats; TCP keepalive and TCP_USER_TIMEOUT then fall back to fixed "
-        "defaults. Values between 1 and 2 are refused.",
-    ),
-    cfg.FloatOpt(
-        "heartbeat_rate",
-        default=1.5,
-        min=1.0,
-        help="Kept for oslo.messaging configurations: how many times per "
-        "negotiated heartbeat interval the scheduler may send a heartbeat frame. "
-        "The scheduler wakes at deadlines, not on a fixed tick; this only sets "
-        "how early a heartbeat goes out.",
-    ),
-    cfg.StrOpt(
-        "heartbeat_runner",
-        default="auto",
-        choices=(
-            ("auto", "an OS thread; when eventlet has monkey-patched the "
-             "process it bypasses the hub, so heartbeats survive a blocked hub"),
-            ("green", "an eventlet green thread; stalls while the hub is blocked"),
-            ("native", "one OS thread for all connections; survives a blocked "
-             "eventlet hub"),
-        ),
-        help="What keeps heartbeats flowing and watches for dead connections.",
-    ),
-    cfg.BoolOpt(
-        "tcp_keepalive",
-        default=True,
-        help="Set SO_KEEPALIVE on every broker socket.",
-    ),
-    cfg.IntOpt(
-        "tcp_keepidle",
-        min=1,
-        help="Seconds of idleness before the first keepalive probe "
-        "(TCP_KEEPIDLE). Default: T, or 60 when heartbeats are off.",
-    ),
-    cfg.IntOpt(
-        "tcp_keepintvl",
-        min=1,
-        help="Seconds between keepalive probes (TCP_KEEPINTVL). Default: "
-        "max(1, T / 3), or 10 when heartbeats are off.",
-    ),
-    cfg.IntOpt(
-        "tcp_keepcnt",
-        min=1,
-        help="Unanswered keepalive probes before the kernel drops the "
-        "connection (TCP_KEEPCNT). Default: 3.",
-    ),
-    cfg.FloatOpt(
-        "tcp_user_timeout",
-        min=0.0,
-        help="Seconds that written data may stay unacknowledged before the "
-        "kernel drops the connection (TCP_USER_TIMEOUT); this finds a dead peer "
-        "while a write is pending, which keepalive cannot. 0 leaves the kernel "
-        "default. Default: T + 1, or 30 when heartbeats are off. A broker that "
-        "blocks a publisher for a resource alarm stops reading, so too short a "
-        "value tears down blocked connections: keep it above a few seconds.",
-    ),
-]
-
-consumer_opts = [
-    cfg.FloatOpt(
-        "kombu_reconnect_delay",
-        default=1.0,
-        min=0.0,
-        max=60.0,
-        help="Seconds to wait after the broker cancels a consumer (consumer "
-        "cancel notification) before re-declaring the queue and consuming "
-        "again. Re-subscribing at once can race the broker's own leader "
-        "election.",
-    ),
-    cfg.FloatOpt(
-        "consumer_check_interval",
-        default=10.0,
-        min=0.0,
-        help="Seconds between checks, while a connection consumes, that its "
-        "queues still exist (a passive declare). The broker normally says when it "
-        "drops a consumer (basic.cancel), but has been seen not to when a queue "
-        "is deleted under traffic; a missing queue is then declared again and "
-        "consumed at once. 0 turns the check off.",
-    ),
-    cfg.BoolOpt(
-        "enable_cancel_on_failover",
-        default=False,
-        help="Ask the broker to cancel consumers of a classic mirrored queue "
-        "when its master moves (x-cancel-on-ha-failover), so a promotion is "
-        "handled like any consumer cancel notification.",
-    ),
-    cfg.IntOpt(
-        "rabbit_qos_prefetch_count",
-        default=64,
-        min=0,
-        help="Unacknowledged deliveries a consumer may hold (basic.qos). "
-        "Bounded so that few deliveries are stranded on a connection that "
-        "dies. 0 means unbounded and is not recommended.",
-    ),
-    cfg.BoolOpt(
-        "amqp_durable_queues",
-        default=False,
-        help="Declare durable exchanges and queues, and publish casts as "
-        "persistent messages.",
-    ),
-    cfg.BoolOpt(
-        "rabbit_quorum_queue",
-        default=False,
-        help="Declare quorum queues (x-queue-type: quorum) for topic and server "
-        "queues, so casts survive the loss of a node. Quorum queues are always "
-        "durable.",
-    ),
-    cfg.IntOpt(
-        "rabbit_transient_queues_ttl",
-        default=1800,
-        min=0,
-        help="Seconds after its owner disappears that a reply or fanout queue "
-        "is deleted by the broker (x-expires); with rabbit_stream_fanout, how "
-        "long the fanout stream keeps a message (x-max-age). 0, as in "
-        "oslo.messaging, sets neither: such queues are never deleted and the "
-        "stream grows without bound unless a broker policy deletes or bounds "
-        "them.",
-    ),
-]
-
-tls_opts = [
-    cfg.BoolOpt("ssl", default=False, help="Connect with TLS."),
-    cfg.StrOpt("ssl_ca_file", default="", help="CA bundle that signs the "
-               "brokers' certificates. Empty: the system's default CAs."),
-    cfg.StrOpt("ssl_cert_file", default="", help="Client certificate, when "
-               "the broker asks for one."),
-    cfg.StrOpt("ssl_key_file", default="", help="Private key of the client "
-               "certificate."),
-    cfg.BoolOpt(
-        "ssl_enforce_hostname_verification",
-        default=True,
-        help="Check that the broker's certificate names the host connected to. "
-        "On by default whenever TLS is on. Off, the certificate chain is still "
-        "verified (against ssl_ca_file or the system's CAs): for brokers reached "
-        "by an IP address or a virtual IP their certificates do not name.",
-    ),
-    cfg.StrOpt(
-        "ssl_version",
-        default="",
-        help="Lowest TLS version accepted: TLSv1_2 or TLSv1_3 (case does not "
-        "matter). Empty or SSLv23: Python's default (TLS 1.2 and later on current "
-        "OpenSSL). A higher version is used when both ends support it. TLSv1 and "
-        "TLSv1_1 are refused: they are insecure.",
-    ),
-    cfg.StrOpt(
-        "rabbit_login_method",
-        default="AMQPLAIN",
-        choices=(
-            ("AMQPLAIN", "user name and password of the URL, AMQP table encoding"),
-            ("PLAIN", "user name and password of the URL, SASL PLAIN"),
-            ("EXTERNAL", "the client certificate (ssl_cert_file) names the user; "
-             "needs TLS and the broker's rabbitmq_auth_mechanism_ssl plugin"),
-        ),
-        help="SASL mechanism of the AMQP login.",
-    ),
-]
-
-rpc_opts = [
-    cfg.IntOpt(
-        "rpc_response_timeout",
-        default=60,
-        min=1,
-        help="Default timeout of an RPC call, in seconds: it bounds sending, "
-        "retrying and waiting for the reply together.",
-    ),
-    cfg.FloatOpt(
-        "publish_timeout",
-        default=30.0,
-        min=0.0,
-        help="Deadline, in seconds, for a cast or notification to be confirmed "
-        "by the broker, retries included. 0 means retry forever.",
-    ),
-    cfg.StrOpt(
-        "cast_confirm",
-        default="background",
-        choices=[
-            ("background", "cast() returns once the message is written; its confirm is "
-             "read later, together with those of the casts that follow"),
-            ("wait", "cast() returns once the broker confirmed the message"),
-        ],
-        help="How casts and fanout casts sent through the oslo.messaging driver "
-        "(rabbit-ha://) wait for the broker's publisher confirm. With background, "
-        "a cast that the broker returns, nacks or whose confirm is lost with the "
-        "connection is sent again until publish_timeout, and one that still fails "
-        "is logged as an error naming it; a cast that cannot even be written "
-        "raises at once, as with wait. With wait, cast() raises when the message "
-        "could not be delivered; a cast with a retry limit, or with the "
-        "at_least_once transport option, always waits. The library's own RPCClient.cast() always waits; "
-        "RPCClient.cast_async() returns a receipt instead.",
-    ),
-    cfg.FloatOpt(
-        "rpc_resend_uncertain_after",
-        default=1.0,
-        min=0.0,
-        help="Seconds a call waits for its reply, after the connection died between "
-        "writing its request and the broker's confirm, before it sends the same "
-        "request again (same message id; a server that already ran it answers "
-        "from its reply cache). Capped at half the time the call has left; at "
-        "most 3 times per call, never past its timeout. 0: never sent again, the "
-        "call waits for a reply that may not come.",
-    ),
-    cfg.IntOpt(
-        "rpc_reply_cache_size",
-        default=1024,
-        min=0,
-        help="Replies an RPC server (each listener) keeps, by the request's message "
-        "id, to answer a request that arrives again without running it twice. "
-        "0 disables the cache (a repeated request then runs again).",
-    ),
-    cfg.FloatOpt(
-        "rpc_reply_cache_ttl",
-        default=300.0,
-        min=1.0,
-        help="Seconds a server keeps a reply (or the mark of a request still "
-        "running) in its reply cache.",
-    ),
-    cfg.IntOpt(
-        "rpc_max_message_size",
-        default=16 * 1024 * 1024,
-        min=1024,
-        help="Largest message body, in bytes, that is sent or accepted. A "
-        "compressed body is also refused when it would expand beyond it (it is "
-        "never expanded further).",
-    ),
-    cfg.StrOpt(
-        "kombu_compression",
-        choices=(("gzip", "zlib data, kombu's 'application/x-gzip'"),
-                 ("zlib", "the same as gzip"),
-                 ("bz2", "kombu's 'application/x-bz2'"),
-                 ("bzip2", "the same as bz2, and kombu's name for it")),
-        help="Compress the messages sent, as oslo.messaging's option of the same "
-        "name does. Unset: sent uncompressed. Compressed messages are always "
-        "accepted, whatever this says; receivers of rabbit_ha_driver releases "
-        "before this option refuse them, so turn it on once every receiver "
-        "accepts them.",
-    ),
-]
-
-metrics_opts = [
-    cfg.PortOpt(
-        "metrics_http_port",
-        help="TCP port on which rabbit_ha_driver.prometheus.serve() exposes the "
-        "connection metrics in Prometheus format (loopback by default), for "
-        "services that have no HTTP server of their own. The oslo.messaging "
-        "driver (rabbit-ha://) starts that server itself, shared by the "
-        "transports of the process. Unset: no server.",
-    ),
-]
-
-# -- queue types (RabbitMQ 4) ---------------------------------------------------
-#
-# oslo.messaging's names, defaults and meaning ([oslo_messaging_rabbit] of its
-# rabbit driver), so operators copy values across and both declare the same
-# queues with the same arguments. Kept in one block of its own.
-
-# DEFAULT_HOSTNAME and DEFAULT_PROCESSNAME, oslo.messaging's defaults for the
-# queue manager's names, come from rabbit_ha_driver.settings (Settings needs them).
-
-queue_type_opts = [
-    cfg.BoolOpt(
-        "rabbit_transient_quorum_queue",
-        default=False,
-        help="Declare reply and fanout queues as quorum queues (durable, "
-        "x-queue-type: quorum, with the quorum limits below and x-expires), and "
-        "the fanout exchanges durable, as oslo.messaging does. Needed on a "
-        "RabbitMQ that denies transient non-exclusive queues "
-        "(deprecated_features.permit.transient_nonexcl_queues = false, the "
-        "default of future releases).",
-    ),
-    cfg.BoolOpt(
-        "rabbit_stream_fanout",
-        default=False,
-        help="One stream per fanout topic (queue <topic>_fanout, x-queue-type: "
-        "stream, x-max-age from rabbit_transient_queues_ttl) instead of one "
-        "queue per server. Every server reads the stream from its end when it "
-        "starts, and from where it stopped after a reconnect. Needs "
-        "rabbit_transient_quorum_queue and rabbit_qos_prefetch_count > 0.",
-    ),
-    cfg.IntOpt(
-        "rabbit_quorum_delivery_limit",
-        default=0,
-        min=0,
-        help="x-delivery-limit of the quorum queues the library declares: a "
-        "message redelivered more often is dropped or dead-lettered. 0: not set "
-        "(RabbitMQ 4 then applies its own default of 20).",
-    ),
-    cfg.IntOpt(
-        "rabbit_quorum_max_memory_length",
-        default=0,
-        min=0,
-        help="x-max-in-memory-length of the quorum queues the library declares. "
-        "0: not set.",
-    ),
-    cfg.IntOpt(
-        "rabbit_quorum_max_memory_bytes",
-        default=0,
-        min=0,
-        help="x-max-in-memory-bytes of the quorum queues the library declares. "
-        "0: not set.",
-    ),
-    cfg.BoolOpt(
-        "use_queue_manager",
-        default=False,
-        help="Stable reply and fanout queue names, reply_<hostname>:<processname>:N "
-        "and <topic>_fanout_<hostname>:<processname>:N, as oslo.messaging's "
-        "queue manager builds them (N counts the queues of one run of the "
-        "service and starts again at 1 when it restarts), so a restarted "
-        "service takes up its queues again instead of leaving them behind. "
-        "These queues are not deleted on close; x-expires removes them.",
-    ),
-    cfg.StrOpt(
-        "hostname",
-        default=DEFAULT_HOSTNAME,
-        sample_default="node1.example.com",
-        help="Host name in the queue manager's queue names. Default: "
-        "socket.gethostname().",
-    ),
-    cfg.StrOpt(
-        "processname",
-        default=DEFAULT_PROCESSNAME,
-        sample_default="nova-api",
-        help="Process name in the queue manager's queue names. Default: the "
-        "program's file name.",
-    ),
-    cfg.BoolOpt(
-        "amqp_auto_delete",
-        default=False,
-        help="Declare topic exchanges and topic, server and notification queues "
-        "auto-delete (removed by the broker when their last consumer or "
-        "binding goes), as oslo.messaging does.",
-    ),
-]
 
 ALL_OPTS: list[cfg.Opt] = [
     *broker_opts,

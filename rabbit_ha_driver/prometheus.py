@@ -33,7 +33,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from rabbit_ha_driver.metrics import COUNTERS, GAUGES, Metrics
+from rabbit_ha_driver.metric_series import COUNTERS, GAUGES
+from rabbit_ha_driver.metrics import Metrics
 from rabbit_ha_driver.settings import Settings
 
 PREFIX = "rabbit_ha"

@@ -204,7 +204,7 @@ class Settings:
     rpc_max_message_size: int = 16 * 1024 * 1024
     kombu_compression: str | None = None
     metrics_http_port: int | None = None
-    # -- queue types (RabbitMQ 4): options.queue_type_opts ----------------------
+    # -- queue types (RabbitMQ 4): queue_options.queue_type_opts ----------------
     rabbit_transient_quorum_queue: bool = False
     rabbit_stream_fanout: bool = False
     rabbit_quorum_delivery_limit: int = 0

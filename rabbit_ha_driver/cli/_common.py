@@ -15,7 +15,7 @@ import argparse
 from oslo_config import cfg
 
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver import settings as settings_mod
+from rabbit_ha_driver import options as settings_mod
 from rabbit_ha_driver.settings import Settings
 
 PROG = "rabbit-ha"

@@ -21,7 +21,7 @@ from rabbit_ha_driver.metrics import (
     Metrics,
     UnroutableRetry,
 )
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.testing import FakeBroker, FakeTransport
 
 H1, H2 = "h1:1", "h2:2"
