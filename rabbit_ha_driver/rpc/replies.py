@@ -39,7 +39,7 @@ from rabbit_ha_driver.exceptions import (
     MessagingTimeout,
     RabbitHAError,
 )
-from rabbit_ha_driver.rpc import envelope, queue_types
+from rabbit_ha_driver.rpc import envelope, queue_types, topology
 from rabbit_ha_driver.rpc.reply_waiters import (
     DRAIN_SLICE,
     DUPLICATE_WINDOW,
@@ -106,7 +106,9 @@ class ReplyListener:
                  waiters: ReplyWaiters, *, clock: Clock = REAL_CLOCK,
                  queue: str | None = None) -> None:
         self.settings = settings
-        self.queue = queue or envelope.reply_queue_name(settings)
+        #: The reply queue, on the default exchange (see :func:`topology.reply_queue`).
+        self._spec = topology.reply_queue(settings, queue)
+        self.queue = self._spec.name
         self.waiters = waiters
         self._conn = connection
         self._clock = clock
@@ -149,12 +151,8 @@ class ReplyListener:
                 raise ClientClosed(f"{what}: the client is closed")
             dl = Deadline(deadline, self._clock)
             try:
-                self._conn.declare_queue(
-                    self.queue, durable=queue_types.transient_durable(self.settings),
-                    auto_delete=False,
-                    arguments=dict(envelope.transient_queue_arguments(self.settings)),
-                    deadline=dl)
-                self._conn.consume(self.queue, self._on_message, deadline=dl)
+                self._spec.declare(self._conn, dl)
+                self._spec.consume(self._conn, self._on_message, dl)
             except MessagingTimeout as error:
                 waited = self._clock.now() - started
                 raise MessagingTimeout(

@@ -22,8 +22,7 @@ from typing import Any
 
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection, Deadline
-from rabbit_ha_driver.rpc import queue_types
-from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
+from rabbit_ha_driver.rpc.topology import ExchangeSpec, QueueSpec
 
 # These lines are the listener's: operators and tests filter on its logger.
 LOG = logging.getLogger("rabbit_ha_driver.rpc.listener")
@@ -50,54 +49,32 @@ class Subscription:
 
     def _plan(self, exchanges: list[ExchangeSpec], queues: list[QueueSpec],
               prefetch_size: int) -> collections.deque[Step]:
-        """Every declaration and consumer, in order, as steps to run once each."""
+        """Every declaration and consumer, in order, as steps to run once each.
+
+        A queue fed by several bindings (several specs of one name) is
+        declared and consumed once, with the consumer arguments one of them
+        names (a stream's offset)."""
         conn = self._conn
         steps: collections.deque[Step] = collections.deque()
-        consumer_arguments = {q.name: q.consumer_arguments for q in queues
-                              if q.consumer_arguments}
 
         def qos(dl: Deadline) -> None:
             conn.set_qos(prefetch_size, deadline=dl)
 
-        def exchange(ex: ExchangeSpec, dl: Deadline) -> None:
-            conn.declare_exchange(ex.name, ex.type, durable=ex.durable,
-                                  auto_delete=ex.auto_delete, deadline=dl)
-
-        def queue(q: QueueSpec, dl: Deadline) -> None:
-            conn.declare_queue(q.name, durable=q.durable, auto_delete=q.auto_delete,
-                               arguments=dict(q.arguments) or None, deadline=dl)
-
-        def bind(q: QueueSpec, dl: Deadline) -> None:
-            conn.bind(q.name, q.exchange, q.routing_key, deadline=dl)
-
-        def consume(name: str, dl: Deadline) -> None:
-            arguments = dict(consumer_arguments.get(name, ()))
-            if queue_types.STREAM_OFFSET not in arguments:
-                self.tags.append(conn.consume(name, self._on_delivery, deadline=dl,
-                                              arguments=arguments or None))
-                return
-            tag: list[str] = []
-
-            def on_stream(raw: Any) -> None:
-                # A stream: after a reconnect, go on after this delivery.
-                resume_at = queue_types.stream_offset_after(raw.headers)
-                if resume_at is not None and tag:
-                    conn.set_consumer_argument(tag[0], queue_types.STREAM_OFFSET, resume_at)
-                self._on_delivery(raw)
-
-            tag.append(conn.consume(name, on_stream, deadline=dl, arguments=arguments))
-            self.tags.append(tag[0])
+        def consume(q: QueueSpec, dl: Deadline) -> None:
+            self.tags.append(q.consume(conn, self._on_delivery, dl))
 
         if prefetch_size:
             steps.append(qos)
-        steps.extend(functools.partial(exchange, ex) for ex in exchanges)
-        names: list[str] = []
+        steps.extend(functools.partial(ex.declare, conn) for ex in exchanges)
+        consumed: dict[str, QueueSpec] = {}
         for q in queues:
-            if q.name not in names:
-                names.append(q.name)
-                steps.append(functools.partial(queue, q))
-            steps.append(functools.partial(bind, q))
-        steps.extend(functools.partial(consume, name) for name in names)
+            if q.name not in consumed:
+                consumed[q.name] = q
+                steps.append(functools.partial(q.declare, conn))
+            elif q.consumer_arguments and not consumed[q.name].consumer_arguments:
+                consumed[q.name] = q
+            steps.append(functools.partial(q.bind, conn))
+        steps.extend(functools.partial(consume, q) for q in consumed.values())
         return steps
 
     def run(self, deadline: Deadline) -> bool:
