@@ -64,7 +64,8 @@ import amqp
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
-from rabbit_ha_driver.settings import from_url, parse_transport_url
+from rabbit_ha_driver.options import from_url
+from rabbit_ha_driver.settings import parse_transport_url
 
 #: Under this share of one core the library's heartbeats count as cheap.
 TARGET_PERCENT = 1.0

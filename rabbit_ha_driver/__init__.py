@@ -29,7 +29,7 @@ from rabbit_ha_driver.exceptions import (
     Unroutable,
     UnsupportedVersion,
 )
-from rabbit_ha_driver.options import list_opts, register_opts
+from rabbit_ha_driver.options import from_conf, from_url, list_opts, register_opts
 from rabbit_ha_driver.rpc import (
     NotificationServer,
     Notifier,
@@ -39,7 +39,7 @@ from rabbit_ha_driver.rpc import (
     RPCTransport,
     Target,
 )
-from rabbit_ha_driver.settings import Host, Settings, from_conf, from_url
+from rabbit_ha_driver.settings import Host, Settings
 
 __all__ = [
     "AuthenticationError",

@@ -336,22 +336,3 @@ def _validate_queue_types(s: Settings) -> None:
                 raise ConfigurationError(f"[rabbit_ha] {name}", value,
                                          "must be a non-empty name without spaces with "
                                          "use_queue_manager (it is part of queue names)")
-
-
-#: Names that moved to the options layer (they read configuration with
-#: oslo.config's types), still importable from here for existing callers.
-_MOVED_TO_OPTIONS = frozenset({"from_conf", "from_url"})
-
-
-def __getattr__(name: str) -> Any:
-    """``from_conf`` and ``from_url`` of :mod:`rabbit_ha_driver.options`, for old imports.
-
-    Loading them from here loads oslo.config only when they are asked for;
-    this module itself never does (``tests/unit/test_layers.py`` allows this
-    one upward import, and no other).
-    """
-    if name in _MOVED_TO_OPTIONS:
-        from rabbit_ha_driver import options
-
-        return getattr(options, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -55,7 +55,7 @@ def probe_broker(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
     """None when the URL's broker accepts a connection, else why not."""
     from rabbit_ha_driver.connection import Connection, Deadline
     from rabbit_ha_driver.events import EventBus
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
 
     conn = Connection(from_url(url), name="rabbit-ha:bench-probe", events=EventBus())
     try:

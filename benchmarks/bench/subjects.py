@@ -133,8 +133,8 @@ class RabbitHA(Subject):
     def __init__(self, url: str, topic: str) -> None:
         super().__init__(url, topic)
         from rabbit_ha_driver.events import EventBus
+        from rabbit_ha_driver.options import from_url
         from rabbit_ha_driver.rpc import RPCTransport
-        from rabbit_ha_driver.settings import from_url
 
         self.settings = from_url(url)
         self.events = EventBus()  # quiet: no log subscriber

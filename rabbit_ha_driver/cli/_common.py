@@ -15,7 +15,7 @@ import argparse
 from oslo_config import cfg
 
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver import options as settings_mod
+from rabbit_ha_driver.options import from_conf
 from rabbit_ha_driver.settings import Settings
 
 PROG = "rabbit-ha"
@@ -57,7 +57,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
              default_config_dirs=[], use_env=False)
     except cfg.Error as error:
         raise exc.ConfigurationError("--config-file", " ".join(cli), str(error)) from error
-    return settings_mod.from_conf(conf, url=args.url)
+    return from_conf(conf, url=args.url)
 
 
 def seconds(value: str) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection, Deadline
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 
 from .faults import OWN_QUEUES_DURABLE
 

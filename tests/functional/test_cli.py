@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 
 from .faults import config_file_args
 from .probes import wait_for

@@ -26,8 +26,8 @@ import pytest
 import rabbit_ha_driver as rha
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer
-from rabbit_ha_driver.settings import from_url
 
 from .faults import OWN_QUEUES_DURABLE
 from .probes import rotate_url, unique

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport
-from rabbit_ha_driver.settings import from_url
 
 from .faults import broker_connections, wait_until
 from .probes import unique

@@ -21,7 +21,7 @@ import pytest
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection, Deadline
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 
 from .probes import ConsumerUnderTest, Probe, closing, report, rotate_url, unique, wait_for
 

@@ -44,7 +44,7 @@ from typing import Any
 import pytest
 
 from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 
 from .faults import OWN_QUEUES_DURABLE, wait_until
 from .probes import rotate_url
@@ -194,7 +194,7 @@ import uuid
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection, Deadline
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 
 url, runner, threshold, block_for = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 bus, recorder = ev.EventBus(), ev.Recorder()

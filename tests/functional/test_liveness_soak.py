@@ -42,7 +42,7 @@ import pytest
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection, Deadline
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 
 from .faults import OWN_QUEUES_DURABLE
 from .probes import closing, rotate_url, unique

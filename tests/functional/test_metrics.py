@@ -15,8 +15,8 @@ import urllib.request
 from rabbit_ha_driver import RPCClient, RPCServer, RPCTransport
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.metrics import Metrics
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.prometheus import serve
-from rabbit_ha_driver.settings import from_url
 
 from .probes import ConsumerUnderTest, Probe, closing, rotate_url, unique, wait_for
 

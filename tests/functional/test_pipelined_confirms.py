@@ -14,8 +14,8 @@ from typing import Any
 
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.connection.confirms import Outcome
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer
-from rabbit_ha_driver.settings import from_url
 
 from .faults import OWN_QUEUES_DURABLE
 from .probes import unique, wait_for

@@ -41,8 +41,8 @@ import pytest
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, envelope
-from rabbit_ha_driver.settings import from_url
 
 from .faults import OWN_QUEUES_DURABLE
 from .probes import PacedCaller, rotate_url, unique, wait_for

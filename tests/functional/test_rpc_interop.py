@@ -28,8 +28,9 @@ from oslo_config import cfg
 from oslo_messaging import conffixture
 
 from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import NotificationServer, Notifier, RPCClient, RPCServer
-from rabbit_ha_driver.settings import Settings, from_url
+from rabbit_ha_driver.settings import Settings
 
 from .faults import OWN_QUEUES_DURABLE
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 
 from .faults import OWN_QUEUES_DURABLE
 from .probes import ConsumerUnderTest, closing, unique, wait_for

@@ -52,7 +52,7 @@ import uuid
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 
 url, ca_file, _, runner, threshold, idle = sys.argv[1:7]
 threshold, idle = int(threshold), float(idle)

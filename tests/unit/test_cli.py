@@ -68,7 +68,7 @@ def test_a_bad_option_stops_the_command_naming_it(tmp_path, capsys):
 
 
 def test_demo_reports_failure_when_the_broker_is_unreachable():
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
 
     out = io.StringIO()
     settings = from_url("rabbit://u:p@127.0.0.1:1/", rabbit_retry_interval=0.05,
@@ -93,7 +93,7 @@ def test_check_on_the_memory_transport_times_a_call(capsys):
 
 
 def test_check_names_an_unreachable_host_and_fails():
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
 
     out = io.StringIO()
     settings = from_url("rabbit://u:secret@127.0.0.1:1/", rabbit_retry_interval=0.05,
@@ -206,7 +206,7 @@ def test_drill_still_failing_at_the_end_and_interrupted():
 
 
 def test_drill_command_runs_its_own_server_on_memory():
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
 
     clock = FakeClock()
     out = io.StringIO()
@@ -219,7 +219,7 @@ def test_drill_command_runs_its_own_server_on_memory():
 
 
 def test_drill_against_a_topic_nobody_serves_fails_with_an_outage():
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
 
     out = io.StringIO()
     status = drill.run_drill_command(from_url("memory://"), topic="nobody-serves-this",
@@ -233,7 +233,7 @@ def test_drill_against_a_topic_nobody_serves_fails_with_an_outage():
 
 def _fake_connection(broker):
     from rabbit_ha_driver.connection import Connection
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
     from rabbit_ha_driver.testing import FakeTransport
 
     return Connection(from_url("rabbit://u:p@h1:1/"), name="check", clock=FakeClock(),
@@ -241,7 +241,7 @@ def _fake_connection(broker):
 
 
 def test_check_warns_when_the_broker_denies_transient_queues():
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
     from rabbit_ha_driver.testing import FakeBroker, feature_denied
 
     broker = FakeBroker()
@@ -255,7 +255,7 @@ def test_check_warns_when_the_broker_denies_transient_queues():
 
 
 def test_check_probes_nothing_when_no_transient_queue_is_declared():
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
     from rabbit_ha_driver.testing import FakeBroker
 
     broker = FakeBroker()

@@ -29,8 +29,8 @@ from rabbit_ha_driver import forks
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import Connection, Deadline, State
 from rabbit_ha_driver.metrics import Metrics
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport
-from rabbit_ha_driver.settings import from_url
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 

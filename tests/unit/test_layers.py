@@ -62,14 +62,7 @@ RESTRICTED = {"oslo_config": "options", "oslo_messaging": "adapters"}
 
 #: Imports that break a rule on purpose: (importer, imported, enclosing
 #: function) -> why. Each must still exist (else remove it here).
-ALLOWED: dict[tuple[str, str, str], str] = {
-    (f"{PACKAGE}.settings", f"{PACKAGE}.options", "__getattr__"): (
-        "from_conf() and from_url() read configuration with oslo.config's types and "
-        "live in the options layer; settings.__getattr__ still hands them out, when "
-        "asked, to callers that import them from rabbit_ha_driver.settings "
-        "(rabbit_ha_driver/__init__.py, the CLI, tests)"
-    ),
-}
+ALLOWED: dict[tuple[str, str, str], str] = {}
 
 _RANK = {name: rank for rank, (name, _) in enumerate(LAYERS)}
 _RANK[API] = len(LAYERS)

@@ -30,13 +30,14 @@ from oslo_messaging import transport as om_transport
 from rabbit_ha_driver import events, options
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection, confirms
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.oslo import RabbitHADriver, library_url, send_budget
 from rabbit_ha_driver.oslo.incoming import OsloRpcIncoming
 from rabbit_ha_driver.oslo.policy import attempt_window
 from rabbit_ha_driver.oslo.wire import encode, remote_exception, with_context
 from rabbit_ha_driver.rpc import envelope
 from rabbit_ha_driver.rpc.transport import ConnectionFactory
-from rabbit_ha_driver.settings import Settings, from_url
+from rabbit_ha_driver.settings import Settings
 from rabbit_ha_driver.testing import FakeBroker, FakeTransport
 
 FAST = ("kombu_reconnect_delay=0&rabbit_retry_interval=0&rabbit_retry_backoff=0"

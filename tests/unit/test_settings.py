@@ -183,13 +183,10 @@ def test_settings_are_frozen():
     assert s.replace(heartbeat_timeout_threshold=3).heartbeat_timeout_threshold == 3
 
 
-def test_from_conf_and_from_url_live_in_the_options_layer_and_keep_their_old_paths():
+def test_from_conf_and_from_url_live_in_the_options_layer_only():
     # They read configuration with oslo.config's types, so they are the options
-    # layer's; rabbit_ha_driver.settings (no oslo.config) still hands them out.
+    # layer's; rabbit_ha_driver.settings (no oslo.config) does not have them.
     from rabbit_ha_driver import settings
 
     assert from_conf is options.from_conf and from_url is options.from_url
-    assert settings.from_conf is options.from_conf
-    assert settings.from_url is options.from_url
-    with pytest.raises(AttributeError, match="no_such_name"):
-        settings.no_such_name  # noqa: B018
+    assert not hasattr(settings, "from_conf") and not hasattr(settings, "from_url")

@@ -133,7 +133,7 @@ def _setup_logging(path: str) -> None:
 
 
 def _settings(cfg: dict[str, Any], options: dict[str, Any]) -> Any:
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
 
     return from_url(cfg["url"], **{**cfg.get("options", {}), **options})
 

@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
 
     from rabbit_ha_driver import events as ev
     from rabbit_ha_driver.connection import Connection, Deadline
-    from rabbit_ha_driver.settings import from_url
+    from rabbit_ha_driver.options import from_url
 
     recorder = ev.Recorder()
     bus = ev.EventBus()

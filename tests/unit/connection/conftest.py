@@ -10,7 +10,7 @@ import pytest
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import Backoff, Connection
-from rabbit_ha_driver.settings import from_url
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.testing import FakeBroker, FakeTransport
 
 #: Three hosts, a password that must never reach a log.

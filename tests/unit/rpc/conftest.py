@@ -8,7 +8,8 @@ import pytest
 
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import Connection
-from rabbit_ha_driver.settings import Settings, from_url
+from rabbit_ha_driver.options import from_url
+from rabbit_ha_driver.settings import Settings
 from rabbit_ha_driver.testing import FakeBroker, FakeTransport
 
 FAKE_URL = "rabbit://u:p@h1:1/"

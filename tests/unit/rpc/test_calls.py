@@ -9,11 +9,11 @@ import pytest
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import envelope
 from rabbit_ha_driver.rpc.calls import MAX_UNCERTAIN_RESENDS, CallSender, ResendRule
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec
 from rabbit_ha_driver.rpc.replies import ReplyWaiters
-from rabbit_ha_driver.settings import from_url
 
 #: Real seconds a test waits for the waiting thread to act on a wake-up.
 STEP = 5.0

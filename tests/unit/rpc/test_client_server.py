@@ -12,9 +12,9 @@ import pytest
 
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import FakeClock
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport, Target, envelope
 from rabbit_ha_driver.rpc.executors import ThreadingExecutor
-from rabbit_ha_driver.settings import from_url
 
 from .conftest import FAKE_URL, fake_factory
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from rabbit_ha_driver.clock import FakeClock
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import REQUEUE, NotificationServer, Notifier
-from rabbit_ha_driver.settings import from_url
 
 from .conftest import FAKE_URL, fake_factory
 

@@ -8,9 +8,9 @@ import pytest
 
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import FakeClock
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
 from rabbit_ha_driver.rpc.publisher import Publisher
-from rabbit_ha_driver.settings import from_url
 from rabbit_ha_driver.testing import not_found
 
 from .conftest import FAKE_URL, fake_factory

@@ -16,10 +16,10 @@ import pytest
 from oslo_messaging._drivers import impl_rabbit
 
 from rabbit_ha_driver.exceptions import ConfigurationError
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import naming, queue_types, topology
 from rabbit_ha_driver.rpc.listener import deletes_fanout_queue
 from rabbit_ha_driver.rpc.queue_manager import SHM_DIR, QueueManager
-from rabbit_ha_driver.settings import from_url
 
 LIMITS = {"rabbit_quorum_delivery_limit": 3, "rabbit_quorum_max_memory_length": 100,
           "rabbit_quorum_max_memory_bytes": 4096}

@@ -14,10 +14,10 @@ import pytest
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection.confirms import Outcome, Pending
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport, client
 from rabbit_ha_driver.rpc.client import Publisher, Receipt
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec
-from rabbit_ha_driver.settings import from_url
 
 from .conftest import FAKE_URL, fake_factory
 

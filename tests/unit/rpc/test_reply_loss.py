@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer
-from rabbit_ha_driver.settings import from_url
 
 from .conftest import FAKE_URL, fake_factory
 

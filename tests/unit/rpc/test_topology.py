@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import naming, queue_types, topology
 from rabbit_ha_driver.rpc.topology import ExchangeSpec, QueueSpec
-from rabbit_ha_driver.settings import from_url
 
 
 class RecordingConnection:
