@@ -56,11 +56,11 @@ from contextlib import suppress
 from typing import Any
 
 from rabbit_ha_driver.connection import errors
-from rabbit_ha_driver.connection.amqp_io import raw_socket
 from rabbit_ha_driver.connection.channel import close_of
 from rabbit_ha_driver.connection.lifecycle import OPEN_STATES, TRANSITIONS, State, default_connection_name
 from rabbit_ha_driver.connection.publishing import _Publishing
 from rabbit_ha_driver.connection.retry import Deadline
+from rabbit_ha_driver.connection.sockets import raw_socket
 from rabbit_ha_driver.connection.topology import BindingDecl, ConsumerDecl, ExchangeDecl, QueueDecl
 
 LOG = logging.getLogger(__name__)

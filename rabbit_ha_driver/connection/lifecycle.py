@@ -33,13 +33,13 @@ from typing import Any
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection.amqp_io import Liveness
 from rabbit_ha_driver.connection.backend import Link
 from rabbit_ha_driver.connection.cancels import CancelSchedule
 from rabbit_ha_driver.connection.channel import BrokerClose, ChannelLife, ChannelState
 from rabbit_ha_driver.connection.confirms import ConfirmTracker, Pending
 from rabbit_ha_driver.connection.connect_plan import ConnectPlan
 from rabbit_ha_driver.connection.hosts import HostRing
+from rabbit_ha_driver.connection.liveness import Liveness
 from rabbit_ha_driver.connection.locks import HandoverLock
 from rabbit_ha_driver.connection.retry import Backoff, Deadline
 from rabbit_ha_driver.connection.topology import Topology

@@ -75,7 +75,7 @@ from rabbit_ha_driver.exceptions import (  # also public here, as before they mo
     NoSuchMethod,
     UnsupportedVersion,
 )
-from rabbit_ha_driver.rpc.client import Publisher, Receipt, RPCClient, RPCTransport, Target
+from rabbit_ha_driver.rpc.client import RPCClient
 from rabbit_ha_driver.rpc.envelope import DEFAULT_EXCHANGE, PRIORITIES
 from rabbit_ha_driver.rpc.executors import EventletExecutor, Executor, ThreadingExecutor
 from rabbit_ha_driver.rpc.listener import (
@@ -87,7 +87,11 @@ from rabbit_ha_driver.rpc.listener import (
     rpc_listener,
 )
 from rabbit_ha_driver.rpc.notify import HANDLED, REQUEUE, NotificationServer, Notifier
+from rabbit_ha_driver.rpc.publisher import Publisher
+from rabbit_ha_driver.rpc.receipts import Receipt
 from rabbit_ha_driver.rpc.server import Dispatcher, MessageHandlingServer, RPCServer
+from rabbit_ha_driver.rpc.target import Target
+from rabbit_ha_driver.rpc.transport import RPCTransport
 
 __all__ = [
     "DEFAULT_EXCHANGE",

@@ -55,7 +55,6 @@ from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.connection import Backoff, Connection, Deadline, State
 from rabbit_ha_driver.events import EventBus
 from rabbit_ha_driver.rpc import envelope, queue_types
-from rabbit_ha_driver.rpc.client import Publisher
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec, QueueSpec
 from rabbit_ha_driver.rpc.failure_streak import FailureStreak
 from rabbit_ha_driver.rpc.incoming import (
@@ -64,6 +63,7 @@ from rabbit_ha_driver.rpc.incoming import (
     RpcIncomingMessage,
 )
 from rabbit_ha_driver.rpc.intake import INTAKES, ListenerKind
+from rabbit_ha_driver.rpc.publisher import Publisher
 from rabbit_ha_driver.rpc.recent import Recent
 from rabbit_ha_driver.rpc.reply_cache import ReplyCache
 from rabbit_ha_driver.rpc.reply_sender import (

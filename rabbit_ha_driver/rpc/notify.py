@@ -33,7 +33,6 @@ from typing import Any
 
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.rpc import envelope
-from rabbit_ha_driver.rpc.client import Publisher, RPCTransport, as_transport
 from rabbit_ha_driver.rpc.envelope import PRIORITIES
 from rabbit_ha_driver.rpc.executors import Executor
 from rabbit_ha_driver.rpc.listener import (
@@ -42,7 +41,9 @@ from rabbit_ha_driver.rpc.listener import (
     PollListener,
     notification_listener,
 )
+from rabbit_ha_driver.rpc.publisher import Publisher
 from rabbit_ha_driver.rpc.server import MessageHandlingServer
+from rabbit_ha_driver.rpc.transport import RPCTransport, as_transport
 from rabbit_ha_driver.settings import Settings
 
 LOG = logging.getLogger(__name__)

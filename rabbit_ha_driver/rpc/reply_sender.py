@@ -21,8 +21,9 @@ from typing import Any
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import Clock
 from rabbit_ha_driver.rpc import envelope
-from rabbit_ha_driver.rpc.client import Publisher, Receipt
 from rabbit_ha_driver.rpc.incoming import RpcIncomingMessage
+from rabbit_ha_driver.rpc.publisher import Publisher
+from rabbit_ha_driver.rpc.receipts import Receipt
 from rabbit_ha_driver.rpc.recent import Recent
 from rabbit_ha_driver.rpc.reply_cache import ReplyCache
 from rabbit_ha_driver.settings import Settings

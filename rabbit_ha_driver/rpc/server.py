@@ -39,7 +39,6 @@ from rabbit_ha_driver.events import EventBus
 # looks the class up in it.
 from rabbit_ha_driver.exceptions import InvalidArguments, NoSuchMethod, UnsupportedVersion
 from rabbit_ha_driver.rpc import envelope
-from rabbit_ha_driver.rpc.client import ConnectionFactory, Publisher, default_connection_factory
 from rabbit_ha_driver.rpc.dispatcher import Dispatcher
 from rabbit_ha_driver.rpc.executors import Executor, make_executor
 from rabbit_ha_driver.rpc.listener import (
@@ -49,7 +48,9 @@ from rabbit_ha_driver.rpc.listener import (
     RpcIncomingMessage,
     rpc_listener,
 )
+from rabbit_ha_driver.rpc.publisher import Publisher
 from rabbit_ha_driver.rpc.server_lifecycle import ServerLifecycle, ServerState
+from rabbit_ha_driver.rpc.transport import ConnectionFactory, default_connection_factory
 from rabbit_ha_driver.settings import Settings
 
 __all__ = [

@@ -20,7 +20,7 @@ import pytest
 
 import rabbit_ha_driver as rha
 from rabbit_ha_driver.connection import Connection
-from rabbit_ha_driver.connection.amqp_io import raw_socket
+from rabbit_ha_driver.connection.sockets import raw_socket
 from rabbit_ha_driver.connection.transport import DeadlineConnection
 
 CUTS = 5

@@ -16,8 +16,11 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import from_url
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import amqp_io, runners, sockets
-from rabbit_ha_driver.connection.amqp_io import HEARTBEAT_FRAME, AmqpLink, Liveness, WriteGuard
+from rabbit_ha_driver.connection.amqp_link import AmqpLink
+from rabbit_ha_driver.connection.frames import HEARTBEAT_FRAME
+from rabbit_ha_driver.connection.liveness import Liveness
 from rabbit_ha_driver.connection.runners import NativeScheduler
+from rabbit_ha_driver.connection.write_guard import WriteGuard
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux TCP options")
 

@@ -24,7 +24,8 @@ import pytest
 
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import runners
-from rabbit_ha_driver.connection.amqp_io import HEARTBEAT_FRAME, AmqpLink
+from rabbit_ha_driver.connection.amqp_link import AmqpLink
+from rabbit_ha_driver.connection.frames import HEARTBEAT_FRAME
 from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
 from rabbit_ha_driver.connection.runners import NativeScheduler
 

@@ -24,7 +24,9 @@ import pytest
 from rabbit_ha_driver import from_url
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import runners, tls_io
-from rabbit_ha_driver.connection.amqp_io import HEARTBEAT_FRAME, AmqpLink, Liveness
+from rabbit_ha_driver.connection.amqp_link import AmqpLink
+from rabbit_ha_driver.connection.frames import HEARTBEAT_FRAME
+from rabbit_ha_driver.connection.liveness import Liveness
 from rabbit_ha_driver.connection.runners import NativeScheduler
 
 from .test_amqp_io import StubConnection, parse_frames, recv_exactly

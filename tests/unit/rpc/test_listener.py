@@ -11,13 +11,13 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import envelope
-from rabbit_ha_driver.rpc.client import Publisher
 from rabbit_ha_driver.rpc.listener import (
     NotificationIncomingMessage,
     RpcIncomingMessage,
     notification_listener,
     rpc_listener,
 )
+from rabbit_ha_driver.rpc.publisher import Publisher
 from rabbit_ha_driver.testing import FakeTransport
 
 from .conftest import fake_factory

@@ -16,8 +16,9 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection.confirms import Outcome, Pending
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport, client
-from rabbit_ha_driver.rpc.client import Publisher, Receipt
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec
+from rabbit_ha_driver.rpc.publisher import Publisher
+from rabbit_ha_driver.rpc.receipts import Receipt
 
 from .conftest import FAKE_URL, fake_factory
 
