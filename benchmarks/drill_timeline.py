@@ -68,8 +68,8 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from tests.functional import faults
-from tests.functional.faults import SilentDropper, rabbit_cluster, wait_until
+from tests.functional.helpers import faults
+from tests.functional.helpers.faults import SilentDropper, rabbit_cluster, wait_until
 
 LOG = logging.getLogger(__name__)
 

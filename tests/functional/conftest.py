@@ -100,7 +100,7 @@ from oslo_messaging._drivers import impl_rabbit
 
 from rabbit_ha_driver import options
 
-from .faults import BrokerFaults, SilentDropper, library_defaults, rabbit_cluster
+from .helpers.faults import BrokerFaults, SilentDropper, library_defaults, rabbit_cluster
 
 LOG = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ import pytest
 from oslo_config import cfg
 from oslo_messaging import conffixture
 
-from .probes import PacedCaller, rotate_url, wait_for
-from .swallow_proxy import SwallowProxy
+from .helpers.probes import PacedCaller, rotate_url, wait_for
+from .helpers.swallow_proxy import SwallowProxy
 
 REPEAT = 10
 CALL_INTERVAL = 0.1

@@ -27,8 +27,8 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection, State
 
-from .faults import OWN_QUEUES_DURABLE
-from .probes import unique
+from .helpers.faults import OWN_QUEUES_DURABLE
+from .helpers.probes import unique
 from .test_deadlines import frozen
 
 

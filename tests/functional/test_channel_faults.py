@@ -27,7 +27,7 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.connection.channel import ChannelState
 
-from .faults import OWN_QUEUES_DURABLE, wait_until
+from .helpers.faults import OWN_QUEUES_DURABLE, wait_until
 
 #: The consumer timeout the broker applies during these tests, and how often
 #: its channels check it (RabbitMQ checks on the channel tick, 60 s by default).

@@ -13,8 +13,8 @@ import sys
 
 from rabbit_ha_driver.options import from_url
 
-from .faults import config_file_args
-from .probes import wait_for
+from .helpers.faults import config_file_args
+from .helpers.probes import wait_for
 
 
 def rabbit_ha(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

@@ -29,8 +29,8 @@ from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer
 
-from .faults import OWN_QUEUES_DURABLE
-from .probes import rotate_url, unique
+from .helpers.faults import OWN_QUEUES_DURABLE
+from .helpers.probes import rotate_url, unique
 
 CALL_TIMEOUT = 1.0
 FROZEN_FOR = 10.0

@@ -16,7 +16,7 @@ import pytest
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.options import from_url
 
-from .faults import OWN_QUEUES_DURABLE, wait_until
+from .helpers.faults import OWN_QUEUES_DURABLE, wait_until
 from .test_harness_faults import CONNECTION_ERRORS, body_text, connect, unique
 
 

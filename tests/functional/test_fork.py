@@ -28,8 +28,8 @@ import pytest
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport
 
-from .faults import broker_connections, wait_until
-from .probes import unique
+from .helpers.faults import broker_connections, wait_until
+from .helpers.probes import unique
 
 #: A call from the child must be answered within this.
 ANSWER_WITHIN = 2.0

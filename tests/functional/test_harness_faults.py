@@ -17,7 +17,7 @@ from typing import Any
 import amqp
 import pytest
 
-from .faults import OWN_QUEUES_DURABLE, local_port, refuses_connections, wait_until
+from .helpers.faults import OWN_QUEUES_DURABLE, local_port, refuses_connections, wait_until
 
 CONNECTION_ERRORS = (OSError, *amqp.Connection.connection_errors)
 

@@ -23,7 +23,7 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.options import from_url
 
-from .probes import ConsumerUnderTest, Probe, closing, report, rotate_url, unique, wait_for
+from .helpers.probes import ConsumerUnderTest, Probe, closing, report, rotate_url, unique, wait_for
 
 T = 3
 REPEAT = 5

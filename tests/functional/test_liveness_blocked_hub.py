@@ -46,8 +46,8 @@ import pytest
 from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
 from rabbit_ha_driver.options import from_url
 
-from .faults import OWN_QUEUES_DURABLE, wait_until
-from .probes import rotate_url
+from .helpers.faults import OWN_QUEUES_DURABLE, wait_until
+from .helpers.probes import rotate_url
 
 LOG = logging.getLogger(__name__)
 

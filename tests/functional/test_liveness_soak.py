@@ -44,8 +44,8 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.options import from_url
 
-from .faults import OWN_QUEUES_DURABLE
-from .probes import closing, rotate_url, unique
+from .helpers.faults import OWN_QUEUES_DURABLE
+from .helpers.probes import closing, rotate_url, unique
 
 T = 3
 IDLE = 20

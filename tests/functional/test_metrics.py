@@ -18,7 +18,7 @@ from rabbit_ha_driver.metrics import Metrics
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.prometheus import serve
 
-from .probes import ConsumerUnderTest, Probe, closing, rotate_url, unique, wait_for
+from .helpers.probes import ConsumerUnderTest, Probe, closing, rotate_url, unique, wait_for
 
 
 def test_counters_move_through_a_silent_drop_and_a_node_kill(cluster, silent_drop):

@@ -35,8 +35,8 @@ from oslo_messaging import conffixture
 
 from rabbit_ha_driver.oslo import RabbitHADriver
 
-from .faults import library_defaults
-from .probes import Caller
+from .helpers.faults import library_defaults
+from .helpers.probes import Caller
 
 
 def _load_runner() -> ModuleType:

@@ -50,9 +50,9 @@ import oslo_messaging as om
 from oslo_config import cfg
 from oslo_messaging import conffixture
 
-from . import faults
-from .faults import library_defaults, wait_until
-from .probes import Caller
+from .helpers import faults
+from .helpers.faults import library_defaults, wait_until
+from .helpers.probes import Caller
 
 T = 3
 SCHEMES = ("rabbit-ha", "rabbit")

@@ -17,8 +17,8 @@ from rabbit_ha_driver.connection.confirms import Outcome
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer
 
-from .faults import OWN_QUEUES_DURABLE
-from .probes import unique, wait_for
+from .helpers.faults import OWN_QUEUES_DURABLE
+from .helpers.probes import unique, wait_for
 
 
 class Counting:

@@ -20,9 +20,9 @@ from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.options import from_url
 
-from .faults import OWN_QUEUES_DURABLE
-from .probes import ConsumerUnderTest, Probe, closing, report, rotate_url, unique, wait_for
-from .swallow_proxy import SwallowProxy
+from .helpers.faults import OWN_QUEUES_DURABLE
+from .helpers.probes import ConsumerUnderTest, Probe, closing, report, rotate_url, unique, wait_for
+from .helpers.swallow_proxy import SwallowProxy
 
 REPEAT = 5
 

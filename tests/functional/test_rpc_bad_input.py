@@ -32,8 +32,8 @@ from rabbit_ha_driver.connection import Connection, Deadline
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, envelope
 
-from .faults import OWN_QUEUES_DURABLE
-from .probes import unique, wait_for
+from .helpers.faults import OWN_QUEUES_DURABLE
+from .helpers.probes import unique, wait_for
 
 MAX_SIZE = 64 * 1024
 

@@ -44,8 +44,8 @@ from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, envelope
 
-from .faults import OWN_QUEUES_DURABLE
-from .probes import PacedCaller, rotate_url, unique, wait_for
+from .helpers.faults import OWN_QUEUES_DURABLE
+from .helpers.probes import PacedCaller, rotate_url, unique, wait_for
 
 REPEAT = 5
 CALL_INTERVAL = 0.1

@@ -32,7 +32,7 @@ from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import NotificationServer, Notifier, RPCClient, RPCServer
 from rabbit_ha_driver.settings import Settings
 
-from .faults import OWN_QUEUES_DURABLE
+from .helpers.faults import OWN_QUEUES_DURABLE
 
 WAIT = 10.0
 

@@ -21,9 +21,9 @@ from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.options import from_url
 
-from .faults import OWN_QUEUES_DURABLE
-from .probes import ConsumerUnderTest, closing, unique, wait_for
-from .swallow_proxy import DeliverySwallowProxy
+from .helpers.faults import OWN_QUEUES_DURABLE
+from .helpers.probes import ConsumerUnderTest, closing, unique, wait_for
+from .helpers.swallow_proxy import DeliverySwallowProxy
 
 MESSAGES = 30
 

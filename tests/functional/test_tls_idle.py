@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from .faults import library_defaults
+from .helpers.faults import library_defaults
 
 T = 4
 IDLE = 3 * T

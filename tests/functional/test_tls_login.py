@@ -35,7 +35,7 @@ from rabbit_ha_driver import from_url
 from rabbit_ha_driver.connection import Connection
 from rabbit_ha_driver.connection.retry import Deadline
 
-from .faults import OWN_QUEUES_DURABLE
+from .helpers.faults import OWN_QUEUES_DURABLE
 
 UNNAMED_ADDRESS = "127.0.0.2"
 

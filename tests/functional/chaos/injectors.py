@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..faults import SilentDropper, broker_connections
+from ..helpers.faults import SilentDropper, broker_connections
 from .plan import Episode
 from .records import RecordFile
 

@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..faults import rabbit_cluster
+from ..helpers.faults import rabbit_cluster
 from . import checker, records
 from .injectors import Injector
 from .plan import FAULT_CLASSES, Episode, conflicts, make_plan

@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..faults import rabbit_cluster
+from ..helpers.faults import rabbit_cluster
 
 ROOT = Path(__file__).resolve().parents[3]
 BUSY, IDLE = 15, 10

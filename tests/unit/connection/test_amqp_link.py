@@ -21,7 +21,7 @@ from rabbit_ha_driver.connection.liveness import Liveness
 from rabbit_ha_driver.connection.native_runner import NativeScheduler
 from rabbit_ha_driver.connection.readahead import buffered_frame_reader
 
-from ..test_amqp_io import StubConnection, recv_exactly
+from .test_amqp_io import StubConnection, recv_exactly
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from rabbit_ha_driver.connection.natives import Natives
 from rabbit_ha_driver.connection.outbox import Outbox
 from rabbit_ha_driver.connection.watch import Watch
 
-from ..test_runners import FakeMember
+from .test_runners import FakeMember
 
 
 @pytest.fixture

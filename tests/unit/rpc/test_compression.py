@@ -13,7 +13,7 @@ from rabbit_ha_driver.exceptions import InvalidMessage
 from rabbit_ha_driver.rpc import compression, wire
 
 # Kept small: a freed allocation of several MiB would raise glibc's mmap
-# threshold and upset the RSS figures of tests/unit/test_bench.py.
+# threshold and upset the RSS figures of tests/unit/benchmarks/test_bench.py.
 LIMIT = 1 << 16
 JSON = {"content_type": "application/json", "content_encoding": "utf-8", "headers": {}}
 

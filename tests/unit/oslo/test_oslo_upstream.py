@@ -17,7 +17,7 @@ from rabbit_ha_driver.oslo import RabbitHADriver, upstream
 from rabbit_ha_driver.oslo.upstream import FATES, Fate, unclassified, upstream_opts
 from rabbit_ha_driver.rpc.queue_types import transient_queue_arguments
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 TABLE = ROOT / "docs" / "generated" / "oslo_option_fates.rst"
 
 

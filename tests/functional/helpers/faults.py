@@ -43,7 +43,7 @@ T = TypeVar("T")
 def _load_cluster_module() -> ModuleType:
     name = "rabbit_cluster"
     if name not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "tools" / "rabbit_cluster.py"
+        path = Path(__file__).resolve().parents[3] / "tools" / "rabbit_cluster.py"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot load {path}")

@@ -1,0 +1,1 @@
+"""Helpers of the functional tests: the cluster and fault fixtures, probes, a confirm-swallowing proxy."""
