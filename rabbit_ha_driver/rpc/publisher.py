@@ -239,14 +239,13 @@ class Publisher:
                  answer_to: tuple[str, str] | None = None) -> dict[str, Any]:
         """Declare what the message needs (once per connection); its properties."""
         if isinstance(exchange, ExchangeSpec) and exchange not in self._declared:
-            conn.declare_exchange(exchange.name, exchange.type, durable=exchange.durable,
-                                  auto_delete=exchange.auto_delete, deadline=dl)
+            exchange.declare(conn, dl)
             self._declared.add(exchange)
         for queue in declare:
             if queue not in self._declared:
-                conn.declare_queue(queue.name, durable=queue.durable,
-                                   arguments=dict(queue.arguments) or None, deadline=dl)
-                conn.bind(queue.name, queue.exchange, queue.routing_key, deadline=dl)
+                # As the listener declares it, auto_delete included: a queue
+                # declared twice with different flags is refused (406).
+                queue.setup(conn, dl)
                 self._declared.add(queue)
         properties: dict[str, Any] = {
             "content_type": envelope.CONTENT_TYPE,

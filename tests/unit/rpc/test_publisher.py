@@ -186,3 +186,25 @@ def test_a_closed_publisher_refuses_to_send(settings, broker, clock):
     publisher.close()
     with pytest.raises(exc.RabbitHAError, match="closed"):
         publisher.publish(b"{}", EXCHANGE, "k", deadline=clock.now() + 1, what="t")
+
+
+def test_a_queue_the_publisher_declares_is_declared_as_its_listener_declares_it(
+        settings, broker, clock):
+    # With amqp_auto_delete the listener declares its queues auto-delete; a
+    # publisher that declared the same queue without the flag would be
+    # refused by a real broker (406 inequivalent arg 'auto_delete').
+    made = []
+
+    def factory(name):
+        conn = fake_factory(settings, broker, clock)(name)
+        made.append(conn)
+        return conn
+
+    publisher = Publisher(settings, factory, clock=clock)
+    queue = QueueSpec("q-auto", "openstack", "k", auto_delete=True)
+    assert publisher.publish(b"{}", EXCHANGE, "k", deadline=clock.now() + 5, what="t",
+                             declare=(queue,))
+    [declared] = [q for conn in made for q in conn.topology.queues.values() if q.name == "q-auto"]
+    assert declared.auto_delete is True
+    assert [b for conn in made for b in conn.topology.bindings if b.queue_key == declared.key]
+    publisher.close()
