@@ -43,12 +43,21 @@ class CancelSchedule:
             return None
         return max(0.0, min(self._due.values()) - now)
 
-    def take_due(self, now: float) -> list[str]:
-        """Remove and return the queues due to be consumed again, oldest first."""
-        due = sorted((at, n, key) for n, (key, at) in enumerate(self._due.items()) if at <= now)
-        for _, _, key in due:
-            del self._due[key]
-        return [key for _, _, key in due]
+    def pop_due(self, now: float) -> str | None:
+        """Remove and return the oldest queue due to be consumed again; None when none is.
+
+        One at a time: if consuming one fails (a refusal raises), the others
+        stay scheduled."""
+        due = [(at, n, key) for n, (key, at) in enumerate(self._due.items()) if at <= now]
+        if not due:
+            return None
+        key = min(due)[2]
+        del self._due[key]
+        return key
+
+    def due_count(self, now: float) -> int:
+        """How many queues are due to be consumed again."""
+        return sum(at <= now for at in self._due.values())
 
     def restore_by_reconnect(self, key: str) -> None:
         """Consuming ``key`` again on the same connection failed: a reconnect does it."""

@@ -224,7 +224,13 @@ class _Consuming(_Connecting):
         budget = self._maintenance_budget(deadline, patient)
         if budget <= 0 or self._channel is None:
             return
-        for key in self._cancels.take_due(self._clock.now()):
+        now = self._clock.now()
+        # Those due now, one at a time (a cancel that comes again while one
+        # is restored waits for the next turn).
+        for _ in range(self._cancels.due_count(now)):
+            key = self._cancels.pop_due(now)
+            if key is None:
+                break
             try:
                 with self._request_deadline("queue.declare", budget):
                     self._topology.replay_queue(self._declarer(self._channel), key)

@@ -223,14 +223,19 @@ class _Lifecycle:
         finally:
             self._lock.release()
 
+    # Each reads self._link once: another thread may tear it down meanwhile
+    # (close() of a busy connection).
+
     @property
     def _raw(self) -> Any:
         """The transport's own connection object (py-amqp's, kombu's memory one)."""
-        return self._link.raw if self._link is not None else None
+        link = self._link
+        return link.raw if link is not None else None
 
     @property
     def _transport(self) -> Any:
-        return self._link.transport if self._link is not None else None
+        link = self._link
+        return link.transport if link is not None else None
 
     @contextmanager
     def _request_deadline(self, operation: str, seconds: float) -> Iterator[None]:
@@ -259,7 +264,8 @@ class _Lifecycle:
         self.events.emit(ev.Unblocked(self.name, self._addr() or "-"))
 
     def _socket(self) -> socket.socket | None:
-        return self._link.socket() if self._link is not None else None
+        link = self._link
+        return link.socket() if link is not None else None
 
     def _lost(self, reason: str) -> None:
         if self._state in OPEN_STATES:

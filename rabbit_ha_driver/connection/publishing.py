@@ -20,6 +20,8 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+import amqp.exceptions
+
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import errors, frames
 from rabbit_ha_driver.connection.channel import close_of
@@ -29,6 +31,9 @@ from rabbit_ha_driver.connection.lifecycle import State
 from rabbit_ha_driver.connection.retry import Deadline
 
 LOG = logging.getLogger(__name__)
+
+#: Seconds of one read while a publish waits for the broker to unblock.
+BLOCKED_READ = 0.5
 
 
 #: Seconds a read of frames that already arrived may wait for the rest of one.
@@ -90,7 +95,16 @@ class _Publishing(_Consuming):
                 return written
 
         def attempt(channel: Any) -> Pending:
+            if self._state is not State.BLOCKED:
+                return write(channel)
             self._wait_unblocked(deadline)
+            # The wait may have outlasted the request deadline the attempt
+            # began under: the write and its read-back get one of their own.
+            with self._request_deadline("basic.publish",
+                                        deadline.cap(self.settings.request_timeout)):
+                return write(channel)
+
+        def write(channel: Any) -> Pending:
             props = dict(base_props)
             if self._confirms:
                 encoded = self._encode_publish(channel, body, exchange, routing_key, headers,
@@ -100,10 +114,12 @@ class _Publishing(_Consuming):
             message = channel.prepare_message(
                 body, props.pop("priority", None), props.pop("content_type", None),
                 props.pop("content_encoding", None), headers, props)
-            with _encoding(exchange, routing_key):
-                # py-amqp encodes every frame before it writes the first.
-                channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
-                                      mandatory=mandatory)
+            serialize = getattr(message, "_serialize_properties", None)  # py-amqp's message
+            if serialize is not None:
+                with _encoding(exchange, routing_key):
+                    serialize()  # what basic_publish encodes first; nothing is written yet
+            channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
+                                  mandatory=mandatory)
             if not self._confirms:
                 return settled(Outcome.ACKED)  # memory: refused at once if unroutable
             return self._tracker.published(props.get("message_id"), exchange, self._clock.now())
@@ -329,18 +345,23 @@ class _Publishing(_Consuming):
                 raise exc.MessagingTimeout(
                     f"broker {self._addr()} kept publishing blocked past the deadline",
                     waited=self._clock.now() - began)
-            with self._request_deadline("connection.blocked", deadline.remaining() + 1.0):
-                self._drain_once(deadline.cap(0.5))
+            # A deadline a little past this read's own end: it never cuts
+            # the read short, and a frame written meanwhile (a close-ok)
+            # still gets a finite time to leave.
+            read_for = deadline.cap(BLOCKED_READ)
+            with self._request_deadline("connection.blocked", read_for + 1.0):
+                self._drain_once(read_for)
 
 
 @contextlib.contextmanager
 def _encoding(exchange: str, routing_key: str) -> Iterator[None]:
     """A property AMQP cannot encode (a datetime timestamp, a number out of
-    range) is the message's fault, not the connection's: raise it at once
-    instead of reconnecting until the deadline."""
+    range, a header value of a type AMQP has no field for) is the message's
+    fault, not the connection's: raise it at once instead of reconnecting
+    until the deadline."""
     try:
         yield
-    except (struct.error, OverflowError) as error:
+    except (struct.error, OverflowError, amqp.exceptions.FrameSyntaxError) as error:
         raise exc.InvalidMessage(
             f"message to {exchange!r}/{routing_key!r} has a property AMQP cannot encode: "
             f"{error}") from error

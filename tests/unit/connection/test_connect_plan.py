@@ -100,15 +100,16 @@ def test_cancelled_consumers_come_due_after_their_delay_oldest_first():
     s.cancelled("q1", now=0.0, delay=2.0)
     assert s and "q1" in s and s.keys() == {"q1", "q2"}
     assert s.wait(0.5) == pytest.approx(1.5)
-    assert s.take_due(1.5) == []
-    assert s.take_due(3.0) == ["q1", "q2"]
-    assert not s and s.take_due(10.0) == []
+    assert s.due_count(1.5) == 0 and s.pop_due(1.5) is None
+    assert s.due_count(3.0) == 2
+    assert [s.pop_due(3.0), s.pop_due(3.0)] == ["q1", "q2"]
+    assert not s and s.pop_due(10.0) is None
 
 
 def test_a_restore_that_failed_is_reported_once_after_the_reconnect():
     s = CancelSchedule()
     s.cancelled("q", now=0.0, delay=0.0)
-    s.take_due(0.0)
+    assert s.pop_due(0.0) == "q"
     s.restore_by_reconnect("q")
     s.restore_by_reconnect("q")
     assert s.reconnected() == ["q"]
@@ -119,4 +120,4 @@ def test_a_lost_connection_clears_what_waits_its_reconnect_consumes_everything()
     s = CancelSchedule()
     s.cancelled("q", now=0.0, delay=5.0)
     s.clear()
-    assert not s and s.take_due(10.0) == []
+    assert not s and s.pop_due(10.0) is None
