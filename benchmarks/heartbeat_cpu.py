@@ -63,7 +63,7 @@ import amqp
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.connection import Connection, Deadline
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.settings import parse_transport_url
 

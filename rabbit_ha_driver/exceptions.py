@@ -24,7 +24,7 @@ what a caller can do about it:
   sender must change it.
 
 kombu, py-amqp and socket errors are translated into this tree in exactly one
-place, :mod:`rabbit_ha_driver.connection.errors`.
+place, :mod:`rabbit_ha_driver.connection._errors`.
 
 Some classes also derive from a builtin exception (``ValueError``,
 ``TimeoutError``, ``AttributeError``, ``TypeError``) so that code written

@@ -29,9 +29,9 @@ import amqp.exceptions
 from kombu.transport import memory as kombu_memory
 from kombu.transport.virtual import BrokerState
 
-from rabbit_ha_driver.connection.backend import MemoryLink
-from rabbit_ha_driver.connection.channel import close_of, method_sig
-from rabbit_ha_driver.connection.transport import MemoryChannel
+from rabbit_ha_driver.connection._backend import MemoryLink
+from rabbit_ha_driver.connection._channel import close_of, method_sig
+from rabbit_ha_driver.connection._transport import MemoryChannel
 
 _broker_ids = itertools.count(1)
 

@@ -5,7 +5,7 @@ How this works. kombu compresses a serialised body and says so in the
 or ``application/x-bz2``. kombu's own receiving side decompresses whatever
 arrives, with no bound, so a small message can expand to gigabytes (a
 compression bomb). The library therefore receives compressed bodies as they
-are (:mod:`rabbit_ha_driver.connection.inbound`) and decompresses them here,
+are (:mod:`rabbit_ha_driver.connection._inbound`) and decompresses them here,
 in steps, never producing more than ``rpc_max_message_size`` bytes: a body
 that would expand beyond it is refused as
 :class:`~rabbit_ha_driver.exceptions.InvalidMessage` like any other bad

@@ -12,7 +12,7 @@ its connection.
 A spec declares itself through the :class:`~rabbit_ha_driver.connection.Connection`
 topology API (``declare``, ``bind``, ``setup``, ``consume``); the connection
 records each declaration and replays it after a reconnect (its own record,
-:mod:`rabbit_ha_driver.connection.topology`, also knows server-made names and
+:mod:`rabbit_ha_driver.connection._topology`, also knows server-made names and
 consumer callbacks, which a spec does not). A queue on the default exchange
 ``""`` (a reply queue) has no binding: that exchange routes by queue name.
 A stream queue's consumer remembers the offset after each delivery, so after

@@ -165,7 +165,7 @@ def decode(
     """The inner message of a received body; raises InvalidMessage.
 
     Checks, in this order: size, kombu compression (``compression``, the
-    header the transport kept aside, see :mod:`rabbit_ha_driver.connection.inbound`:
+    header the transport kept aside, see :mod:`rabbit_ha_driver.connection._inbound`:
     the body is expanded to at most ``max_size`` bytes), content type,
     encoding, JSON, envelope. Nothing is deserialised before the content
     type is known to be JSON.

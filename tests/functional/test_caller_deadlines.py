@@ -169,7 +169,7 @@ def test_a_publish_refused_over_an_exchange_the_connection_declared_is_told_apar
     every waiting message is settled LOST: a cast that provably never
     arrived raises ConnectionLost ("may have been delivered"), a durable one
     is sent twice."""
-    from rabbit_ha_driver.connection.confirms import Outcome
+    from rabbit_ha_driver.connection._confirms import Outcome
 
     node = cluster.nodes[0]
     recorder = ev.Recorder()

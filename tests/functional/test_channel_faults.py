@@ -25,7 +25,7 @@ import rabbit_ha_driver as rha
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Connection
-from rabbit_ha_driver.connection.channel import ChannelState
+from rabbit_ha_driver.connection._channel import ChannelState
 
 from .helpers.faults import OWN_QUEUES_DURABLE, wait_until
 

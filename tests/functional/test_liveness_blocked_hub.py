@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
 from rabbit_ha_driver.options import from_url
 
 from .helpers.faults import OWN_QUEUES_DURABLE, wait_until
@@ -66,8 +66,8 @@ import time
 import amqp
 
 from rabbit_ha_driver import events as ev
-from rabbit_ha_driver.connection import amqp_io, runners, sockets
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection import _amqp_io as amqp_io, _runners as runners, _sockets as sockets
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
 
 host, runner, threshold, block_for = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 bus, recorder = ev.EventBus(), ev.Recorder()

@@ -20,8 +20,8 @@ import pytest
 
 import rabbit_ha_driver as rha
 from rabbit_ha_driver.connection import Connection
-from rabbit_ha_driver.connection.sockets import raw_socket
-from rabbit_ha_driver.connection.transport import DeadlineConnection
+from rabbit_ha_driver.connection._sockets import raw_socket
+from rabbit_ha_driver.connection._transport import DeadlineConnection
 
 CUTS = 5
 

@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from rabbit_ha_driver.connection import Connection, Deadline
-from rabbit_ha_driver.connection.confirms import Outcome
+from rabbit_ha_driver.connection._confirms import Outcome
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer
 

@@ -33,7 +33,7 @@ from oslo_messaging import conffixture
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver import from_url
 from rabbit_ha_driver.connection import Connection
-from rabbit_ha_driver.connection.retry import Deadline
+from rabbit_ha_driver.connection._retry import Deadline
 
 from .helpers.faults import OWN_QUEUES_DURABLE
 

@@ -19,7 +19,7 @@ import pytest
 
 from rabbit_ha_driver import options
 from rabbit_ha_driver.connection import Backoff
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
 from rabbit_ha_driver.settings import Settings, parse_transport_url
 
 

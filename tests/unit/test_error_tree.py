@@ -24,10 +24,10 @@ PACKAGE = pathlib.Path(rabbit_ha_driver.__file__).resolve().parent
 
 #: Errors raised inside the package that never reach a caller, and why.
 INTERNAL = {
-    "RequestTimeout": "raised by the deadline connection (connection/transport.py) inside "
-                      "ensure(); connection/errors.py translates it into ChannelDead",
+    "RequestTimeout": "raised by the deadline connection (connection/_transport.py) inside "
+                      "ensure(); connection/_errors.py translates it into ChannelDead",
     "WriteTimeout": "an OSError raised by the bounded write inside ensure() and the publish "
-                    "path; connection/errors.py translates it into ConnectionLost",
+                    "path; connection/_errors.py translates it into ConnectionLost",
 }
 
 
@@ -141,7 +141,7 @@ def test_the_walk_sees_the_raise_sites_it_must_judge():
     assert ("rabbit_ha_driver.exceptions", "NoSuchMethod") in raised
     assert ("rabbit_ha_driver.exceptions", "ClientClosed") in raised
     assert ("rabbit_ha_driver.exceptions", "BadRequest") in raised
-    assert ("rabbit_ha_driver.connection.errors", "RequestTimeout") in raised
+    assert ("rabbit_ha_driver.connection._errors", "RequestTimeout") in raised
 
 
 def test_every_error_the_package_raises_is_defined_in_exceptions():

@@ -298,7 +298,7 @@ def test_allowed_exceptions_are_still_needed():
 def test_the_checker_sees_lazy_relative_and_type_checking_imports(tmp_path):
     source = (
         "from typing import TYPE_CHECKING\n"
-        "from . import retry\n"
+        "from . import _retry\n"
         "from .. import rpc\n"
         "if TYPE_CHECKING:\n"
         "    from rabbit_ha_driver.options import GROUP\n"
@@ -311,7 +311,7 @@ def test_the_checker_sees_lazy_relative_and_type_checking_imports(tmp_path):
              for i in imports_of(f"{PACKAGE}.connection.hosts", fake)}
     assert found == {
         ("typing", "<module>", False),
-        (f"{PACKAGE}.connection.retry", "<module>", False),
+        (f"{PACKAGE}.connection._retry", "<module>", False),
         (f"{PACKAGE}.rpc", "<module>", False),
         (f"{PACKAGE}.options", "<module>", True),
         ("oslo_config", "f", False),

@@ -18,8 +18,8 @@ from rabbit_ha_driver import ConfigurationError, from_url
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import FakeClock
 from rabbit_ha_driver.connection import Connection
-from rabbit_ha_driver.connection.retry import Deadline
-from rabbit_ha_driver.connection.transport import AMQPTransport
+from rabbit_ha_driver.connection._retry import Deadline
+from rabbit_ha_driver.connection._transport import AMQPTransport
 
 AMQP_TLS_MINIMUM = "tls_minimum_version" in inspect.signature(
     amqp.transport.SSLTransport._wrap_socket_sni).parameters

@@ -106,7 +106,7 @@ def test_check_names_an_unreachable_host_and_fails():
 
 
 def test_socket_options_are_shown_with_units_and_missing_ones_named():
-    from rabbit_ha_driver.connection.sockets import SocketOptions
+    from rabbit_ha_driver.connection._sockets import SocketOptions
 
     line = check.describe_socket_options(SocketOptions(True, 10, 3, 4, 21.5))
     assert line == ("SO_KEEPALIVE=on TCP_KEEPIDLE=10s TCP_KEEPINTVL=3s TCP_KEEPCNT=4 "

@@ -15,12 +15,14 @@ from amqp.method_framing import frame_writer
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import from_url
 from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection import amqp_io, runners, sockets
-from rabbit_ha_driver.connection.amqp_link import AmqpLink
-from rabbit_ha_driver.connection.frames import HEARTBEAT_FRAME
-from rabbit_ha_driver.connection.liveness import Liveness
-from rabbit_ha_driver.connection.runners import NativeScheduler
-from rabbit_ha_driver.connection.write_guard import WriteGuard
+from rabbit_ha_driver.connection import _amqp_io as amqp_io
+from rabbit_ha_driver.connection import _runners as runners
+from rabbit_ha_driver.connection import _sockets as sockets
+from rabbit_ha_driver.connection._amqp_link import AmqpLink
+from rabbit_ha_driver.connection._frames import HEARTBEAT_FRAME
+from rabbit_ha_driver.connection._liveness import Liveness
+from rabbit_ha_driver.connection._runners import NativeScheduler
+from rabbit_ha_driver.connection._write_guard import WriteGuard
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux TCP options")
 

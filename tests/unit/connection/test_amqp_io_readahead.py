@@ -14,10 +14,10 @@ from contextlib import contextmanager
 import amqp.transport
 import pytest
 
-from rabbit_ha_driver.connection.errors import RequestTimeout
-from rabbit_ha_driver.connection.frames import HEARTBEAT_FRAME
-from rabbit_ha_driver.connection.readahead import READ_CHUNK, buffered_reader
-from rabbit_ha_driver.connection.transport import DeadlineConnection, _frame_size
+from rabbit_ha_driver.connection._errors import RequestTimeout
+from rabbit_ha_driver.connection._frames import HEARTBEAT_FRAME
+from rabbit_ha_driver.connection._readahead import READ_CHUNK, buffered_reader
+from rabbit_ha_driver.connection._transport import DeadlineConnection, _frame_size
 
 
 class ScriptedTransport:
@@ -301,7 +301,7 @@ def _peak_while(fn) -> int:
 
 
 def test_frames_taken_from_a_large_buffer_never_copy_what_follows():
-    from rabbit_ha_driver.connection.readahead import buffered_frame_reader
+    from rabbit_ha_driver.connection._readahead import buffered_frame_reader
 
     count = 20000
     transport = BufferOnlyTransport(BODY_FRAME * count)  # 260 kB read ahead

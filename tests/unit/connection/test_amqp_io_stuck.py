@@ -23,11 +23,11 @@ import amqp.transport
 import pytest
 
 from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection import runners
-from rabbit_ha_driver.connection.amqp_link import AmqpLink
-from rabbit_ha_driver.connection.frames import HEARTBEAT_FRAME
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
-from rabbit_ha_driver.connection.runners import NativeScheduler
+from rabbit_ha_driver.connection import _runners as runners
+from rabbit_ha_driver.connection._amqp_link import AmqpLink
+from rabbit_ha_driver.connection._frames import HEARTBEAT_FRAME
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._runners import NativeScheduler
 
 from .test_amqp_io import StubConnection, recv_exactly
 

@@ -14,12 +14,12 @@ from amqp.exceptions import UnexpectedFrame
 
 from rabbit_ha_driver import from_url
 from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection import runners
-from rabbit_ha_driver.connection.amqp_link import AmqpLink
-from rabbit_ha_driver.connection.frames import HEARTBEAT_FRAME
-from rabbit_ha_driver.connection.liveness import Liveness
-from rabbit_ha_driver.connection.native_runner import NativeScheduler
-from rabbit_ha_driver.connection.readahead import buffered_frame_reader
+from rabbit_ha_driver.connection import _runners as runners
+from rabbit_ha_driver.connection._amqp_link import AmqpLink
+from rabbit_ha_driver.connection._frames import HEARTBEAT_FRAME
+from rabbit_ha_driver.connection._liveness import Liveness
+from rabbit_ha_driver.connection._native_runner import NativeScheduler
+from rabbit_ha_driver.connection._readahead import buffered_frame_reader
 
 from .test_amqp_io import StubConnection, recv_exactly
 

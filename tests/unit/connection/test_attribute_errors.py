@@ -15,8 +15,9 @@ import pytest
 from kombu.transport import pyamqp as kombu_pyamqp
 
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.connection import Deadline, State, errors
-from rabbit_ha_driver.connection.errors import Action, classify, raised_in_io_layer
+from rabbit_ha_driver.connection import Deadline, State
+from rabbit_ha_driver.connection import _errors as errors
+from rabbit_ha_driver.connection._errors import Action, classify, raised_in_io_layer
 
 from .conftest import make_connection
 

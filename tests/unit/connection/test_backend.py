@@ -7,8 +7,8 @@ import pytest
 from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp as kombu_pyamqp
 
-from rabbit_ha_driver.connection.backend import AMQPLink, MemoryLink, link_class, open_link
-from rabbit_ha_driver.connection.transport import AMQPTransport, MemoryTransport
+from rabbit_ha_driver.connection._backend import AMQPLink, MemoryLink, link_class, open_link
+from rabbit_ha_driver.connection._transport import AMQPTransport, MemoryTransport
 from rabbit_ha_driver.testing import FakeBroker, FakeLink, FakeTransport
 
 

@@ -13,7 +13,7 @@ import pytest
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Deadline, State
-from rabbit_ha_driver.connection.channel import (
+from rabbit_ha_driver.connection._channel import (
     CHANNEL_TRANSITIONS,
     BrokerClose,
     ChannelLife,
@@ -23,7 +23,7 @@ from rabbit_ha_driver.connection.channel import (
     method_name,
     method_sig,
 )
-from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome, settle_after_refusal
+from rabbit_ha_driver.connection._confirms import ConfirmTracker, Outcome, settle_after_refusal
 from rabbit_ha_driver.testing import precondition_failed
 
 from .conftest import make_connection
@@ -287,7 +287,7 @@ def test_a_refusal_whose_channel_replay_times_out_leaves_no_deaf_consumer(
     and the half-restored channel is kept as if it were whole: the
     connection stays CONNECTED, its channel never reaches OPEN, and the
     consumer hears nothing again."""
-    from rabbit_ha_driver.connection.errors import RequestTimeout
+    from rabbit_ha_driver.connection._errors import RequestTimeout
 
     conn = make(broker, clock, recorder)
     got = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rabbit_ha_driver.connection.confirms import ConfirmTracker, Outcome, Pending, settled
+from rabbit_ha_driver.connection._confirms import ConfirmTracker, Outcome, Pending, settled
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from rabbit_ha_driver.connection.cancels import CancelSchedule
-from rabbit_ha_driver.connection.connect_plan import Attempt, ConnectPlan, GiveUp, Pause, Why
-from rabbit_ha_driver.connection.hosts import HostRing
-from rabbit_ha_driver.connection.retry import Backoff
+from rabbit_ha_driver.connection._cancels import CancelSchedule
+from rabbit_ha_driver.connection._connect_plan import Attempt, ConnectPlan, GiveUp, Pause, Why
+from rabbit_ha_driver.connection._hosts import HostRing
+from rabbit_ha_driver.connection._retry import Backoff
 from rabbit_ha_driver.settings import Host
 
 HOSTS = [Host("a", 1), Host("b", 2), Host("c", 3)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rabbit_ha_driver.connection import frames
+from rabbit_ha_driver.connection import _frames as frames
 
 
 def test_an_empty_header_table_is_not_sent():

@@ -8,7 +8,7 @@ from amqp import spec
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 
-from rabbit_ha_driver.connection import frames
+from rabbit_ha_driver.connection import _frames as frames
 
 
 class _Connection:

@@ -513,7 +513,7 @@ def test_a_confirm_that_arrived_while_its_waiter_could_not_run_is_not_a_missed_d
         broker, clock, recorder):
     """An eventlet hub held by CPU-bound work: the waiter's read times out
     when the hub resumes, past the deadline, with the confirm unread."""
-    from rabbit_ha_driver.connection.confirms import Outcome, Pending
+    from rabbit_ha_driver.connection._confirms import Outcome, Pending
 
     conn = make(broker, clock, recorder)
     conn.connect()
@@ -533,7 +533,7 @@ def test_a_confirm_that_arrived_while_its_waiter_could_not_run_is_not_a_missed_d
 
 
 def test_a_confirm_that_never_came_is_still_a_missed_deadline(broker, clock, recorder):
-    from rabbit_ha_driver.connection.confirms import Pending
+    from rabbit_ha_driver.connection._confirms import Pending
 
     conn = make(broker, clock, recorder)
     conn.connect()

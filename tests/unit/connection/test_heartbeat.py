@@ -9,7 +9,7 @@ import pytest
 
 from rabbit_ha_driver import from_url
 from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection.heartbeat import (
+from rabbit_ha_driver.connection._heartbeat import (
     Action,
     Decision,
     HeartbeatPolicy,

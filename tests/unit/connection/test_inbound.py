@@ -6,7 +6,7 @@ import zlib
 
 from amqp.basic_message import Message as AmqpDelivery
 
-from rabbit_ha_driver.connection.inbound import HEADER, AMQPMessage, MemoryMessage
+from rabbit_ha_driver.connection._inbound import HEADER, AMQPMessage, MemoryMessage
 
 
 def test_a_py_amqp_delivery_keeps_its_body_as_sent():

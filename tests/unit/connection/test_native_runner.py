@@ -13,12 +13,13 @@ import pytest
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection import native_runner, natives
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
-from rabbit_ha_driver.connection.native_runner import NativeScheduler
-from rabbit_ha_driver.connection.natives import Natives
-from rabbit_ha_driver.connection.outbox import Outbox
-from rabbit_ha_driver.connection.watch import Watch
+from rabbit_ha_driver.connection import _native_runner as native_runner
+from rabbit_ha_driver.connection import _natives as natives
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._native_runner import NativeScheduler
+from rabbit_ha_driver.connection._natives import Natives
+from rabbit_ha_driver.connection._outbox import Outbox
+from rabbit_ha_driver.connection._watch import Watch
 
 from .test_runners import FakeMember
 

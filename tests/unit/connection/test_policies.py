@@ -8,9 +8,9 @@ import amqp.exceptions
 import pytest
 
 from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection.errors import Action, RequestTimeout, classify, lookup, translate
-from rabbit_ha_driver.connection.hosts import HostRing
-from rabbit_ha_driver.connection.retry import Backoff, Deadline
+from rabbit_ha_driver.connection._errors import Action, RequestTimeout, classify, lookup, translate
+from rabbit_ha_driver.connection._hosts import HostRing
+from rabbit_ha_driver.connection._retry import Backoff, Deadline
 from rabbit_ha_driver.exceptions import AuthenticationError, ChannelDead, IrrecoverableError
 from rabbit_ha_driver.settings import Host
 

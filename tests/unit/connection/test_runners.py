@@ -14,10 +14,10 @@ import pytest
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection import runners
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
-from rabbit_ha_driver.connection.outbox import Outbox
-from rabbit_ha_driver.connection.runners import GreenRunner, Natives, NativeScheduler, Watch
+from rabbit_ha_driver.connection import _runners as runners
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._outbox import Outbox
+from rabbit_ha_driver.connection._runners import GreenRunner, Natives, NativeScheduler, Watch
 from rabbit_ha_driver.exceptions import ConfigurationError
 
 
@@ -481,9 +481,9 @@ def run_python(code: str) -> str:
 
 def test_importing_the_library_does_not_import_eventlet():
     out = run_python(
-        "import sys, rabbit_ha_driver, rabbit_ha_driver.connection.runners, "
-        "rabbit_ha_driver.connection.amqp_io\n"
-        "from rabbit_ha_driver.connection import runners\n"
+        "import sys, rabbit_ha_driver, rabbit_ha_driver.connection._runners, "
+        "rabbit_ha_driver.connection._amqp_io\n"
+        "from rabbit_ha_driver.connection import _runners as runners\n"
         "print('eventlet' in sys.modules, runners.eventlet_patched())"
     )
     assert out == "False False"
@@ -492,7 +492,7 @@ def test_importing_the_library_does_not_import_eventlet():
 def test_importing_eventlet_is_not_patching_but_monkey_patching_is_detected():
     out = run_python(
         "import eventlet\n"
-        "from rabbit_ha_driver.connection import runners\n"
+        "from rabbit_ha_driver.connection import _runners as runners\n"
         "before = runners.eventlet_patched()\n"
         "eventlet.monkey_patch()\n"
         "import threading\n"

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from rabbit_ha_driver import from_url
-from rabbit_ha_driver.connection import sockets
-from rabbit_ha_driver.connection.sockets import SocketOptions, derive
+from rabbit_ha_driver.connection import _sockets as sockets
+from rabbit_ha_driver.connection._sockets import SocketOptions, derive
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux TCP options")
 

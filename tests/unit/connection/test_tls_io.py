@@ -23,11 +23,12 @@ import pytest
 
 from rabbit_ha_driver import from_url
 from rabbit_ha_driver.clock import FakeClock
-from rabbit_ha_driver.connection import runners, tls_io
-from rabbit_ha_driver.connection.amqp_link import AmqpLink
-from rabbit_ha_driver.connection.frames import HEARTBEAT_FRAME
-from rabbit_ha_driver.connection.liveness import Liveness
-from rabbit_ha_driver.connection.runners import NativeScheduler
+from rabbit_ha_driver.connection import _runners as runners
+from rabbit_ha_driver.connection import _tls_io as tls_io
+from rabbit_ha_driver.connection._amqp_link import AmqpLink
+from rabbit_ha_driver.connection._frames import HEARTBEAT_FRAME
+from rabbit_ha_driver.connection._liveness import Liveness
+from rabbit_ha_driver.connection._runners import NativeScheduler
 
 from .test_amqp_io import StubConnection, parse_frames, recv_exactly
 

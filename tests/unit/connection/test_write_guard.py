@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from rabbit_ha_driver.connection.natives import Natives
-from rabbit_ha_driver.connection.write_guard import WriteGuard
+from rabbit_ha_driver.connection._natives import Natives
+from rabbit_ha_driver.connection._write_guard import WriteGuard
 
 
 @pytest.fixture

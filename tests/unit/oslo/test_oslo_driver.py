@@ -29,7 +29,8 @@ from oslo_messaging import transport as om_transport
 
 from rabbit_ha_driver import events, options
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.connection import Connection, confirms
+from rabbit_ha_driver.connection import Connection
+from rabbit_ha_driver.connection import _confirms as confirms
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.oslo import RabbitHADriver, library_url, send_budget
 from rabbit_ha_driver.oslo.incoming import OsloRpcIncoming

@@ -13,7 +13,7 @@ import pytest
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.connection.confirms import Outcome, Pending
+from rabbit_ha_driver.connection._confirms import Outcome, Pending
 from rabbit_ha_driver.options import from_url
 from rabbit_ha_driver.rpc import RPCClient, RPCServer, RPCTransport, client
 from rabbit_ha_driver.rpc.envelope import ExchangeSpec

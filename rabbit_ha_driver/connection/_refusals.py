@@ -1,6 +1,6 @@
 """Broker refusals told in the broker's own words, and the ones retrying cannot mend.
 
-How it works. The error table of :mod:`rabbit_ha_driver.connection.errors`
+How it works. The error table of :mod:`rabbit_ha_driver.connection._errors`
 judges a refusal by its reply code and operation. One code is ambiguous:
 541 INTERNAL_ERROR is usually a node in trouble (reconnecting mends it), but
 RabbitMQ 3.13 and 4 also answer with it, closing the whole *connection*, when

@@ -1,16 +1,16 @@
 """Which heartbeat runner serves a connection: one native thread for all, or a green thread each.
 
 How this works. A runner keeps heartbeats flowing and finds dead peers for
-the connections it watches; each connection is a :class:`~.watch.Watch`
-around the pure :class:`~.heartbeat.HeartbeatState`, stepped at its
+the connections it watches; each connection is a :class:`~._watch.Watch`
+around the pure :class:`~._heartbeat.HeartbeatState`, stepped at its
 deadlines. The two runners differ in what sleeps:
 
-* :class:`~.native_runner.NativeScheduler`: ONE OS thread per process serves
+* :class:`~._native_runner.NativeScheduler`: ONE OS thread per process serves
   every connection, from a heap of deadlines; under eventlet monkey-patching
-  it is built from the original primitives (:mod:`~.natives`), so it keeps
+  it is built from the original primitives (:mod:`~._natives`), so it keeps
   sending heartbeats while a CPU-bound request blocks the hub, and it logs
-  through an :class:`~.outbox.Outbox` drained in the hub.
-* :class:`~.green_runner.GreenRunner`: an eventlet green thread per
+  through an :class:`~._outbox.Outbox` drained in the hub.
+* :class:`~._green_runner.GreenRunner`: an eventlet green thread per
   connection, which stalls while the hub is blocked.
 
 :func:`select_runner` implements ``heartbeat_runner``: ``native``, ``green``
@@ -27,9 +27,9 @@ runners had a module each.
 from __future__ import annotations
 
 from rabbit_ha_driver import events as ev
-from rabbit_ha_driver.connection.green_runner import GreenRunner, run_green
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
-from rabbit_ha_driver.connection.native_runner import (
+from rabbit_ha_driver.connection._green_runner import GreenRunner, run_green
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._native_runner import (
     COALESCE,
     COALESCE_SHARE,
     EARLY,
@@ -37,14 +37,14 @@ from rabbit_ha_driver.connection.native_runner import (
     NativeScheduler,
     native_scheduler,
 )
-from rabbit_ha_driver.connection.natives import (
+from rabbit_ha_driver.connection._natives import (
     COOPERATIVE_MAX_PAUSE,
     Natives,
     acquire_cooperatively,
     eventlet_patched,
     native_modules,
 )
-from rabbit_ha_driver.connection.watch import Monitored, Post, Runner, Watch
+from rabbit_ha_driver.connection._watch import Monitored, Post, Runner, Watch
 from rabbit_ha_driver.exceptions import ConfigurationError
 
 RUNNERS = ("auto", "green", "native")

@@ -18,12 +18,12 @@ from contextlib import suppress
 from typing import Any
 
 from rabbit_ha_driver import events as ev
-from rabbit_ha_driver.connection import errors
-from rabbit_ha_driver.connection.channel import BrokerClose, ChannelState, close_of
-from rabbit_ha_driver.connection.confirms import ConfirmTracker, settle_after_refusal
-from rabbit_ha_driver.connection.lifecycle import OPEN_STATES, _Lifecycle
-from rabbit_ha_driver.connection.retry import Deadline
-from rabbit_ha_driver.connection.topology import BindingDecl, ConsumerDecl, ExchangeDecl, QueueDecl
+from rabbit_ha_driver.connection import _errors as errors
+from rabbit_ha_driver.connection._channel import BrokerClose, ChannelState, close_of
+from rabbit_ha_driver.connection._confirms import ConfirmTracker, settle_after_refusal
+from rabbit_ha_driver.connection._lifecycle import OPEN_STATES, _Lifecycle
+from rabbit_ha_driver.connection._retry import Deadline
+from rabbit_ha_driver.connection._topology import BindingDecl, ConsumerDecl, ExchangeDecl, QueueDecl
 
 LOG = logging.getLogger(__name__)
 

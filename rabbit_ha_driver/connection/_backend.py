@@ -1,8 +1,8 @@
 """The backend seam: what the connection core asks of a link to one broker.
 
-How it works. The core of the connection (:mod:`.lifecycle`,
-:mod:`.channel_recovery`, :mod:`.connecting`, :mod:`.consuming`,
-:mod:`.publishing`) never looks at which transport it holds. It opens a
+How it works. The core of the connection (:mod:`._lifecycle`,
+:mod:`._channel_recovery`, :mod:`._connecting`, :mod:`._consuming`,
+:mod:`._publishing`) never looks at which transport it holds. It opens a
 :class:`Link` with :func:`open_link` and asks the link: what the transport
 can do (publisher confirms, consumer cancel notifications, consumer counts,
 heartbeats) and how to do the few things that differ between transports
@@ -13,7 +13,7 @@ inherited over ``fork()``).
 A transport class names its link in a ``link_class`` attribute:
 
 * :class:`AMQPLink`: py-amqp through kombu. Requests and reads honour
-  absolute deadlines (:class:`~.transport.DeadlineConnection`), publishes may
+  absolute deadlines (:class:`~._transport.DeadlineConnection`), publishes may
   take the frame fast path, heartbeats and the dead-peer deadline apply.
 * :class:`MemoryLink`: kombu's in-process broker (the demo, the unit tests):
   no confirms, no deadlines, no heartbeats.

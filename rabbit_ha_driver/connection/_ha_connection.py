@@ -3,7 +3,7 @@
 How it works. Every broker operation runs inside :meth:`Connection.ensure`,
 which holds the connection's lock, makes sure a connection and a channel are
 open, runs the operation under a deadline, and on failure asks
-:func:`~rabbit_ha_driver.connection.errors.classify` what to do: raise at once
+:func:`~rabbit_ha_driver.connection._errors.classify` what to do: raise at once
 (a refusal retrying cannot mend), reopen the channel on the same connection,
 or drop the connection and reconnect. Reconnecting walks the hosts in
 failover order, moving to the next host at once and backing off only after a
@@ -27,17 +27,17 @@ A channel the broker closes while the connection stays up (a consumer
 acknowledgement timeout, a publish to a missing exchange, a refused
 request) is replaced by a new one with confirm mode, QoS and the recorded
 topology restored, by whichever thread reads the close (see
-:mod:`~rabbit_ha_driver.connection.channel`); messages waiting for a confirm
+:mod:`~rabbit_ha_driver.connection._channel`); messages waiting for a confirm
 on it are settled as lost, and deliveries of the old channel are never
 acknowledged on the new one.
 
 Where each part lives. The connection is built in layers, each a class in
-its own module that builds on the one below: :mod:`.lifecycle` (states, the
-lock, tear-down, fork safety), :mod:`.channel_recovery` (opening channels,
-restoring one the broker closed), :mod:`.connecting` (the retry loop,
-connecting and failing over along the :mod:`.connect_plan`), :mod:`.consuming`
-(deliveries, consumer cancels along the :mod:`.cancels` schedule, queue checks,
-acknowledgements), :mod:`.publishing` (confirms), and this module's
+its own module that builds on the one below: :mod:`._lifecycle` (states, the
+lock, tear-down, fork safety), :mod:`._channel_recovery` (opening channels,
+restoring one the broker closed), :mod:`._connecting` (the retry loop,
+connecting and failing over along the :mod:`._connect_plan`), :mod:`._consuming`
+(deliveries, consumer cancels along the :mod:`._cancels` schedule, queue checks,
+acknowledgements), :mod:`._publishing` (confirms), and this module's
 :class:`Connection` with the topology API on top.
 
 One connection is meant to be driven by one thread at a time (a consumer's
@@ -55,13 +55,13 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from rabbit_ha_driver.connection import errors
-from rabbit_ha_driver.connection.channel import close_of
-from rabbit_ha_driver.connection.lifecycle import OPEN_STATES, TRANSITIONS, State, default_connection_name
-from rabbit_ha_driver.connection.publishing import _Publishing
-from rabbit_ha_driver.connection.retry import Deadline
-from rabbit_ha_driver.connection.sockets import raw_socket
-from rabbit_ha_driver.connection.topology import BindingDecl, ConsumerDecl, ExchangeDecl, QueueDecl
+from rabbit_ha_driver.connection import _errors as errors
+from rabbit_ha_driver.connection._channel import close_of
+from rabbit_ha_driver.connection._lifecycle import OPEN_STATES, TRANSITIONS, State, default_connection_name
+from rabbit_ha_driver.connection._publishing import _Publishing
+from rabbit_ha_driver.connection._retry import Deadline
+from rabbit_ha_driver.connection._sockets import raw_socket
+from rabbit_ha_driver.connection._topology import BindingDecl, ConsumerDecl, ExchangeDecl, QueueDecl
 
 LOG = logging.getLogger(__name__)
 

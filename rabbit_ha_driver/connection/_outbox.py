@@ -17,8 +17,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from rabbit_ha_driver.connection.natives import Natives
-from rabbit_ha_driver.connection.watch import LOG
+from rabbit_ha_driver.connection._natives import Natives
+from rabbit_ha_driver.connection._watch import LOG
 
 
 class Outbox:

@@ -23,12 +23,13 @@ from typing import Any
 import amqp.exceptions
 
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.connection import errors, frames
-from rabbit_ha_driver.connection.channel import close_of
-from rabbit_ha_driver.connection.confirms import Outcome, Pending, settled
-from rabbit_ha_driver.connection.consuming import _Consuming
-from rabbit_ha_driver.connection.lifecycle import State
-from rabbit_ha_driver.connection.retry import Deadline
+from rabbit_ha_driver.connection import _errors as errors
+from rabbit_ha_driver.connection import _frames as frames
+from rabbit_ha_driver.connection._channel import close_of
+from rabbit_ha_driver.connection._confirms import Outcome, Pending, settled
+from rabbit_ha_driver.connection._consuming import _Consuming
+from rabbit_ha_driver.connection._lifecycle import State
+from rabbit_ha_driver.connection._retry import Deadline
 
 LOG = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ traffic and the last outbound frame, and :meth:`HeartbeatState.decide` turns
 them and the current time into a :class:`Decision`: send a heartbeat, declare
 the connection dead, or nothing, plus the time at which something next falls
 due. There is no I/O, no thread and no clock in here: the runners in
-:mod:`~rabbit_ha_driver.connection.runners` pass the time in, do what the
+:mod:`~rabbit_ha_driver.connection._runners` pass the time in, do what the
 decision says and sleep until ``wake_at``. So the schedule is driven by
 deadlines (the next frame to send, the dead-connection deadline), never by a
 fixed tick.

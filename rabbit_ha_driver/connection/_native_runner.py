@@ -7,15 +7,15 @@ connection is added or poked, so it wakes at the next deadline, at most
 deadlines that fall within that slack are served in the same pass (a wake-up
 of an OS thread costs more than a step, and with many connections their
 deadlines would otherwise come one by one). Each due connection gets one
-:meth:`~.watch.Watch.step`; a step that raises is logged and tried again
+:meth:`~._watch.Watch.step`; a step that raises is logged and tried again
 :data:`STEP_ERROR_RETRY` later, and the thread itself never dies, since every
 connection depends on it.
 
 Under eventlet monkey-patching it is built from the *original*
-``threading``/``select``/``os`` modules (:mod:`~.natives`) and never touches
+``threading``/``select``/``os`` modules (:mod:`~._natives`) and never touches
 the hub or a green object, so it keeps sending heartbeats while a CPU-bound
 request blocks the hub; its log records and events then go through an
-:class:`~.outbox.Outbox` that a green thread drains.
+:class:`~._outbox.Outbox` that a green thread drains.
 
 :func:`native_scheduler` is the process's one scheduler, started on first
 use; a forked child starts its own (the parent's thread does not exist
@@ -33,10 +33,10 @@ from typing import Any
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
-from rabbit_ha_driver.connection.natives import Natives, native_modules
-from rabbit_ha_driver.connection.outbox import Outbox
-from rabbit_ha_driver.connection.watch import LOG, Monitored, Post, Watch, run_now
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._natives import Natives, native_modules
+from rabbit_ha_driver.connection._outbox import Outbox
+from rabbit_ha_driver.connection._watch import LOG, Monitored, Post, Watch, run_now
 
 #: A deadline this close is treated as reached (timed waits may return early).
 EARLY = 0.001

@@ -3,9 +3,9 @@
 How this works. py-amqp writes every frame through ``transport.write``, which
 calls ``transport._write`` (its frame writer captured the bound ``write`` at
 connect time, so replacing ``_write`` on the transport instance catches every
-frame). ``AmqpLink.install`` (:mod:`~.amqp_link`) wraps it with
+frame). ``AmqpLink.install`` (:mod:`~._amqp_link`) wraps it with
 :meth:`WriteGuard.guarded`: a *native* lock (eventlet's original one in a
-monkey-patched process, :mod:`~.natives`) that green threads take
+monkey-patched process, :mod:`~._natives`) that green threads take
 cooperatively, so a heartbeat frame written by the native scheduler never
 lands inside another writer's frame. The native thread writes its 8-byte
 frame straight to the socket (:meth:`WriteGuard.write_native`: a
@@ -17,7 +17,7 @@ declares the stream broken.
 
 Over TLS raw bytes on the socket would corrupt the TLS stream, and an SSL
 object may not be used from two OS threads at once, so there the guard covers
-the owner's *reads* too (:mod:`~.tls_io`), and the native thread writes its
+the owner's *reads* too (:mod:`~._tls_io`), and the native thread writes its
 heartbeat as one TLS record through the SSL object, under the guard, on the
 same terms as above (guard busy or no room: nothing written, retried
 shortly).
@@ -32,8 +32,8 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rabbit_ha_driver.connection import tls_io
-from rabbit_ha_driver.connection.natives import Natives, acquire_cooperatively, native_modules
+from rabbit_ha_driver.connection import _tls_io as tls_io
+from rabbit_ha_driver.connection._natives import Natives, acquire_cooperatively, native_modules
 
 #: Longest the native thread waits for the guard before leaving it for later:
 #: not at all. One thread serves every connection of the process, so a wait
@@ -114,7 +114,7 @@ class WriteGuard:
         socket failed, the guard is closed, or a frame it started could not be
         finished within ``finish_within`` seconds (the stream is then broken).
         ``tls``: ``sock`` is an SSL socket whose every user holds this guard
-        (:mod:`~.tls_io`); ``data`` goes out as one TLS record.
+        (:mod:`~._tls_io`); ``data`` goes out as one TLS record.
         """
         if not (self._lock.acquire(False) if wait <= 0 else self._lock.acquire(True, wait)):
             return False

@@ -2,10 +2,10 @@
 
 How it works. :meth:`ensure` runs an operation under the connection's lock,
 making sure a connection and a channel are open, and on failure asks
-:func:`~rabbit_ha_driver.connection.errors.classify` what to do: raise at once
+:func:`~rabbit_ha_driver.connection._errors.classify` what to do: raise at once
 (a refusal retrying cannot mend), reopen the channel, or drop the connection
 and reconnect. Connecting follows the
-:class:`~rabbit_ha_driver.connection.connect_plan.ConnectPlan`: the next host
+:class:`~rabbit_ha_driver.connection._connect_plan.ConnectPlan`: the next host
 at once, a backoff only after a whole pass over the hosts, never past the
 caller's deadline; each successful connect replays the recorded topology.
 """
@@ -21,15 +21,15 @@ import kombu
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.connection import errors
-from rabbit_ha_driver.connection.backend import open_link
-from rabbit_ha_driver.connection.channel import ChannelState, close_of, concerns
-from rabbit_ha_driver.connection.channel_recovery import _ChannelRecovery
-from rabbit_ha_driver.connection.connect_plan import GiveUp, Pause, Why
-from rabbit_ha_driver.connection.lifecycle import OPEN_STATES, State
-from rabbit_ha_driver.connection.refusals import closed_connection, note_refusal
-from rabbit_ha_driver.connection.retry import Deadline
-from rabbit_ha_driver.connection.tls_options import amqp_ssl_options
+from rabbit_ha_driver.connection import _errors as errors
+from rabbit_ha_driver.connection._backend import open_link
+from rabbit_ha_driver.connection._channel import ChannelState, close_of, concerns
+from rabbit_ha_driver.connection._channel_recovery import _ChannelRecovery
+from rabbit_ha_driver.connection._connect_plan import GiveUp, Pause, Why
+from rabbit_ha_driver.connection._lifecycle import OPEN_STATES, State
+from rabbit_ha_driver.connection._refusals import closed_connection, note_refusal
+from rabbit_ha_driver.connection._retry import Deadline
+from rabbit_ha_driver.connection._tls_options import amqp_ssl_options
 from rabbit_ha_driver.settings import Host
 
 LOG = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class _Connecting(_ChannelRecovery):
         return ", ".join(h.address for h in self.settings.hosts) or "memory://"
 
     def _wait_for_retry(self, deadline: Deadline) -> None:
-        """Honour a backoff an earlier, shorter turn began (see :mod:`.connect_plan`).
+        """Honour a backoff an earlier, shorter turn began (see :mod:`._connect_plan`).
 
         Raises MessagingTimeout, without an attempt, when the deadline ends
         before the next attempt is due.

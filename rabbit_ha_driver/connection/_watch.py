@@ -1,17 +1,17 @@
 """One connection served by a heartbeat runner: what it offers, and the step.
 
 How this works. A runner serves connections through the :class:`Monitored`
-protocol below and drives a :class:`~.heartbeat.HeartbeatState` per
+protocol below and drives a :class:`~._heartbeat.HeartbeatState` per
 connection, held by a :class:`Watch`: at each deadline :meth:`Watch.step`
 observes the connection (times of the owner's last read and write, a marker
 of unread inbound bytes), asks the state for a decision, and sends a
 heartbeat frame or declares the connection dead. Both runners
-(:mod:`~.native_runner`, :mod:`~.green_runner`) share that step; they differ
+(:mod:`~._native_runner`, :mod:`~._green_runner`) share that step; they differ
 in what sleeps.
 
 The step never logs or emits an event itself: it hands them to ``post``
 (:data:`Post`), which runs them at once, or, from the native scheduler's
-thread in a monkey-patched process, later in the hub (:mod:`~.outbox`).
+thread in a monkey-patched process, later in the hub (:mod:`~._outbox`).
 
 The protocol a served connection implements (``amqp_link.AmqpLink`` is the
 py-amqp one)::
@@ -41,10 +41,10 @@ from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from rabbit_ha_driver import events as ev
-from rabbit_ha_driver.connection.heartbeat import Action, HeartbeatPolicy
+from rabbit_ha_driver.connection._heartbeat import Action, HeartbeatPolicy
 
 # The heartbeat runners' log records keep the name log configurations know.
-LOG = logging.getLogger("rabbit_ha_driver.connection.runners")
+LOG = logging.getLogger("rabbit_ha_driver.connection._runners")
 
 
 class Monitored(Protocol):
@@ -182,7 +182,8 @@ class Watch:
 
 
 class Runner(Protocol):
-    """Serves connections: :class:`~.native_runner.NativeScheduler` or :class:`~.green_runner.GreenRunner`."""
+    """Serves connections: :class:`~._native_runner.NativeScheduler` or
+    :class:`~._green_runner.GreenRunner`."""
 
     kind: str
 

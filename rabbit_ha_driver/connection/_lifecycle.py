@@ -11,7 +11,7 @@ a byte on it and connects anew on first use.
 
 The connection is assembled from layers, each a class in its own module that
 builds on the one below: lifecycle, channel recovery, connecting, consuming,
-publishing, and :class:`~rabbit_ha_driver.connection.ha_connection.Connection`
+publishing, and :class:`~rabbit_ha_driver.connection._ha_connection.Connection`
 with the topology API on top.
 """
 
@@ -33,17 +33,17 @@ from typing import Any
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection.backend import Link
-from rabbit_ha_driver.connection.cancels import CancelSchedule
-from rabbit_ha_driver.connection.channel import BrokerClose, ChannelLife, ChannelState
-from rabbit_ha_driver.connection.confirms import ConfirmTracker, Pending
-from rabbit_ha_driver.connection.connect_plan import ConnectPlan
-from rabbit_ha_driver.connection.hosts import HostRing
-from rabbit_ha_driver.connection.liveness import Liveness
-from rabbit_ha_driver.connection.locks import HandoverLock
-from rabbit_ha_driver.connection.retry import Backoff, Deadline
-from rabbit_ha_driver.connection.topology import Topology
-from rabbit_ha_driver.connection.transport import (
+from rabbit_ha_driver.connection._backend import Link
+from rabbit_ha_driver.connection._cancels import CancelSchedule
+from rabbit_ha_driver.connection._channel import BrokerClose, ChannelLife, ChannelState
+from rabbit_ha_driver.connection._confirms import ConfirmTracker, Pending
+from rabbit_ha_driver.connection._connect_plan import ConnectPlan
+from rabbit_ha_driver.connection._hosts import HostRing
+from rabbit_ha_driver.connection._liveness import Liveness
+from rabbit_ha_driver.connection._locks import HandoverLock
+from rabbit_ha_driver.connection._retry import Backoff, Deadline
+from rabbit_ha_driver.connection._topology import Topology
+from rabbit_ha_driver.connection._transport import (
     AMQPTransport,
     MemoryTransport,
 )
@@ -106,7 +106,7 @@ class _Lifecycle:
         self._clock = clock or REAL_CLOCK
         self._lock = HandoverLock(self._finish_cut_close)
         #: close() cut the socket of a connection another thread held; the
-        #: lock's last holder finishes the close (see :mod:`.locks`).
+        #: lock's last holder finishes the close (see :mod:`._locks`).
         self._cut = False
         self._topology = Topology()
         self._backoff = backoff or Backoff(
@@ -114,14 +114,14 @@ class _Lifecycle:
             step=settings.rabbit_retry_backoff,
             cap=settings.rabbit_interval_max,
         )
-        #: The failover walk over the hosts (see :mod:`.connect_plan`).
+        #: The failover walk over the hosts (see :mod:`._connect_plan`).
         self._plan = ConnectPlan(
             HostRing(settings.hosts, settings.kombu_failover_strategy) if settings.hosts else None,
             self._backoff, settings.rabbit_max_retries)
         self._transport_cls = transport or (MemoryTransport if settings.is_memory else AMQPTransport)
         self._transport_options = dict(transport_options or {})
         self._state = State.NEW
-        #: The open link to a broker (see :mod:`.backend`); None when there is none.
+        #: The open link to a broker (see :mod:`._backend`); None when there is none.
         self._link: Link | None = None
         self._channel: Any = None
         self._host: Host | None = None
@@ -129,7 +129,7 @@ class _Lifecycle:
         self._pid = os.getpid()
         self._confirms = False
         self._tracker = ConfirmTracker()
-        #: Consumers the broker cancelled, until consumed again (see :mod:`.cancels`).
+        #: Consumers the broker cancelled, until consumed again (see :mod:`._cancels`).
         self._cancels = CancelSchedule()
         self._next_consumer_check = 0.0
         #: Consumed queues whose last check counted no consumer on the broker.

@@ -1,6 +1,6 @@
 """The connection's lock, which knows when its outermost holder lets go.
 
-:meth:`Connection.close <rabbit_ha_driver.connection.ha_connection.Connection.close>`
+:meth:`Connection.close <rabbit_ha_driver.connection._ha_connection.Connection.close>`
 waits only briefly for the lock. When another thread holds it longer (a
 long read, a reconnect), close cuts the socket and leaves the rest to that
 thread. That thread may never come back to the connection (a consumer loop

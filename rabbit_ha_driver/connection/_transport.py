@@ -8,7 +8,7 @@ bind, consume, cancel, qos, close, a publisher confirm) runs under an absolute
 deadline. py-amqp waits for a reply by reading frame after frame, each read
 with the same timeout, so every incoming heartbeat restarts its clock;
 :class:`DeadlineConnection` recomputes the time left before every read instead
-and raises :class:`~rabbit_ha_driver.connection.errors.RequestTimeout` when the
+and raises :class:`~rabbit_ha_driver.connection._errors.RequestTimeout` when the
 deadline passes.
 
 Writes have a deadline too: every frame is written with the socket's timeout
@@ -35,10 +35,10 @@ from kombu.transport import memory as kombu_memory
 from kombu.transport import pyamqp as kombu_pyamqp
 
 from rabbit_ha_driver import forks
-from rabbit_ha_driver.connection.backend import AMQPLink, MemoryLink
-from rabbit_ha_driver.connection.channel import RecoverableChannel
-from rabbit_ha_driver.connection.errors import RequestTimeout, WriteTimeout
-from rabbit_ha_driver.connection.inbound import MemoryMessage
+from rabbit_ha_driver.connection._backend import AMQPLink, MemoryLink
+from rabbit_ha_driver.connection._channel import RecoverableChannel
+from rabbit_ha_driver.connection._errors import RequestTimeout, WriteTimeout
+from rabbit_ha_driver.connection._inbound import MemoryMessage
 from rabbit_ha_driver.exceptions import Unroutable
 
 LOG = logging.getLogger(__name__)

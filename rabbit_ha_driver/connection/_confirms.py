@@ -163,7 +163,7 @@ class ConfirmTracker:
 
         A message already returned stays returned (the broker did not take
         it, so it is safe to send again). ``close`` is the broker's reason
-        when the broker closed the channel (a :class:`~.channel.BrokerClose`).
+        when the broker closed the channel (a :class:`~._channel.BrokerClose`).
         Returns how many were lost.
         """
         lost = self.take_waiting()

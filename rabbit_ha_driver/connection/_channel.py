@@ -39,7 +39,7 @@ import amqp.exceptions
 from amqp import spec
 from kombu.transport import pyamqp as kombu_pyamqp
 
-from rabbit_ha_driver.connection.inbound import AMQPMessage
+from rabbit_ha_driver.connection._inbound import AMQPMessage
 
 LOG = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A green thread per connection: the classic heartbeat runner.
 
 How this works. :class:`GreenRunner` spawns an eventlet green thread per
-connection that runs :func:`run_green`: one :meth:`~.watch.Watch.step`,
+connection that runs :func:`run_green`: one :meth:`~._watch.Watch.step`,
 then a sleep until the next deadline, but never longer than half an
 interval. It stalls while the hub is blocked (a CPU-bound request); the
 broker then closes the connection for missed heartbeats. It exists for
@@ -17,9 +17,9 @@ from typing import Any
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
-from rabbit_ha_driver.connection.natives import native_modules
-from rabbit_ha_driver.connection.watch import LOG, Monitored, Watch
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._natives import native_modules
+from rabbit_ha_driver.connection._watch import LOG, Monitored, Watch
 
 
 def run_green(watch: Watch, clock: Clock, sleep: Callable[[float], Any]) -> None:

@@ -6,7 +6,7 @@ state (and TLS 1.3 handles session tickets and key updates inside reads), and
 Python releases the GIL around both without a lock of its own. Writing raw
 bytes next to the TLS stream would corrupt it. So for the native scheduler to
 send a heartbeat on a TLS connection from its own thread, every use of the
-SSL object must hold the connection's :class:`~.write_guard.WriteGuard`:
+SSL object must hold the connection's :class:`~._write_guard.WriteGuard`:
 
 * The owner's writes already do (``install`` wraps py-amqp's ``_write``).
 * The owner's reads go through :class:`GuardedReader`, which replaces
@@ -40,11 +40,11 @@ import ssl
 import time
 from typing import Any, Protocol
 
-from rabbit_ha_driver.connection.natives import Natives, native_modules
+from rabbit_ha_driver.connection._natives import Natives, native_modules
 
 
 class Guard(Protocol):
-    """The owner's side of :class:`~.write_guard.WriteGuard`."""
+    """The owner's side of :class:`~._write_guard.WriteGuard`."""
 
     def acquire(self) -> None: ...
 

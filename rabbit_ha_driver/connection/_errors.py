@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import amqp.exceptions
 
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.connection import refusals
+from rabbit_ha_driver.connection import _refusals as refusals
 
 
 class Action(enum.Enum):

@@ -1,9 +1,9 @@
 """Where the next connection attempt goes: the connect plan, as values.
 
 How it works. Connecting walks the hosts in failover order
-(:class:`~rabbit_ha_driver.connection.hosts.HostRing`): after a failed attempt
+(:class:`~rabbit_ha_driver.connection._hosts.HostRing`): after a failed attempt
 it moves to the next host at once, and only when a whole pass over the hosts
-has failed does it wait, for the :class:`~rabbit_ha_driver.connection.retry.Backoff`
+has failed does it wait, for the :class:`~rabbit_ha_driver.connection._retry.Backoff`
 of that many failed passes. With ``rabbit_max_retries`` set, a connection
 nobody gave a deadline gives up after that many failed passes.
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from rabbit_ha_driver.connection.hosts import HostRing
-from rabbit_ha_driver.connection.retry import Backoff
+from rabbit_ha_driver.connection._hosts import HostRing
+from rabbit_ha_driver.connection._retry import Backoff
 from rabbit_ha_driver.settings import Host
 
 

@@ -2,10 +2,10 @@
 
 How this works. :class:`Liveness` bundles the pieces behind the few calls an
 HA connection makes. Before connecting it gives kombu the heartbeat interval
-to ask of the broker (:class:`~.heartbeat.HeartbeatPolicy`) and py-amqp's
-``socket_settings`` (:mod:`~.sockets`). After each connect :meth:`attach`
-tunes the socket, installs an :class:`~.amqp_link.AmqpLink` on the
-transport, and has the chosen runner watch it (:func:`~.runners.watch_connection`);
+to ask of the broker (:class:`~._heartbeat.HeartbeatPolicy`) and py-amqp's
+``socket_settings`` (:mod:`~._sockets`). After each connect :meth:`attach`
+tunes the socket, installs an :class:`~._amqp_link.AmqpLink` on the
+transport, and has the chosen runner watch it (:func:`~._runners.watch_connection`);
 :meth:`detach` undoes that before the connection is closed or dropped. When
 the runner cannot write (TLS on a socket it cannot guard), the owner sends
 the heartbeats itself between reads (:meth:`owner_tick`, :meth:`owner_wait`).
@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection import runners, sockets
-from rabbit_ha_driver.connection.amqp_link import AmqpLink
-from rabbit_ha_driver.connection.heartbeat import HeartbeatPolicy
-from rabbit_ha_driver.connection.watch import Watch
+from rabbit_ha_driver.connection import _runners as runners
+from rabbit_ha_driver.connection import _sockets as sockets
+from rabbit_ha_driver.connection._amqp_link import AmqpLink
+from rabbit_ha_driver.connection._heartbeat import HeartbeatPolicy
+from rabbit_ha_driver.connection._watch import Watch
 
 if TYPE_CHECKING:
     from rabbit_ha_driver.settings import Settings

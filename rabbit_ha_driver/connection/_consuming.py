@@ -3,7 +3,7 @@
 How it works. :meth:`drain_events` reads the connection for a while and hands
 each delivery to its consumer's callback, recovering the connection in the same
 time. A consumer the broker cancelled is consumed again once its delay has
-passed (see :mod:`.cancels`). Now and then the consumed queues are declared
+passed (see :mod:`._cancels`). Now and then the consumed queues are declared
 passively: a queue that vanished without a cancel, or one whose ready messages
 never come to this consumer, is consumed again, or the connection reconnects.
 An acknowledgement for a delivery of a channel that is gone is dropped: the
@@ -18,12 +18,13 @@ from typing import Any
 
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
-from rabbit_ha_driver.connection import errors, frames
-from rabbit_ha_driver.connection.channel import close_of
-from rabbit_ha_driver.connection.channel_recovery import POST_RECOVERY_CHECK
-from rabbit_ha_driver.connection.connecting import _Connecting
-from rabbit_ha_driver.connection.lifecycle import OPEN_STATES
-from rabbit_ha_driver.connection.retry import Deadline
+from rabbit_ha_driver.connection import _errors as errors
+from rabbit_ha_driver.connection import _frames as frames
+from rabbit_ha_driver.connection._channel import close_of
+from rabbit_ha_driver.connection._channel_recovery import POST_RECOVERY_CHECK
+from rabbit_ha_driver.connection._connecting import _Connecting
+from rabbit_ha_driver.connection._lifecycle import OPEN_STATES
+from rabbit_ha_driver.connection._retry import Deadline
 
 LOG = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class _Consuming(_Connecting):
           have been sent them.
 
         Only some transports count a queue's consumers (see
-        :attr:`.backend.Link.counts_consumers`), and RabbitMQ counts none for a stream,
+        :attr:`._backend.Link.counts_consumers`), and RabbitMQ counts none for a stream,
         whose messages stay in it once read: a stream shows neither sign.
         """
         count = getattr(declare_ok, "consumer_count", None)

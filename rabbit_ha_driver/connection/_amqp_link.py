@@ -2,11 +2,11 @@
 
 How this works. :meth:`AmqpLink.install` replaces a few attributes of the
 connection's py-amqp transport, and :meth:`AmqpLink.detach` puts them back:
-``_write`` under the :class:`~.write_guard.WriteGuard`; ``_quick_recv``
+``_write`` under the :class:`~._write_guard.WriteGuard`; ``_quick_recv``
 wrapped to note the time and byte count of every read the owner makes (over
-a TLS socket it can guard, through :class:`~.tls_io.GuardedReader`); and on
+a TLS socket it can guard, through :class:`~._tls_io.GuardedReader`); and on
 plain TCP ``_read`` and ``read_frame`` with the read-ahead of
-:mod:`~.readahead`. A TLS socket it cannot guard (not an ``ssl.SSLSocket``)
+:mod:`~._readahead`. A TLS socket it cannot guard (not an ``ssl.SSLSocket``)
 falls back to the owner sending heartbeats with
 :meth:`AmqpLink.heartbeat_if_due` (through py-amqp's own frame writer)
 between reads. A green runner, which runs in the owner's hub, always sends
@@ -39,12 +39,13 @@ from typing import Any
 import amqp.transport
 
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
-from rabbit_ha_driver.connection import sockets, tls_io
-from rabbit_ha_driver.connection.frames import HEARTBEAT_FRAME
-from rabbit_ha_driver.connection.natives import Natives
-from rabbit_ha_driver.connection.readahead import buffered_frame_reader, buffered_reader
-from rabbit_ha_driver.connection.sockets import raw_socket
-from rabbit_ha_driver.connection.write_guard import WriteGuard
+from rabbit_ha_driver.connection import _sockets as sockets
+from rabbit_ha_driver.connection import _tls_io as tls_io
+from rabbit_ha_driver.connection._frames import HEARTBEAT_FRAME
+from rabbit_ha_driver.connection._natives import Natives
+from rabbit_ha_driver.connection._readahead import buffered_frame_reader, buffered_reader
+from rabbit_ha_driver.connection._sockets import raw_socket
+from rabbit_ha_driver.connection._write_guard import WriteGuard
 
 try:
     import fcntl

@@ -7,8 +7,8 @@ one that asks for up to :data:`READ_CHUNK` bytes and keeps the rest in the
 transport's ``_read_buffer``, where py-amqp already keeps what a timed-out
 read left behind; :func:`buffered_frame_reader` replaces ``read_frame`` with
 one that cuts a frame buffered whole straight out of that buffer, without
-touching the socket. ``AmqpLink.install`` (:mod:`~.amqp_link`) puts both on
-a plain TCP transport (over TLS the reads go through :mod:`~.tls_io`
+touching the socket. ``AmqpLink.install`` (:mod:`~._amqp_link`) puts both on
+a plain TCP transport (over TLS the reads go through :mod:`~._tls_io`
 instead). Nothing else reads the socket or waits for it to become readable,
 so bytes held here are never missed; bytes held here still count as pending
 for liveness (``AmqpLink.pending_bytes``).
