@@ -28,6 +28,8 @@ INTERNAL = {
                       "ensure(); connection/_errors.py translates it into ChannelDead",
     "WriteTimeout": "an OSError raised by the bounded write inside ensure() and the publish "
                     "path; connection/_errors.py translates it into ConnectionLost",
+    "_Dropped": "the scripted test broker's own signal that a client hung up "
+                "(testing/_amqp_session.py); it ends that connection's server thread",
 }
 
 

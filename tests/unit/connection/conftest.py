@@ -60,7 +60,7 @@ AMQP_SETTINGS: dict[str, Any] = {
 @pytest.fixture
 def amqp_server() -> Any:
     """A scripted AMQP 0-9-1 broker on a loopback port (see amqp_server.py)."""
-    from .amqp_server import AmqpServer
+    from rabbit_ha_driver.testing import AmqpServer
 
     server = AmqpServer()
     yield server

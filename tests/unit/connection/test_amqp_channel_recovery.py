@@ -9,8 +9,7 @@ import pytest
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Deadline, State
-
-from .amqp_server import SILENT
+from rabbit_ha_driver.testing import SILENT
 
 ACK_TIMEOUT = "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out"
 

@@ -9,8 +9,7 @@ import pytest
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Deadline, State
-
-from .amqp_server import SILENT, AmqpServer
+from rabbit_ha_driver.testing import SILENT, AmqpServer
 
 TOPOLOGY = ["basic.qos", "exchange.declare", "queue.declare", "queue.bind", "basic.consume"]
 

@@ -11,8 +11,7 @@ import pytest
 from rabbit_ha_driver import events as ev
 from rabbit_ha_driver import exceptions as exc
 from rabbit_ha_driver.connection import Deadline, State
-
-from .amqp_server import BLOCK, DROP, HOLD, NACK, RETURN, SILENT
+from rabbit_ha_driver.testing import BLOCK, DROP, HOLD, NACK, RETURN, SILENT
 
 
 def bound_queue(conn, queue="q", exchange="x", key="k"):

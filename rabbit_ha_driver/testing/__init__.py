@@ -10,7 +10,12 @@ is deleted (:meth:`FakeBroker.cancel_consumers`), and closes channels while
 keeping the connection, the way RabbitMQ does for a consumer acknowledgement
 timeout or a publish to a missing exchange (:meth:`FakeBroker.close_channels`).
 
-Use it by handing the transport and the broker to a connection::
+For the paths only AMQP has (publisher confirms, nacks, returns, a broker that
+blocks publishing), :class:`~rabbit_ha_driver.testing.amqp_broker.AmqpServer`
+is a scripted AMQP 0-9-1 broker on a loopback socket that a connection reaches
+through the real py-amqp transport (:mod:`rabbit_ha_driver.testing.amqp_broker`).
+
+Use the fake broker by handing the transport and the broker to a connection::
 
     broker = FakeBroker()
     conn = Connection(settings, transport=FakeTransport,
@@ -32,6 +37,15 @@ from kombu.transport.virtual import BrokerState
 from rabbit_ha_driver.connection._backend import MemoryLink
 from rabbit_ha_driver.connection._channel import close_of, method_sig
 from rabbit_ha_driver.connection._transport import MemoryChannel
+from rabbit_ha_driver.testing._amqp_wire import ACK as ACK
+from rabbit_ha_driver.testing._amqp_wire import BLOCK as BLOCK
+from rabbit_ha_driver.testing._amqp_wire import DROP as DROP
+from rabbit_ha_driver.testing._amqp_wire import HOLD as HOLD
+from rabbit_ha_driver.testing._amqp_wire import NACK as NACK
+from rabbit_ha_driver.testing._amqp_wire import RETURN as RETURN
+from rabbit_ha_driver.testing._amqp_wire import SILENT as SILENT
+from rabbit_ha_driver.testing._amqp_wire import Seen as Seen
+from rabbit_ha_driver.testing.amqp_broker import AmqpServer as AmqpServer
 
 _broker_ids = itertools.count(1)
 
