@@ -75,20 +75,6 @@ class ChannelDead(RecoverableError):
     """A channel was closed by the broker or missed a request deadline."""
 
 
-class ConsumerCancelled(RecoverableError):
-    """The broker cancelled a consumer (basic.cancel).
-
-    Not raised at present: the connection handles a broker's cancel itself
-    (it waits, declares the queue again and consumes again; see
-    :class:`rabbit_ha_driver.events.ConsumerCancelled`). Kept because it is
-    part of the public API."""
-
-    def __init__(self, queue: str, consumer_tag: str) -> None:
-        self.queue = queue
-        self.consumer_tag = consumer_tag
-        super().__init__(f"broker cancelled consumer {consumer_tag} on queue {queue}")
-
-
 class Unroutable(RecoverableError):
     """The broker returned a mandatory message that no queue could take."""
 
