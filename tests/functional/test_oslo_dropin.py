@@ -176,7 +176,7 @@ def scrape(server: Any) -> dict[str, float]:
 
 
 def test_prometheus_scrape_of_an_oslo_service_before_and_after_a_node_kill(cluster, tmp_path):
-    from .faults import wait_until
+    from .helpers.faults import wait_until
 
     path = tmp_path / "service.conf"
     path.write_text("[rabbit_ha]\nmetrics_http_port = 0\n[oslo_messaging_rabbit]\n"
