@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rabbit_ha_driver import exceptions as exc
+from rabbit_ha_driver import forks
 from rabbit_ha_driver.clock import REAL_CLOCK, Clock
 from rabbit_ha_driver.events import EventBus
 
@@ -117,6 +119,23 @@ class MessageHandlingServer(abc.ABC):
         #: itself (None: someone polls, or nobody handles).
         self._freed_at: float | None = None
         self._watcher_wake = threading.Event()
+        #: The parent's pid when this server was started before a fork (see _after_fork).
+        self._parent: int | None = None
+        forks.at_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the poll loop, the watcher and the workers stayed in
+        the parent, and the connections are the parent's sockets. A started
+        server is the parent's: here it is stopped without touching them, so
+        :meth:`stop` and :meth:`wait` return at once (a server the child needs
+        is a new one)."""
+        self._lock = threading.Lock()
+        self._token = threading.Lock()
+        self._watcher_wake = threading.Event()
+        self._loop_done = threading.Event()
+        if self._life.end_in_child():
+            self._loop_done.set()
+            self._parent = os.getppid()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self._life.state.value}>"
@@ -152,6 +171,9 @@ class MessageHandlingServer(abc.ABC):
             if self._life.state is ServerState.RUNNING:
                 return
             if not self._life.allows(ServerState.RUNNING):
+                if self._parent is not None:
+                    raise RuntimeError(f"{self!r} was started by the parent process "
+                                       f"{self._parent} before fork(); start a new server here")
                 raise RuntimeError(f"{self!r} cannot be started again")
             publisher = Publisher(self.settings, self._factory, purpose=f"{self.name}:reply",
                                   clock=self._clock)
@@ -271,6 +293,9 @@ class MessageHandlingServer(abc.ABC):
         """Stop taking messages; returns once the loop ended (never hangs)."""
         with self._lock:
             if self._life.state is not ServerState.RUNNING:
+                if self._parent is not None:
+                    LOG.info("%r: started by the parent process %d before fork(); "
+                             "nothing to stop in this process", self, self._parent)
                 return
             self._life.move(ServerState.STOPPING)
             listener, join = self._listener, self._join

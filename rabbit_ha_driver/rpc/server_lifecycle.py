@@ -82,3 +82,12 @@ class ServerLifecycle:
                   now - self._since)
         self._state, self._since = new, now
         return old
+
+    def end_in_child(self) -> bool:
+        """In a forked child: a started server is its parent's, so it is STOPPED
+        here (a move the table allows); True if it was started. Not logged: this
+        runs in the fork hook, before the child may take the logging locks."""
+        if self._state in (ServerState.NEW, ServerState.STOPPED):
+            return False
+        self._state, self._since = ServerState.STOPPED, self._clock.now()
+        return True

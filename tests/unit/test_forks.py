@@ -428,3 +428,33 @@ def test_an_event_bus_whose_lock_a_parent_thread_held_at_the_fork_subscribes_in_
 
     with held_by_another_thread(bus._lock):
         assert in_child(child) == {"deadlocked": False, "events": 1}
+
+
+def test_a_server_started_before_the_fork_is_the_parents_and_stops_at_once_in_the_child(
+        settings, topic):
+    """The child has none of the server's threads: stop() and wait() there
+    return at once without touching the parent's connections, start() says
+    whose server it is, and the parent's server goes on answering."""
+    server = RPCServer(settings, topic, "s1", [Echo()])
+    server.start()
+    transport = RPCTransport(settings)
+    client = RPCClient(transport, topic, timeout=5)
+    try:
+        assert client.call({}, "echo", value=1) == 1
+
+        def child() -> dict[str, Any]:
+            stopped, stop_s = timed(lambda: (server.stop(), server.wait(2))[1])
+            started, _ = timed(server.start)
+            return {"stopped": stopped, "stop_s": stop_s, "started": started,
+                    "state": server._life.state.value}
+
+        result = in_child(child)
+        assert result["stopped"] is True
+        assert result["stop_s"] < 1.0, result  # not the stop timeout waiting for a loop
+        assert result["state"] == "stopped"
+        assert "started by the parent process" in result["started"]
+        assert client.call({}, "echo", value=2) == 2
+    finally:
+        server.stop()
+        server.wait(2)
+        transport.close()
