@@ -6,7 +6,8 @@ entry of :data:`COMMANDS`, one module each: ``demo``
 (:mod:`~rabbit_ha_driver.cli.check`), ``drill``
 (:mod:`~rabbit_ha_driver.cli.drill`) and ``bench``
 (:mod:`~rabbit_ha_driver.cli.measure`, the front of the benchmark that lives in
-the source checkout; no file of the wheel is named after the benchmark). Each
+the source checkout, and with ``--scale`` of its cost-at-scale bench; no file
+of the wheel is named after the benchmark). Each
 module's ``add_parser`` adds its subcommand and sets ``run(args) -> exit
 status``.
 
