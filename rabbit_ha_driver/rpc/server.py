@@ -41,6 +41,7 @@ from rabbit_ha_driver.events import EventBus
 # looks the class up in it.
 from rabbit_ha_driver.exceptions import InvalidArguments, NoSuchMethod, UnsupportedVersion
 from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc.call_monitor import monitor_call
 from rabbit_ha_driver.rpc.dispatcher import Dispatcher
 from rabbit_ha_driver.rpc.executors import Executor, make_executor
 from rabbit_ha_driver.rpc.listener import (
@@ -371,7 +372,7 @@ class RPCServer(MessageHandlingServer):
     def _handle(self, incoming: IncomingMessage) -> None:
         assert isinstance(incoming, RpcIncomingMessage)
         request = incoming.request
-        stop_monitor = self._monitor(incoming)
+        stop_monitor = monitor_call(incoming)
         result: Any = None
         failure: BaseException | None = None
         try:
@@ -388,24 +389,3 @@ class RPCServer(MessageHandlingServer):
             incoming.reply(result, failure)
         except Exception:
             LOG.exception("%r: replying to %s failed", self, request.method)
-
-    @staticmethod
-    def _monitor(incoming: RpcIncomingMessage) -> Callable[[], None]:
-        """Send call-monitor heartbeats every half monitor timeout until stopped."""
-        timeout = incoming.client_timeout
-        if not timeout or not incoming.request.wants_reply:
-            return lambda: None
-        interval = timeout / 2
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(interval):
-                try:
-                    incoming.heartbeat()
-                except Exception as error:
-                    LOG.debug("call-monitor heartbeat for %s failed: %s; stopping them",
-                              incoming.msg_id, error)
-                    return
-
-        threading.Thread(target=beat, daemon=True, name=f"rpc-monitor-{incoming.msg_id}").start()
-        return done.set
