@@ -12,7 +12,11 @@ never the call's own deadline.
 A caller waiting for its reply reads the reply connection itself while nobody
 else does (:meth:`ReplyWaiters.attach`), so one caller at a time needs no
 thread to hand it its reply; the reply queue's own thread reads only while no
-call is made (:meth:`ReplyWaiters.drain_when_idle`).
+call is made (:meth:`ReplyWaiters.drain_when_idle`). A caller that waits
+while another reads sleeps on a condition of its own call: a reply wakes the
+caller it is for and nobody else, and the end of a reader's turn wakes the
+caller that has waited longest to read next (with 64 callers, waking all of
+them for every reply cost more than the calls).
 
 Waiting is a condition variable with timeouts computed from an injected clock,
 so tests move a fake clock and call :meth:`ReplyWaiters.wake` instead of
@@ -75,6 +79,9 @@ class PendingCall:
         #: When the request is to be sent again if no reply came by then
         #: (set by :meth:`ReplyWaiters.resend_at`; see :mod:`.calls`).
         self.resend_at = math.inf
+        #: What its waiter sleeps on (on :class:`ReplyWaiters`' lock): a reply
+        #: wakes its own caller, not every caller.
+        self.wakeup: threading.Condition | None = None
 
     def expires_at(self) -> float:
         return min(self.deadline, self.monitor_deadline)
@@ -89,8 +96,12 @@ class ReplyWaiters:
 
     def __init__(self, clock: Clock = REAL_CLOCK) -> None:
         self._clock = clock
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._calls: dict[str, PendingCall] = {}
+        #: Callers asleep in :meth:`wait`, oldest first: a reader's turn
+        #: passes to the first of them.
+        self._parked: dict[PendingCall, None] = {}
         #: Reads the reply connection for up to the given seconds, delivering
         #: what arrives (set by the :class:`ReplyListener` once it consumes).
         self._drain: Callable[[float, float | None], None] | None = None
@@ -103,10 +114,12 @@ class ReplyWaiters:
     def _after_fork(self) -> None:
         """In a forked child: nobody reads (the reader was a thread of the
         parent) and the parent's calls are not the child's to wait for."""
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._drain = None
         self._draining = False
         self._calls.clear()
+        self._parked.clear()
 
     def __len__(self) -> int:
         with self._cond:
@@ -119,6 +132,7 @@ class ReplyWaiters:
         now = self._clock.now()
         call = PendingCall(msg_id, now + timeout, now, call_monitor_timeout,
                            what or f"a reply to message {msg_id}")
+        call.wakeup = threading.Condition(self._lock)
         with self._cond:
             self._calls[msg_id] = call
             self._last_call_at = now
@@ -142,7 +156,7 @@ class ReplyWaiters:
             if call is None or call.done:
                 return False
             call.resend_at = when
-            self._cond.notify_all()
+            self._wake(call)
             return True
 
     def deliver(self, reply: envelope.Reply) -> Outcome:
@@ -167,7 +181,7 @@ class ReplyWaiters:
                 if call.call_monitor_timeout:
                     call.monitor_deadline = (self._clock.now()
                                              + call.call_monitor_timeout)
-                    self._cond.notify_all()
+                    self._wake(call)
                 return Outcome.HEARTBEAT
             if reply.failure is not None:
                 call.error = reply.failure
@@ -177,7 +191,7 @@ class ReplyWaiters:
                 # An older two-part reply: the result first, "ending" after.
                 return Outcome.PARTIAL
             call.done = True
-            self._cond.notify_all()
+            self._wake(call)
             return Outcome.RESULT
 
     def fail(self, msg_id: str, error: BaseException) -> bool:
@@ -187,7 +201,7 @@ class ReplyWaiters:
             if call is None or call.done:
                 return False
             call.error, call.done = error, True
-            self._cond.notify_all()
+            self._wake(call)
             return True
 
     def fail_all(self, error: BaseException) -> None:
@@ -196,12 +210,30 @@ class ReplyWaiters:
             for call in self._calls.values():
                 if not call.done:
                     call.error, call.done = error, True
-            self._cond.notify_all()
+            self._wake_all()
 
     def wake(self) -> None:
         """Make waiters look at the clock again (after a fake clock moved)."""
         with self._cond:
-            self._cond.notify_all()
+            self._wake_all()
+
+    def _wake(self, call: PendingCall) -> None:
+        """Wake ``call``'s waiter (the lock held)."""
+        if call.wakeup is not None:
+            call.wakeup.notify()
+
+    def _wake_all(self) -> None:
+        """Wake every waiter (the lock held): the clock moved, the reader changed."""
+        self._cond.notify_all()
+        for call in self._parked:
+            self._wake(call)
+
+    def _pass_turn(self) -> None:
+        """Nobody reads: wake the longest-waiting caller to take its turn (the lock held)."""
+        if self._drain is not None and not self._draining:
+            for call in self._parked:
+                self._wake(call)
+                return
 
     def wait(self, call: PendingCall, resend: Callable[[], None] | None = None) -> Any:
         """Block until the reply, the call's deadline or its monitor deadline.
@@ -215,9 +247,11 @@ class ReplyWaiters:
         while True:
             with cond:
                 if call.done:
+                    self._pass_turn()
                     break
                 now = self._clock.now()
                 if now >= call.expires_at():
+                    self._pass_turn()
                     raise self._timeout(call, now)
                 due = now >= call.resend_at
                 if due:
@@ -226,7 +260,11 @@ class ReplyWaiters:
                 drain = self._drain
                 if not due:
                     if drain is None or self._draining:
-                        cond.wait(left)
+                        self._parked[call] = None
+                        try:
+                            (call.wakeup or cond).wait(left)
+                        finally:
+                            del self._parked[call]
                         continue
                     self._draining = True
             if due:
@@ -251,7 +289,7 @@ class ReplyWaiters:
         """
         with self._cond:
             self._drain = drain
-            self._cond.notify_all()
+            self._wake_all()
 
     def drain_when_idle(self, seconds: float, idle_for: float) -> float:
         """Read replies for up to ``seconds`` if no call was made for ``idle_for``.
@@ -288,7 +326,7 @@ class ReplyWaiters:
         finally:
             with self._cond:
                 self._draining = False
-                self._cond.notify_all()
+                self._pass_turn()
         if failed:
             # The connection is broken beyond what drain_events recovers
             # from within this turn; let the time pass instead of spinning.

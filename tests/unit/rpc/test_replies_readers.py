@@ -359,3 +359,45 @@ def test_attaching_a_drain_wakes_a_waiting_caller_to_read(waiters, clock):
     caller.join(JOIN)
     assert outcome == {"result": "read myself"}
     assert drain.readers == ["caller"]
+
+
+class CountingCondition(threading.Condition):
+    """Counts the sleeping threads each notification wakes."""
+
+    woken = 0
+
+    def notify(self, n: int = 1) -> None:
+        CountingCondition.woken += min(n, len(self._waiters))  # type: ignore[attr-defined]
+        super().notify(n)
+
+    def notify_all(self) -> None:
+        self.notify(len(self._waiters))  # type: ignore[attr-defined]
+
+
+def test_a_reply_wakes_its_own_caller_only(clock, monkeypatch):
+    """With many callers waiting, a reply wakes the one it is for, not all of
+    them to find it is not theirs (64 callers made every reply cost 63
+    needless wake-ups)."""
+    from rabbit_ha_driver.rpc import reply_waiters
+
+    monkeypatch.setattr(reply_waiters.threading, "Condition", CountingCondition)
+    waiters = ReplyWaiters(clock)
+    callers = []
+    for i in range(10):
+        call = waiters.register(f"m{i}", 30)
+        decided = clock.watch(f"caller{i}")
+        callers.append(wait_in_thread(waiters, call, f"caller{i}"))
+        assert decided.wait(JOIN)
+    with waiters._cond:  # every caller is asleep once it let the lock go
+        pass
+    CountingCondition.woken = 0
+    waiters.deliver(reply("m3", "mine"))
+    thread, outcome = callers[3]
+    thread.join(JOIN)
+    assert outcome == {"result": "mine"}
+    assert CountingCondition.woken == 1
+    for i, (thread, outcome) in enumerate(callers):
+        if i != 3:
+            waiters.deliver(reply(f"m{i}", i))
+            thread.join(JOIN)
+            assert outcome == {"result": i}
