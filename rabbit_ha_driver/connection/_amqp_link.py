@@ -32,7 +32,7 @@ import contextlib
 import errno
 import os
 import socket
-import struct
+import sys
 from collections.abc import Hashable
 from typing import Any
 
@@ -54,6 +54,10 @@ try:
     _FIONREAD: int | None = termios.FIONREAD
 except ImportError:  # not POSIX
     _FIONREAD = None
+
+#: The C int FIONREAD fills in, as the ioctl's argument and result.
+_NO_BYTES = bytes(4)
+_BYTE_ORDER = sys.byteorder
 
 #: Unread bytes in the kernel from which a receive buffer counts as full (or a
 #: quarter of ``SO_RCVBUF`` if that is less): see :meth:`AmqpLink.inbound_marker`.
@@ -92,6 +96,7 @@ class AmqpLink:
         self.blocked = False
         self._saved_user_timeout: float | None = None
         self._restore: list[tuple[str, Any, Any]] = []
+        self._full_at: int | None = None
         self._detached = False
         self._pid = os.getpid()
 
@@ -182,11 +187,22 @@ class AmqpLink:
         within ``T``.
         """
         frames = getattr(self.connection, "bytes_recv", 0)
-        unread = self.unread_bytes()
-        if unread is None:
+        fd = self._raw.fileno()  # self.unread_bytes(), inline: once a frame for every connection
+        if fd < 0 or _FIONREAD is None:
+            return (frames, None)
+        try:
+            unread = int.from_bytes(fcntl.ioctl(fd, _FIONREAD, _NO_BYTES), _BYTE_ORDER, signed=True)
+        except OSError:
             return (frames, None)
         pending = unread + len(getattr(self._transport, "_read_buffer", b""))
-        if unread >= self.full_at():
+        # SO_RCVBUF is read again only when the last value says "full": the
+        # kernel only ever grows it (receive autotuning), so a remembered
+        # value that says "not full" is still right, and a step saves a
+        # system call.
+        full = self._full_at
+        if full is None or unread >= full:
+            full = self._full_at = self.full_at()
+        if unread >= full:
             return (frames, pending, sockets.bytes_acked(self._raw))
         return (frames, pending)
 
@@ -201,10 +217,10 @@ class AmqpLink:
         if fd < 0 or _FIONREAD is None:
             return None
         try:
-            raw = fcntl.ioctl(fd, _FIONREAD, b"\0\0\0\0")
+            raw = fcntl.ioctl(fd, _FIONREAD, _NO_BYTES)
         except OSError:
             return None
-        return int(struct.unpack("i", raw)[0])
+        return int.from_bytes(raw, _BYTE_ORDER, signed=True)
 
     def pending_bytes(self) -> int | None:
         """Bytes received and not parsed yet (None if unknown).

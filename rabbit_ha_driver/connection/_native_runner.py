@@ -144,14 +144,20 @@ class NativeScheduler:
             return self._peek()
 
     def run_pending(self) -> float | None:
-        """Step every connection whose deadline has come; return the next deadline."""
+        """Step every connection whose deadline has come; return the next deadline.
+
+        The lock is taken twice a pass, not twice a connection: once to take
+        the due connections off the heap, once to put them back.
+        """
         due: list[tuple[Watch, int]] = []
         with self._cond:
-            now = self._clock.now()
-            while self._heap and self._heap[0][0] <= now + EARLY:
-                _, _, gen, w = heapq.heappop(self._heap)
-                if gen == w._gen and w in self._watches:
+            heap, watches = self._heap, self._watches
+            reached = self._clock.now() + EARLY
+            while heap and heap[0][0] <= reached:
+                _, _, gen, w = heapq.heappop(heap)
+                if gen == w._gen and w in watches:
                     due.append((w, gen))
+        stepped: list[tuple[Watch, int, float | None]] = []
         for w, gen in due:
             now = self._clock.now()
             try:
@@ -160,17 +166,20 @@ class NativeScheduler:
                 self._post(LOG.error, "[%s] heartbeat step for %s failed:\n%s",
                            w.member.name, w.member.host, traceback.format_exc())
                 wake = now + STEP_ERROR_RETRY
-            with self._cond:
-                if w not in self._watches:
+            stepped.append((w, gen, wake))
+        with self._cond:
+            watches = self._watches
+            for w, gen, wake in stepped:
+                if w not in watches:
                     continue
                 if wake is None:
-                    self._watches.discard(w)
+                    watches.discard(w)
                     w._gen += 1
                     continue
                 if w._gen != gen:  # poked while it was being stepped
                     wake = min(wake, w._at)
                 self._schedule(w, wake)
-        return self.next_wakeup()
+            return self._peek()
 
     def start(self) -> NativeScheduler:
         """Run the loop in a daemon OS thread."""

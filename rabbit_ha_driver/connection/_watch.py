@@ -134,10 +134,10 @@ class Watch:
 
     def step(self, now: float) -> float | None:
         """Observe, decide, act. Returns the next wake-up time, or None when done."""
-        if not self.active:
+        state = self.state
+        if self.cancelled or self.dead or not state.enabled:  # not self.active
             return None
         m = self.member
-        state = self.state
         state.observe(now, inbound_at=m.last_inbound_at(), marker=m.inbound_marker(),
                       outbound_at=m.last_outbound_at())
         decision = state.decide(now)

@@ -60,6 +60,8 @@ class WriteGuard:
         self.cooperative = self.natives.patched if cooperative is None else cooperative
         self._lock = self.natives.threading.Lock()
         self.closed = False
+        self._poller: Any = None
+        self._polled_fd = -1
 
     def acquire(self) -> None:
         """Take the guard on the owner's side (cooperatively under eventlet)."""
@@ -150,13 +152,21 @@ class WriteGuard:
                 continue
 
     def _writable(self, sock: _socket.socket, timeout: float) -> bool:
+        """Whether ``sock`` has room to send within ``timeout`` (caller holds the guard).
+
+        The poll object is made once per socket and kept (every heartbeat
+        looks, so this saves two calls a frame); the guard serialises its use.
+        """
         fd = sock.fileno()
         if fd < 0:
             raise OSError(errno.EBADF, "socket closed")
         sel = self.natives.select
         if hasattr(sel, "poll"):
-            poller = sel.poll()
-            poller.register(fd, sel.POLLOUT)
+            poller = self._poller
+            if poller is None or self._polled_fd != fd:
+                poller = sel.poll()
+                poller.register(fd, sel.POLLOUT)
+                self._poller, self._polled_fd = poller, fd
             return bool(poller.poll(timeout * 1000.0))
         _, writable, _ = sel.select([], [fd], [], timeout)
         return bool(writable)
