@@ -17,6 +17,7 @@ def footprint(subject: str, round_: int) -> dict[str, Any]:
                      "consumers": 3.0, "erlang_processes": 20.0 * cost,
                      "memory_bytes": 100_000.0 * cost + 1000 * round_} for n in (10, 50)}
     storm = {"all_answering_s": 4.0 * cost, "slowest_answer_after_start_s": 3.0 * cost + 0.1 * round_,
+             "slowest_answer_after_imports_s": 2.0 * cost + 0.1 * round_,
              "peak_memory_bytes": 2e8 * cost, "connections_created": 100 * cost,
              "connections_closed": 100 * cost, "queues_left": 0 if cost < 2 else 50,
              "queue_expiry_s": 0.0 if cost < 2 else 1800.0, "failed_services": 0}

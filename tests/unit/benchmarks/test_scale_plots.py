@@ -107,6 +107,6 @@ def test_main_writes_one_png_per_chart(tmp_path: Path, capsys: pytest.CaptureFix
     assert plots.main(["--input", str(source), "--output-dir", str(out), "--note", "PLACEHOLDER"]) == 0
     written = sorted(p.name for p in out.iterdir())
     assert "concurrency_calls_per_s.png" in written and "storm_queues_left.png" in written
-    assert len(written) == 1 + 8
+    assert len(written) == 1 + 9  # one concurrency chart, one per storm figure
     assert all((out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in written)
     assert capsys.readouterr().out.count("wrote ") == len(written)
