@@ -84,6 +84,10 @@ class Subject(abc.ABC):
     #: Servers must run in the client's process (the fake driver's broker is
     #: a Python object); others run them in a process of their own.
     in_process_only = False
+    #: Whether one :meth:`caller` may be used by many threads at once (one
+    #: client on one transport, as a service shares it). py-amqp's
+    #: connections are not thread-safe: ``bare_amqp`` needs one per thread.
+    caller_thread_safe = True
 
     def __init__(self, url: str, topic: str) -> None:
         self.url = url
@@ -105,8 +109,8 @@ class Subject(abc.ABC):
         """Run one server per name on the topic."""
 
     @abc.abstractmethod
-    def caller(self) -> Callable[[], Any]:
-        """A function making one call of ``ping``; one per client thread."""
+    def caller(self, payload: str = PAYLOAD) -> Callable[[], Any]:
+        """A function making one call of ``ping(payload)``; one per client thread."""
 
     @abc.abstractmethod
     def caster(self, fanout: bool = False) -> Callable[[int], None]:
@@ -151,13 +155,13 @@ class RabbitHA(Subject):
             server.start()
             self.defer(_stopper(server))
 
-    def caller(self) -> Callable[[], Any]:
+    def caller(self, payload: str = PAYLOAD) -> Callable[[], Any]:
         from rabbit_ha_driver.rpc import RPCClient
 
         client = RPCClient(self.transport, self.topic, timeout=30)
 
         def call() -> Any:
-            return client.call({}, "ping", payload=PAYLOAD)
+            return client.call({}, "ping", payload=payload)
 
         return call
 
@@ -245,9 +249,9 @@ class OsloSubject(Subject):
         for name in names:
             self._server(self.topic, name, Endpoint(name, self.counter))
 
-    def caller(self) -> Callable[[], Any]:
+    def caller(self, payload: str = PAYLOAD) -> Callable[[], Any]:
         client = self._client()
-        return lambda: client.call({}, "ping", payload=PAYLOAD)
+        return lambda: client.call({}, "ping", payload=payload)
 
     def caster(self, fanout: bool = False) -> Callable[[int], None]:
         client = self._client(fanout=fanout) if fanout else self._client()
@@ -301,6 +305,7 @@ class BareAMQP(Subject):
     """What a hand-written client and server on py-amqp cost: the floor."""
 
     name = "bare_amqp"
+    caller_thread_safe = False
 
     def __init__(self, url: str, topic: str) -> None:
         super().__init__(url, topic)
@@ -365,7 +370,7 @@ class BareAMQP(Subject):
             self._serve(self._connect(), self.topic, name,
                         exchange=f"{self.topic}_fanout" if fanout_only else "")
 
-    def caller(self) -> Callable[[], Any]:
+    def caller(self, payload: str = PAYLOAD) -> Callable[[], Any]:
         import amqp
 
         conn = self._connect()
@@ -382,7 +387,7 @@ class BareAMQP(Subject):
 
         def call() -> Any:
             corr = f"{prefix}{next(ids)}"
-            body = json.dumps({"method": "ping", "args": {"payload": PAYLOAD}})
+            body = json.dumps({"method": "ping", "args": {"payload": payload}})
             channel.basic_publish(
                 amqp.Message(body, content_type="application/json", reply_to=reply_queue,
                              correlation_id=corr),

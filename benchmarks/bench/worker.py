@@ -101,7 +101,10 @@ def sequential_calls(call: Callable[[], Any], seconds: float) -> dict[str, float
     }
 
 
-def concurrent_calls(callers: list[Callable[[], Any]], seconds: float) -> float:
+def concurrent_calls(callers: list[Callable[[], Any]], seconds: float, *,
+                     clock: Callable[[], float] = time.perf_counter,
+                     sleep: Callable[[float], Any] = time.sleep) -> float:
+    """Calls a second of one thread per caller (the same caller may be given more than once)."""
     counts = [0] * len(callers)
     errors: list[BaseException] = []
     start = threading.Barrier(len(callers) + 1)
@@ -109,26 +112,31 @@ def concurrent_calls(callers: list[Callable[[], Any]], seconds: float) -> float:
 
     def run(i: int) -> None:
         call = callers[i]
-        for _ in range(WARM_UP // 4):
-            call()
-        start.wait()
         try:
+            for _ in range(WARM_UP // 4):
+                call()
+            start.wait()
             while not stop.is_set():
                 call()
                 counts[i] += 1
+        except threading.BrokenBarrierError:
+            pass  # another thread failed its warm-up: reported below
         except BaseException as error:  # reported below
             errors.append(error)
+            start.abort()  # a failed warm-up must not leave the others waiting
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(callers))]
     for thread in threads:
         thread.start()
-    start.wait()
-    began = time.perf_counter()
-    time.sleep(seconds)
+    began = clock()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        start.wait()
+        began = clock()
+        sleep(seconds)
     stop.set()
     for thread in threads:
         thread.join(60)
-    elapsed = time.perf_counter() - began
+    elapsed = clock() - began
     if errors:
         raise RuntimeError(f"a client thread failed: {errors[0]!r}") from errors[0]
     return sum(counts) / elapsed
@@ -271,7 +279,8 @@ def serve(name: str, url: str, topic: str, names: list[str], fanout_only: bool) 
 
 
 def casts(subject: Subject, servers: Servers, cast: Callable[[int], None],
-          receivers: list[str], seconds: float) -> float:
+          receivers: list[str], seconds: float, *,
+          clock: Callable[[], float] = time.perf_counter) -> float:
     """Casts a second, counted until each receiver got every one."""
     for n in range(WARM_UP):
         cast(n)
@@ -279,7 +288,6 @@ def casts(subject: Subject, servers: Servers, cast: Callable[[int], None],
     if not servers.wait({r: WARM_UP for r in receivers}, DRAIN_TIMEOUT):
         raise RuntimeError(f"warm-up casts did not all arrive: {servers.counts()}")
     servers.reset()
-    clock = time.perf_counter
     started = clock()
     end = started + seconds
     sent = 0
