@@ -46,6 +46,25 @@ LAST_LOOK_READS = 16
 LAST_LOOK_WAIT = 0.005
 
 
+class _ProcessId:
+    """``os.getpid()`` without a system call per publish: kept by a fork hook."""
+
+    def __init__(self) -> None:
+        self.value = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self.refresh)
+
+    def refresh(self) -> None:
+        self.value = os.getpid()
+
+    def __call__(self) -> int:
+        return self.value
+
+
+#: This process's id, as ``os.getpid()`` returns it (a forked child updates it).
+_pid = _ProcessId()
+
+
 class _Publishing(_Consuming):
     """Publishes with confirms and settles what was not confirmed."""
 
@@ -94,6 +113,17 @@ class _Publishing(_Consuming):
                                          mandatory, deadline)
             if written is not None:
                 return written
+        return self._publish_ensured(body, exchange, routing_key, headers, base_props,
+                                     mandatory, deadline)
+
+    def _publish_ensured(self, body: bytes, exchange: str, routing_key: str,
+                         headers: dict[str, Any] | None, base_props: dict[str, Any],
+                         mandatory: bool, deadline: Deadline) -> Pending:
+        """:meth:`publish_nowait` through :meth:`ensure`: recover, wait out a block, write.
+
+        Apart from :meth:`publish_nowait` so the common case builds none of
+        its closures.
+        """
 
         def attempt(channel: Any) -> Pending:
             if self._state is not State.BLOCKED:
@@ -143,7 +173,7 @@ class _Publishing(_Consuming):
             return None
         try:
             channel = self._channel
-            if self._state is not State.CONNECTED or channel is None or os.getpid() != self._pid:
+            if self._state is not State.CONNECTED or channel is None or _pid() != self._pid:
                 return None
             encoded = self._encode_publish(channel, body, exchange, routing_key, headers,
                                            dict(base_props), mandatory)
@@ -167,9 +197,15 @@ class _Publishing(_Consuming):
         is left to py-amqp."""
         message_id = (props.setdefault("message_id", self._tracker.next_message_id())
                       if mandatory else None)
-        with _encoding(exchange, routing_key):
+        # Without headers (the common case) the properties go as they are:
+        # frames.publish reads a missing "headers" member as no headers.
+        framed = (props if headers is None and "headers" not in props
+                  else {**props, "headers": headers})
+        try:
             data = frames.publish(channel.channel_id, self._raw.frame_max, exchange, routing_key,
-                                  body, {**props, "headers": headers}, mandatory=mandatory)
+                                  body, framed, mandatory=mandatory)
+        except _UNENCODABLE as error:  # inline, not _encoding(): every publish passes here
+            raise _unencodable(exchange, routing_key, error) from error
         return None if data is None else (data, message_id, exchange)
 
     def _write_recorded(self, data: bytes, message_id: str | None, exchange: str,
@@ -184,8 +220,12 @@ class _Publishing(_Consuming):
         not send it again: the connection is only marked lost.
         """
         raw = self._raw
-        if deadline is not None:
-            with self._request_deadline("basic.publish", deadline.cap(self.settings.request_timeout)):
+        link = self._link
+        if deadline is not None and link is not None:
+            # The link's deadline itself (what _request_deadline enters): one
+            # context manager less on the path of every publish.
+            with link.request_deadline("basic.publish",
+                                       deadline.cap(self.settings.request_timeout)):
                 raw.transport.write(data)
         else:
             raw.transport.write(data)
@@ -354,15 +394,23 @@ class _Publishing(_Consuming):
                 self._drain_once(read_for)
 
 
-@contextlib.contextmanager
-def _encoding(exchange: str, routing_key: str) -> Iterator[None]:
+#: What encoding a property AMQP has no field for raises.
+_UNENCODABLE = (struct.error, OverflowError, amqp.exceptions.FrameSyntaxError)
+
+
+def _unencodable(exchange: str, routing_key: str, error: BaseException) -> exc.InvalidMessage:
     """A property AMQP cannot encode (a datetime timestamp, a number out of
     range, a header value of a type AMQP has no field for) is the message's
-    fault, not the connection's: raise it at once instead of reconnecting
+    fault, not the connection's: raised at once instead of reconnecting
     until the deadline."""
+    return exc.InvalidMessage(
+        f"message to {exchange!r}/{routing_key!r} has a property AMQP cannot encode: {error}")
+
+
+@contextlib.contextmanager
+def _encoding(exchange: str, routing_key: str) -> Iterator[None]:
+    """Raise :func:`_unencodable` for a property AMQP cannot encode."""
     try:
         yield
-    except (struct.error, OverflowError, amqp.exceptions.FrameSyntaxError) as error:
-        raise exc.InvalidMessage(
-            f"message to {exchange!r}/{routing_key!r} has a property AMQP cannot encode: "
-            f"{error}") from error
+    except _UNENCODABLE as error:
+        raise _unencodable(exchange, routing_key, error) from error

@@ -29,6 +29,12 @@ from oslo_serialization import jsonutils
 
 from rabbit_ha_driver.exceptions import InvalidMessage, RemoteError
 from rabbit_ha_driver.rpc import envelope
+from rabbit_ha_driver.rpc.wire import envelope_body
+
+#: ``jsonutils.dumps(message)``, without a new encoder per message:
+#: oslo.serialization's ``dumps`` is ``json.dumps(obj, default=to_primitive)``,
+#: which builds a ``JSONEncoder`` with these very arguments on every call.
+_encode_json = json.JSONEncoder(default=jsonutils.to_primitive).encode
 
 
 def with_context(message: Mapping[str, Any], ctxt: Any, **extra: Any) -> dict[str, Any]:
@@ -49,13 +55,12 @@ def encode(message: Mapping[str, Any], max_size: int, *, wrap: bool = True,
     is over ``max_size`` bytes.
     """
     try:
-        text = jsonutils.dumps(message)
+        text = _encode_json(message)
     except (TypeError, ValueError, RecursionError) as error:
         raise InvalidMessage(f"{what} cannot be encoded as JSON: {error}") from error
-    if wrap:
-        text = json.dumps({envelope.VERSION_KEY: envelope.ENVELOPE_VERSION,
-                           envelope.MESSAGE_KEY: text})
-    body = text.encode(envelope.CONTENT_ENCODING)
+    # The text is ASCII (ensure_ascii): the envelope's bytes without a second
+    # pass of json's escaping over it.
+    body = envelope_body(text) if wrap else text.encode(envelope.CONTENT_ENCODING)
     envelope.check_size(len(body), max_size, what)
     return body
 

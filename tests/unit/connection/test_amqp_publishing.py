@@ -329,3 +329,83 @@ def test_write_that_never_finished_is_sent_again_on_a_new_connection(amqp_server
     assert seen.conn == 2 and len(seen.body) == len(body)
     [lost] = recorder.of(ev.ConnectionLost)
     assert "basic.publish" in lost.reason
+
+
+def test_the_callers_properties_are_left_as_they_were(amqp_server, amqp_connect):
+    conn = amqp_connect()
+    bound_queue(conn)
+    properties = {"content_type": "application/json", "delivery_mode": 2}
+    conn.publish(b"one", "x", "k", properties=properties)
+    conn.publish(b"two", "x", "k", headers={"h": 2}, properties=properties)
+    assert properties == {"content_type": "application/json", "delivery_mode": 2}
+    first, second = amqp_server.of("basic.publish")
+    assert not first.properties.get("application_headers")
+    assert second.properties["application_headers"] == {"h": 2}
+    assert first.properties["message_id"] != second.properties["message_id"]
+
+
+def test_a_header_member_in_the_properties_is_overridden_by_the_headers(amqp_server, amqp_connect):
+    conn = amqp_connect()
+    bound_queue(conn)
+    conn.publish(b"one", "x", "k", properties={"headers": {"stale": 1}})
+    [seen] = amqp_server.of("basic.publish")
+    assert not seen.properties.get("application_headers")  # headers=None, as before
+
+
+def test_a_frame_that_cannot_be_encoded_fails_without_reconnecting(amqp_server, amqp_connect,
+                                                                   monkeypatch):
+    from rabbit_ha_driver.connection import _frames
+
+    conn = amqp_connect()
+    bound_queue(conn)
+
+    def unencodable(*args, **kwargs):
+        raise OverflowError("number out of range")
+
+    monkeypatch.setattr(_frames, "publish", unencodable)
+    with pytest.raises(exc.InvalidMessage, match="AMQP cannot encode: number out of range"):
+        conn.publish(b"x", "x", "k", deadline=Deadline.after(0.1))
+    assert len(amqp_server.connections) == 1
+    assert amqp_server.of("basic.publish") == []
+    assert conn.state is State.CONNECTED
+
+
+def test_the_process_id_of_the_fast_path_follows_a_fork():
+    import os
+
+    from rabbit_ha_driver.connection import _publishing
+
+    assert _publishing._pid() == os.getpid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write, str(_publishing._pid()).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        seen = int(pipe.read())
+    os.waitpid(child, 0)
+    assert seen == child
+    assert _publishing._pid() == os.getpid()
+
+
+def test_a_publish_in_another_process_than_the_connections_goes_through_ensure(
+        amqp_server, amqp_connect, monkeypatch):
+    from rabbit_ha_driver.connection import _publishing
+
+    conn = amqp_connect()
+    bound_queue(conn)
+    ensured = []
+    real = conn._publish_ensured
+
+    def spy(*args, **kwargs):
+        ensured.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conn, "_publish_ensured", spy)
+    conn.publish(b"here", "x", "k")
+    assert ensured == []  # the fast path
+    monkeypatch.setattr(_publishing._pid, "value", -1)  # as if forked
+    conn.publish(b"elsewhere", "x", "k", deadline=Deadline.after(2))
+    assert ensured == [b"elsewhere"]  # left to ensure(), which handles a fork
+    assert [m.body for m in amqp_server.queues["q"]] == [b"here", b"elsewhere"]

@@ -291,3 +291,15 @@ def test_unknown_priorities_are_refused():
         messages.normalize_priority("loud")
     with pytest.raises(InvalidMessage):
         messages.parse_notification({"publisher_id": "p", "event_type": "e", "priority": "LOUD"})
+
+
+@pytest.mark.parametrize("message", [
+    {"method": "echo", "args": {"x": 1}},
+    {"k": "é ü 漢字 \U0001f600", "q": 'say "hi"\\', "nl": "a\nb\t\x00\x1f"},
+    {},
+    {"lone": "\ud800", "escaped quote": '\\"', "x" * 3: "\\\\" * 3 + '"' * 3},
+])
+def test_envelope_is_byte_for_byte_json_dumps_of_the_envelope_dict(message):
+    inner = json.dumps(message)
+    expected = json.dumps({"oslo.version": "2.0", "oslo.message": inner}).encode("utf-8")
+    assert wire.encode(message, LIMIT) == expected
