@@ -256,6 +256,9 @@ class ReplyWaiters:
                 due = now >= call.resend_at
                 if due:
                     call.resend_at = math.inf
+                    # Not reading now (re-sending instead, which may block or
+                    # raise): a turn handed to this caller goes on to the next.
+                    self._pass_turn()
                 left = min(call.expires_at(), call.resend_at) - now
                 drain = self._drain
                 if not due:
@@ -264,7 +267,9 @@ class ReplyWaiters:
                         try:
                             (call.wakeup or cond).wait(left)
                         finally:
-                            del self._parked[call]
+                            # pop: a fork (_after_fork) may have emptied it
+                            # under a green thread that survived in the child.
+                            self._parked.pop(call, None)
                         continue
                     self._draining = True
             if due:

@@ -401,3 +401,59 @@ def test_a_reply_wakes_its_own_caller_only(clock, monkeypatch):
             waiters.deliver(reply(f"m{i}", i))
             thread.join(JOIN)
             assert outcome == {"result": i}
+
+
+def test_a_turn_handed_to_a_caller_that_resends_goes_on_to_the_next(clock):
+    """The end of a reader's turn wakes the longest-waiting caller; when that
+    one re-sends its request instead of reading (and the publish blocks or
+    fails), the turn goes on to the next caller, whose reply is waiting."""
+    waiters = ReplyWaiters(clock)
+    in_turn, release, hold = threading.Event(), threading.Event(), threading.Event()
+    queued: list[envelope.Reply] = []
+
+    def drain(seconds, within=None):
+        if threading.current_thread().name == "queue-thread":
+            in_turn.set()
+            release.wait(JOIN)
+            return
+        while queued:
+            waiters.deliver(queued.pop())
+
+    waiters.attach(drain)
+    clock.advance(10)
+    idle = threading.Thread(target=waiters.drain_when_idle, args=(0.1, 0.5),
+                            name="queue-thread", daemon=True)
+    idle.start()
+    assert in_turn.wait(JOIN)
+    first = waiters.register("m1", 30)
+    waiters.resend_at("m1", clock.now() + 1)
+    outcomes: dict[str, object] = {}
+
+    def resend():
+        hold.wait(JOIN)  # a publish that waits for the connection to come back
+
+    def run(call, name, resend=None):
+        try:
+            outcomes[name] = waiters.wait(call, resend)
+        except Exception as error:
+            outcomes[name] = error
+
+    threads = []
+    for call, name, how in ((first, "first", resend), (waiters.register("m2", 30), "second", None)):
+        decided = clock.watch(name)
+        threads.append(threading.Thread(target=run, args=(call, name, how), name=name, daemon=True))
+        threads[-1].start()
+        assert decided.wait(JOIN)
+        with waiters._cond:  # parked once it let the lock go
+            pass
+    queued.append(reply("m2", "two"))
+    clock.advance(2)  # the first caller's resend is due
+    release.set()  # the queue thread's turn ends
+    try:
+        threads[1].join(JOIN)
+        assert outcomes.get("second") == "two"
+    finally:
+        hold.set()
+        waiters.fail_all(RuntimeError("test over"))
+        for thread in threads:
+            thread.join(JOIN)
