@@ -124,10 +124,10 @@ def worker_argv(subject: str, url: str, seconds: float, python: str = sys.execut
     return [python, "-m", "benchmarks.bench.worker", subject, url, "--seconds", f"{seconds:g}"]
 
 
-def parse_figures(stdout: str) -> dict[str, float]:
-    """The figures on the last non-empty line of a child's stdout.
+def last_json_object(stdout: str) -> dict[str, Any]:
+    """The JSON object on the last non-empty line of a child's stdout.
 
-    Raises ValueError when that line is not a JSON object of numbers.
+    Raises ValueError when there is none.
     """
     lines = [line for line in stdout.splitlines() if line.strip()]
     if not lines:
@@ -138,6 +138,15 @@ def parse_figures(stdout: str) -> dict[str, float]:
         raise ValueError(f"the last line of stdout is not JSON: {lines[-1][:200]!r}") from None
     if not isinstance(data, dict):
         raise ValueError(f"the last line of stdout is not a JSON object: {lines[-1][:200]!r}")
+    return data
+
+
+def parse_figures(stdout: str) -> dict[str, float]:
+    """The figures on the last non-empty line of a child's stdout.
+
+    Raises ValueError when that line is not a JSON object of numbers.
+    """
+    data = last_json_object(stdout)
     figures = {}
     for name, value in data.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -12,12 +12,12 @@ taken round by round, pairing the runs of the same round.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from benchmarks.bench import rounds
 from benchmarks.bench.report import FigureStats
 
 #: The parts, in their default order, and the subjects each one measures.
@@ -119,15 +119,7 @@ def parse_curves(stdout: str) -> dict[str, dict[str, dict[str, float]]]:
     measured. Raises ValueError when the line is not such an object, or
     holds no figure at all.
     """
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    if not lines:
-        raise ValueError("nothing on stdout")
-    try:
-        data = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        raise ValueError(f"the last line of stdout is not JSON: {lines[-1][:200]!r}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"the last line of stdout is not a JSON object: {lines[-1][:200]!r}")
+    data = rounds.last_json_object(stdout)
     curves: dict[str, dict[str, dict[str, float]]] = {}
     for curve, xs in data.items():
         if not isinstance(xs, dict):
