@@ -110,16 +110,25 @@ class NotifyEndpoint:
 
 
 class Service:
-    """What every subject offers the service's main loop."""
+    """What every subject offers the service's main loop: a subclass sets
+    ``client`` (with ``prepare`` and ``call``), ``notifier`` (with ``info``) and
+    ``_stops`` (what to undo, oldest first) in the subject's own API."""
+
+    client: Any
+    notifier: Any
+    _stops: list[Callable[[], Any]]
 
     def call(self, server: str | None, timeout: float) -> Any:
-        raise NotImplementedError
+        client = self.client.prepare(server=server, timeout=timeout)
+        return client.call({}, "ping", payload=PAYLOAD)
 
     def notify(self) -> None:
-        raise NotImplementedError
+        self.notifier.info({}, "scale.tick", {"payload": PAYLOAD})
 
     def stop(self) -> None:
-        raise NotImplementedError
+        while self._stops:
+            with contextlib.suppress(Exception):
+                self._stops.pop()()
 
 
 def _stop_server(server: Any, *wait_args: float) -> None:
@@ -155,18 +164,6 @@ class RabbitHAService(Service):
         self._stops.append(lambda: _stop_server(self.listener, 5))
         self.client = RPCClient(self.transport, topic, timeout=CALL_TIMEOUT_S)
         self.notifier = Notifier(self.transport, f"scale.{server}", topics=[notify_topic])
-
-    def call(self, server: str | None, timeout: float) -> Any:
-        client = self.client.prepare(server=server, timeout=timeout)
-        return client.call({}, "ping", payload=PAYLOAD)
-
-    def notify(self) -> None:
-        self.notifier.info({}, "scale.tick", {"payload": PAYLOAD})
-
-    def stop(self) -> None:
-        while self._stops:
-            with contextlib.suppress(Exception):
-                self._stops.pop()()
 
 
 class OsloService(Service):
@@ -210,18 +207,6 @@ class OsloService(Service):
                        else om.RPCClient(self.transport, target, timeout=CALL_TIMEOUT_S))
         self.notifier = om.Notifier(self.notification_transport, publisher_id=f"scale.{server}",
                                     driver="messaging", topics=[notify_topic])
-
-    def call(self, server: str | None, timeout: float) -> Any:
-        client = self.client.prepare(server=server, timeout=timeout)
-        return client.call({}, "ping", payload=PAYLOAD)
-
-    def notify(self) -> None:
-        self.notifier.info({}, "scale.tick", {"payload": PAYLOAD})
-
-    def stop(self) -> None:
-        while self._stops:
-            with contextlib.suppress(Exception):
-                self._stops.pop()()
 
 
 def warm_imports(subject: str) -> None:
